@@ -1,0 +1,9 @@
+"""shoesearch: find a shoe product from a photo of it."""
+
+import os
+
+__version__ = "0.1.0"
+
+# Prefect: never phone home (hosts are often offline), and keep its state under the user's home.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")

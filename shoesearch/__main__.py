@@ -1,0 +1,5 @@
+import sys
+
+from shoesearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""CLI commands, one module per pipeline area; each exposes ``register(subparsers)``."""

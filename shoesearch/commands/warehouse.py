@@ -1,0 +1,111 @@
+"""Warehouse commands: tables, sql, lineage, catalog, settings."""
+
+from __future__ import annotations
+
+import json
+
+from shoesearch.errors import ShoesearchError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tables", help="list tables with row counts and the last run that wrote them")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("sql", help="run a read-only SQL query over the tables (DuckDB)")
+    p.add_argument("query", help='e.g. "SELECT brand, count(*) FROM products_current GROUP BY 1"')
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--max-rows", type=int, default=100, help="rows shown in table format")
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("lineage", help="the runs upstream of a run, an index or an image's embedding")
+    p.add_argument("run_id", nargs="?", help="a run id (see `shoesearch sql 'SELECT * FROM runs'`)")
+    p.add_argument("--index", help="an index id instead of a run id")
+    p.add_argument("--image", help="an image id: the lineage of its newest embedding")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser("catalog", help="(re)write catalog.duckdb + catalog.sql for the duckdb CLI / pandas")
+    p.set_defaults(func=cmd_catalog)
+
+    p = sub.add_parser("settings", help="print the effective settings (defaults, config file, env)")
+    p.set_defaults(func=cmd_settings)
+
+
+def cmd_tables(args, settings) -> int:
+    from shoesearch.output import format_table
+    from warehouse import TABLES, open_warehouse
+
+    wh = open_warehouse(settings)
+    parts = [
+        f"""SELECT '{t}' AS table_name, (SELECT count(*) FROM {'runs_log' if t == 'runs' else t}) AS rows,
+                   (SELECT r.run_id FROM runs r WHERE r.run_id IN (SELECT run_id FROM {'runs_log' if t == 'runs' else t})
+                    ORDER BY r.recorded_at DESC LIMIT 1) AS last_run_id"""
+        for t in TABLES
+    ]
+    result = wh.query(" UNION ALL ".join(parts))
+    print(format_table(result, args.format))
+    return 0
+
+
+def cmd_sql(args, settings) -> int:
+    import duckdb
+
+    from shoesearch.output import format_table
+    from warehouse import open_warehouse
+
+    wh = open_warehouse(settings)
+    con = wh.connect()
+    try:
+        # Read-only: the connection is in-memory (nothing persists) and only queries are let through.
+        stripped = args.query.strip().rstrip(";").lstrip("(").lower()
+        if not stripped.startswith(("select", "with", "from", "describe", "show", "summarize", "pivot", "values", "explain", "table")):
+            raise ShoesearchError("shoesearch sql is read-only: use SELECT / WITH / DESCRIBE / SHOW queries")
+        try:
+            result = con.execute(args.query).fetch_arrow_table()
+        except duckdb.Error as exc:
+            raise ShoesearchError(f"query failed: {exc}") from None
+    finally:
+        con.close()
+    print(format_table(result, args.format, args.max_rows if args.format == "table" else None))
+    return 0
+
+
+def cmd_lineage(args, settings) -> int:
+    import pyarrow as pa
+
+    from shoesearch.output import format_table
+    from warehouse import lineage, open_warehouse, upstream_of
+
+    wh = open_warehouse(settings)
+    try:
+        if args.index:
+            rows = upstream_of(wh, "indexes", "index_id", args.index)
+        elif args.image:
+            rows = upstream_of(wh, "embeddings", "image_id", args.image)
+        elif args.run_id:
+            rows = lineage(wh, args.run_id)
+        else:
+            raise ShoesearchError("give a RUN_ID, --index ID or --image ID")
+    except KeyError as exc:
+        raise ShoesearchError(str(exc.args[0])) from None
+    cols = ["depth", "run_id", "step", "flow", "status", "finished_at", "input_run_ids", "output_rows"]
+    table = pa.Table.from_pylist([{c: r.get(c) for c in cols} for r in rows])
+    print(format_table(table, args.format))
+    return 0
+
+
+def cmd_catalog(args, settings) -> int:
+    from warehouse import open_warehouse
+    from warehouse.catalog import write_catalog
+
+    wh = open_warehouse(settings)
+    path = write_catalog(wh, settings.catalog_path, settings.home / "catalog.sql")
+    print(f"wrote {path} and {settings.home / 'catalog.sql'}")
+    print(f"open it with:  duckdb -readonly {path}")
+    return 0
+
+
+def cmd_settings(args, settings) -> int:
+    print(json.dumps(settings.as_dict(), indent=2, default=str, ensure_ascii=False))
+    return 0

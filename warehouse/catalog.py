@@ -1,0 +1,90 @@
+"""DuckDB views over the Parquet tables, and a re-creatable catalog file for other tools.
+
+``shoesearch sql`` uses an in-memory DuckDB connection with these views, so it never locks
+anything. ``catalog.duckdb`` (and ``catalog.sql``) hold the same views with absolute paths for
+the ``duckdb`` CLI, pandas or a BI tool; they are rebuilt into a temp file and renamed, so a
+writer never holds a lock that an analyst would trip over.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from warehouse.schemas import TABLES
+
+# Views derived from the raw tables: "what is true now".
+DERIVED_VIEWS = {
+    "runs": """
+        SELECT * EXCLUDE (rn) FROM (
+            SELECT *, row_number() OVER (PARTITION BY run_id ORDER BY recorded_at DESC) AS rn
+            FROM runs_log) WHERE rn = 1""",
+    "products_current": """
+        SELECT * EXCLUDE (rn) FROM (
+            SELECT *, row_number() OVER (
+                PARTITION BY product_id ORDER BY crawled_at DESC NULLS LAST, run_id DESC) AS rn
+            FROM products) WHERE rn = 1""",
+    "images_current": """
+        SELECT i.* FROM images i
+        JOIN products_current p ON p.product_id = i.product_id AND p.run_id = i.run_id""",
+    "denoise_current": """
+        SELECT * FROM denoise WHERE run_id = (
+            SELECT run_id FROM runs WHERE step = 'denoise' AND status = 'success'
+            ORDER BY finished_at DESC LIMIT 1)""",
+    "splits_current": """
+        SELECT * FROM splits WHERE run_id = (
+            SELECT run_id FROM runs WHERE step = 'split' AND status = 'success'
+            ORDER BY finished_at DESC LIMIT 1)""",
+    "indexes_current": """
+        SELECT * FROM indexes WHERE status = 'current'
+        ORDER BY created_at DESC LIMIT 1""",
+}
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def view_statements(warehouse) -> list[str]:
+    """CREATE VIEW statements for every raw table and derived view (absolute paths)."""
+    stmts = []
+    for table in TABLES:
+        name = "runs_log" if table == "runs" else table
+        glob = _sql_string(warehouse.glob(table))
+        stmts.append(
+            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({glob}, union_by_name = true)"
+        )
+    for name, body in DERIVED_VIEWS.items():
+        stmts.append(f"CREATE OR REPLACE VIEW {name} AS {' '.join(body.split())}")
+    return stmts
+
+
+def view_names() -> list[str]:
+    return ["runs_log" if t == "runs" else t for t in TABLES] + list(DERIVED_VIEWS)
+
+
+def write_catalog(warehouse, db_path: Path, sql_path: Path | None = None) -> Path:
+    """(Re)create the catalog database atomically; also write the statements as a .sql file."""
+    import duckdb
+
+    stmts = view_statements(warehouse)
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db_path.with_name(f".{db_path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    con = duckdb.connect(str(tmp))
+    try:
+        for stmt in stmts:
+            con.execute(stmt)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    os.replace(tmp, db_path)
+    wal = tmp.with_name(tmp.name + ".wal")
+    if wal.exists():
+        wal.unlink()
+    if sql_path is not None:
+        from warehouse.store import atomic_write_text
+
+        atomic_write_text(Path(sql_path), ";\n".join(stmts) + ";\n")
+    return db_path

@@ -1,0 +1,251 @@
+"""Parquet tables with atomic, multi-table commits.
+
+Layout under the warehouse directory::
+
+    <table>/batch-<run_id>-<txn>/part-00000.parquet   committed data (readers glob these)
+    <table>/batch-0-schema/part-00000.parquet        an empty file: the glob never matches nothing
+    _staging/<txn>/<table>/part-*.parquet             a transaction being written (invisible)
+    _staging/<txn>/COMMIT                             written atomically once every part is on disk
+
+A transaction writes its parts into staging, then writes ``COMMIT`` (temp file + rename), then
+renames each staged table directory into place (one ``rename`` each). Opening the warehouse
+recovers: a staged transaction with ``COMMIT`` is rolled forward, one without it whose writer
+process is gone is rolled back. A crash therefore never leaves half a batch visible, and readers
+(which only list ``batch-*`` directories) never see a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from warehouse.schemas import TABLES
+
+SCHEMA_BATCH = "batch-0-schema"
+
+
+class SchemaError(ValueError):
+    """Rows that do not fit a table's declared schema."""
+
+
+def conform(table: str, data: Any, run_id: str | None = None) -> pa.Table:
+    """Return ``data`` (pa.Table, list of dicts or dict of lists) cast to ``table``'s schema.
+
+    A missing ``run_id`` column is filled with ``run_id`` when given.
+
+    Unknown columns, missing required columns, nulls in required columns and values that do
+    not convert are rejected with a :class:`SchemaError` naming the table and column.
+    """
+    if table not in TABLES:
+        raise SchemaError(f"unknown table {table!r}; tables are: {', '.join(TABLES)}")
+    schema = TABLES[table]
+    if isinstance(data, pa.Table):
+        columns = {name: data.column(name) for name in data.column_names}
+    elif isinstance(data, Mapping):
+        columns = dict(data)
+    else:
+        rows = list(data)
+        names = sorted({k for row in rows for k in row})
+        columns = {n: [row.get(n) for row in rows] for n in names}
+    unknown = [c for c in columns if schema.get_field_index(c) < 0]
+    if unknown:
+        raise SchemaError(f"table {table!r}: unknown column(s) {', '.join(map(repr, unknown))}")
+    n_rows = len(next(iter(columns.values()))) if columns else 0
+    if run_id is not None and "run_id" not in columns:
+        columns["run_id"] = [run_id] * n_rows
+    arrays = []
+    for fld in schema:
+        if fld.name not in columns:
+            if not fld.nullable and n_rows:
+                raise SchemaError(f"table {table!r}: required column {fld.name!r} is missing")
+            arrays.append(pa.nulls(n_rows, type=fld.type))
+            continue
+        values = columns[fld.name]
+        try:
+            if isinstance(values, (pa.Array, pa.ChunkedArray)):
+                arr = values.cast(fld.type)
+            else:
+                arr = pa.array(values, type=fld.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:
+            raise SchemaError(
+                f"table {table!r}: column {fld.name!r} does not convert to {fld.type}: {exc}"
+            ) from None
+        if not fld.nullable and arr.null_count:
+            raise SchemaError(f"table {table!r}: column {fld.name!r} may not be null ({arr.null_count} nulls)")
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write a file so that readers see either the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Transaction:
+    """Parts staged for one or more tables, made visible together by :meth:`commit`."""
+
+    def __init__(self, warehouse: "Warehouse", run_id: str):
+        self.warehouse = warehouse
+        self.run_id = run_id
+        self.txn_id = f"{os.getpid()}-{uuid.uuid4().hex[:10]}"
+        self.dir = warehouse.staging_dir / self.txn_id
+        self.rows: dict[str, int] = {}
+        self._parts: dict[str, int] = {}
+        self.closed = False
+
+    def write(self, table: str, data: Any) -> int:
+        """Stage rows for ``table`` (validated now, visible after commit). Returns the row count."""
+        if self.closed:
+            raise RuntimeError("transaction already closed")
+        tbl = conform(table, data, self.run_id)
+        if tbl.num_rows == 0:
+            return 0
+        target = self.dir / table
+        target.mkdir(parents=True, exist_ok=True)
+        n = self._parts.get(table, 0)
+        pq.write_table(tbl, target / f"part-{n:05d}.parquet", compression="zstd")
+        self._parts[table] = n + 1
+        self.rows[table] = self.rows.get(table, 0) + tbl.num_rows
+        return tbl.num_rows
+
+    def commit(self) -> dict[str, int]:
+        if self.closed:
+            raise RuntimeError("transaction already closed")
+        self.closed = True
+        if not self.rows:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return {}
+        plan = {t: f"batch-{self.run_id}-{self.txn_id.split('-')[1]}" for t in self.rows}
+        atomic_write_text(self.dir / "COMMIT", json.dumps(plan))
+        self.warehouse._roll_forward(self.dir)
+        return dict(self.rows)
+
+    def abort(self) -> None:
+        self.closed = True
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "Transaction":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.closed:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class Warehouse:
+    """The Parquet tables of one data home, and DuckDB SQL over them."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.staging_dir = self.root / "_staging"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(exist_ok=True)
+        for name, schema in TABLES.items():
+            marker = self.root / name / SCHEMA_BATCH / "part-00000.parquet"
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                tmp = marker.with_name(".part.tmp")
+                pq.write_table(schema.empty_table(), tmp)
+                os.replace(tmp, marker)
+        self.recover()
+
+    @classmethod
+    def from_settings(cls, settings) -> "Warehouse":
+        return cls(settings.warehouse_dir)
+
+    # --- writing -------------------------------------------------------------------------
+    def begin(self, run_id: str) -> Transaction:
+        return Transaction(self, run_id)
+
+    def write(self, run_id: str, tables: Mapping[str, Any]) -> dict[str, int]:
+        """Append rows to several tables in one atomic commit."""
+        with self.begin(run_id) as txn:
+            for table, data in tables.items():
+                txn.write(table, data)
+        return dict(txn.rows)
+
+    def _roll_forward(self, staged: Path) -> None:
+        plan = json.loads((staged / "COMMIT").read_text())
+        for table, batch in plan.items():
+            src, dst = staged / table, self.root / table / batch
+            if src.exists() and not dst.exists():
+                os.replace(src, dst)
+        shutil.rmtree(staged, ignore_errors=True)
+
+    def recover(self) -> list[str]:
+        """Finish committed transactions and drop abandoned ones. Returns what it did."""
+        done = []
+        for staged in sorted(self.staging_dir.iterdir()) if self.staging_dir.exists() else []:
+            if (staged / "COMMIT").exists():
+                self._roll_forward(staged)
+                done.append(f"rolled forward {staged.name}")
+                continue
+            pid = int(staged.name.split("-")[0]) if staged.name.split("-")[0].isdigit() else -1
+            if pid != os.getpid() and not _pid_alive(pid):
+                shutil.rmtree(staged, ignore_errors=True)
+                done.append(f"rolled back {staged.name}")
+        return done
+
+    # --- reading -------------------------------------------------------------------------
+    def glob(self, table: str) -> str:
+        if table not in TABLES:
+            raise SchemaError(f"unknown table {table!r}; tables are: {', '.join(TABLES)}")
+        return str(self.root / table / "batch-*" / "*.parquet")
+
+    def connect(self):
+        """A fresh in-memory DuckDB connection with every table (and ``*_current``) as a view."""
+        import duckdb
+
+        from warehouse.catalog import view_statements
+
+        con = duckdb.connect(":memory:")
+        for stmt in view_statements(self):
+            con.execute(stmt)
+        return con
+
+    def query(self, sql: str, params: Iterable[Any] | None = None) -> pa.Table:
+        con = self.connect()
+        try:
+            cur = con.execute(sql, list(params) if params is not None else None)
+            return cur.fetch_arrow_table()
+        finally:
+            con.close()
+
+    def read(self, table: str, columns: list[str] | None = None, where: str | None = None) -> pa.Table:
+        cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+        sql = f"SELECT {cols} FROM {table}" + (f" WHERE {where}" if where else "")
+        return self.query(sql)
+
+    def batches(self, table: str) -> list[Path]:
+        return sorted(p for p in (self.root / table).glob("batch-*") if p.name != SCHEMA_BATCH)
