@@ -1,0 +1,1 @@
+"""The Scrapy project (``scrapy crawl jd``) and the JD-structured demo shop."""

@@ -1,0 +1,1 @@
+"""Neural network pieces: backbones, NetVLAD, losses (math in ``functional``)."""
