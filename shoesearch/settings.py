@@ -44,6 +44,12 @@ class CrawlSettings:
     max_image_bytes: int = 15_000_000  # refuse larger downloads
     max_image_pixels: int = 40_000_000  # decompression-bomb guard (PIL's own limit is ~89M)
     min_image_side: int = 32  # smaller pictures are icons, not product photos
+    autothrottle_max_delay_s: float = 30.0  # back off this far when the site slows down
+    commit_every: int = 20  # products per warehouse commit: a killed crawl loses at most this many
+    progress_every_s: float = 10.0  # how often a running crawl reports its counts
+    shop_host: str = "127.0.0.1"  # the demo shop listens on loopback only
+    shop_port: int = 8765
+    shop_page_size: int = 60  # items per logical result page, as on JD (30 in the HTML + 30 lazy)
 
 
 @dataclass
@@ -98,30 +104,41 @@ class TrainSettings:
 @dataclass
 class IndexSettings:
     index_all_photos: bool = False  # False: only photos that denoise kept
-    exact_max_vectors: int = 200_000  # exact inner product below; approximate above
-    approximate: str = "ivfpq"  # "ivfpq" or "hnsw" above the exact limit
-    ivf_lists: int = 0  # 0: ~4*sqrt(n)
-    pq_bytes: int = 64  # PQ code size per vector
-    nprobe: int = 32
+    exact_max_vectors: int = 200_000  # exact inner product below (~0.4 GB at 512-d); approximate above
+    approximate: str = "ivfpq"  # "ivfpq" (compact) or "hnsw" (faster, ~4x the memory) above the exact limit
+    ivf_lists: int = 0  # 0: ~4*sqrt(n) (faiss guideline)
+    pq_bytes: int = 64  # PQ code size per vector (a divisor of the dimension is used)
+    pq_bits: int = 8  # bits per PQ sub-code (faiss' fast path)
+    train_sample: int = 200_000  # vectors the IVF/PQ quantisers are trained on (>= ~50 per IVF list)
+    nprobe: int = 32  # IVF lists visited per query: recall vs speed
     hnsw_m: int = 32
+    hnsw_ef_construction: int = 200  # build-time beam: better graph, slower build
+    hnsw_ef_search: int = 128  # query-time beam: recall vs speed
     search_k: int = 10  # products returned
     photos_per_query: int = 100  # photos fetched before deduplicating by product
     recall_sample: int = 1000  # queries used to measure approximate-vs-exact recall
+    recall_k: int = 10  # recall@k of the approximate index vs exact search
+    keep_indexes: int = 3  # index directories kept on disk (the current one always is)
+    seed: int = 0
 
 
 @dataclass
 class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 8000
-    max_upload_bytes: int = 10_000_000
-    max_upload_pixels: int = 40_000_000
+    max_upload_bytes: int = 10_000_000  # phone photos are 2-6 MB
+    max_upload_pixels: int = 40_000_000  # decompression-bomb guard
+    min_upload_side: int = 16  # smaller is not a photo of anything
+    max_k: int = 100  # largest k a client may ask for
 
 
 @dataclass
 class ScheduleSettings:
     nightly_cron: str = "0 2 * * *"  # 02:00 ...
     timezone: str = ""  # ... local time ("" = this machine's zone)
-    gate_tolerance: float = 0.0  # a new model may not lose more Recall@1 than this
+    gate_tolerance: float = 0.0  # a new model may not lose more test Recall@1 than this
+    task_retries: int = 2  # retries of steps that talk to the network or disk (crawl, embed, index)
+    retry_delay_s: float = 60.0  # wait between retries: a flaky site or full disk may recover
 
 
 SECTIONS = {

@@ -15,6 +15,8 @@ def open_warehouse(settings) -> Warehouse:
     from warehouse.catalog import write_catalog
 
     wh = Warehouse(settings.warehouse_dir)
-    if not settings.catalog_path.exists():
-        write_catalog(wh, settings.catalog_path, settings.home / "catalog.sql")
+    sql_path = settings.home / "catalog.sql"
+    stale = not sql_path.exists() or wh.glob("runs") not in sql_path.read_text(encoding="utf-8")
+    if stale or not settings.catalog_path.exists():  # missing, or the home was moved / copied
+        write_catalog(wh, settings.catalog_path, sql_path)
     return wh

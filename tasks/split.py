@@ -1,0 +1,53 @@
+"""Product-level train/val/test split (step ``split``): no photo of a test product is ever trained on.
+
+``make_split(settings) -> run_id`` assigns every current product with at least one stored photo to
+``train``, ``val`` or ``test`` by ``settings.train.split_fractions``, deterministically from
+``settings.train.seed``, and writes the assignment to ``splits``. Products keep their split across
+runs as long as the seed is unchanged (the assignment hashes the product id), so a nightly run
+that adds products never moves an old test product into training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from prefect import task
+
+from shoesearch.errors import ShoesearchError
+from warehouse import latest_run, open_warehouse, start_run
+
+SPLITS = ("train", "val", "test")
+
+
+def split_of(product_id: str, seed: int, fractions: tuple[float, float, float]) -> str:
+    """The split of one product: a seeded hash of its id mapped to [0, 1) against the fractions."""
+    digest = hashlib.sha256(f"{seed}:{product_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    edge = 0.0
+    for name, fraction in zip(SPLITS, fractions):
+        edge += fraction
+        if u < edge:
+            return name
+    return SPLITS[-1]
+
+
+def make_split(settings) -> str:
+    """Assign every current product to train/val/test; returns the split run id."""
+    fractions = tuple(float(f) for f in settings.train.split_fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ShoesearchError(f"train.split_fractions must be three non-negative numbers summing to 1, got {fractions}")
+    wh = open_warehouse(settings)
+    products = wh.query(
+        "SELECT DISTINCT product_id FROM images_current WHERE status = 'ok' ORDER BY product_id"
+    ).column("product_id").to_pylist()
+    if len(products) < 3:
+        raise ShoesearchError(f"a train/val/test split needs at least 3 products with photos, found {len(products)}")
+    seed = int(settings.train.seed)
+    rows = [{"product_id": p, "split": split_of(p, seed, fractions), "seed": seed} for p in products]
+    inputs = [latest_run(wh, "ingest"), latest_run(wh, "crawl")]
+    with start_run(wh, step="split", params={"seed": seed, "fractions": fractions}, inputs=inputs) as run:
+        run.write("splits", rows)
+    return run.run_id
+
+
+make_split_task = task(make_split, name="split")

@@ -1,0 +1,137 @@
+"""Photos for training and evaluation: which ones (SQL over the warehouse), decoding, embedding.
+
+``photos`` chooses the photo set everywhere in the train area:
+
+* ``"denoised"``: photos the latest denoise run kept (``denoise_current.kept``);
+* ``"raw"``: every stored photo (``images_current.status = 'ok'``), noise included;
+* ``"auto"``: denoised when a denoise run exists, raw otherwise (so training works on a catalogue
+  that was never denoised, and says so in the run parameters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
+from tqdm import tqdm
+
+from shoesearch.errors import ShoesearchError
+from tasks.imagestore import open_image
+from warehouse import latest_run
+
+PHOTO_SETS = ("auto", "raw", "denoised")
+
+
+@dataclass
+class PhotoSet:
+    """Photos of one or more splits, in a fixed order (sorted by image id)."""
+
+    image_ids: list[str]
+    product_ids: list[str]
+    paths: list[str]  # relative to settings.images_dir
+    splits: list[str]
+    domains: list[str | None]
+    photos: str  # "raw" | "denoised": what was actually used
+    denoise_run_id: str | None
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def subset(self, split: str) -> "PhotoSet":
+        keep = [i for i, s in enumerate(self.splits) if s == split]
+        pick = lambda xs: [xs[i] for i in keep]  # noqa: E731
+        return PhotoSet(pick(self.image_ids), pick(self.product_ids), pick(self.paths), pick(self.splits),
+                        pick(self.domains), self.photos, self.denoise_run_id)
+
+    def labels(self) -> torch.Tensor:
+        """Integer product label per photo (same product, same label)."""
+        index = {p: i for i, p in enumerate(dict.fromkeys(self.product_ids))}
+        return torch.tensor([index[p] for p in self.product_ids])
+
+
+def resolve_photos(wh, photos: str) -> tuple[str, str | None]:
+    """``(raw|denoised, denoise run id or None)`` for a requested photo set."""
+    if photos not in PHOTO_SETS:
+        raise ShoesearchError(f"photos must be one of {', '.join(PHOTO_SETS)}, got {photos!r}")
+    denoise_run = latest_run(wh, "denoise")
+    if photos == "denoised" and denoise_run is None:
+        raise ShoesearchError("no denoise run yet: run `shoesearch denoise` or use raw photos")
+    if photos == "raw" or denoise_run is None:
+        return "raw", None
+    return "denoised", denoise_run
+
+
+def load_photos(wh, split_run_id: str, photos: str = "auto", splits: tuple[str, ...] = ("train",)) -> PhotoSet:
+    """The photos of ``splits`` (from split run ``split_run_id``) in the requested photo set."""
+    used, denoise_run = resolve_photos(wh, photos)
+    kept = "JOIN denoise_current d ON d.image_id = i.image_id AND d.kept" if used == "denoised" else ""
+    marks = ", ".join("?" for _ in splits)
+    rows = wh.query(
+        f"""SELECT i.image_id, i.product_id, i.path, s.split, i.domain
+            FROM images_current i JOIN splits s ON s.product_id = i.product_id AND s.run_id = ?
+            {kept}
+            WHERE i.status = 'ok' AND s.split IN ({marks})
+            ORDER BY i.image_id""",
+        [split_run_id, *splits],
+    ).to_pydict()
+    return PhotoSet(rows["image_id"], rows["product_id"], rows["path"], rows["split"], rows["domain"],
+                    used, denoise_run)
+
+
+def image_transform(image_size: int, mean, std) -> T.Compose:
+    """Resize the shorter side, centre-crop a square, normalise for the backbone."""
+    return T.Compose([
+        T.ToImage(), T.Resize(image_size, antialias=True), T.CenterCrop(image_size),
+        T.ToDtype(torch.float32, scale=True), T.Normalize(list(mean), list(std)),
+    ])
+
+
+class PhotoDataset(Dataset):
+    """Decoded, resized, normalised photos by index into a list of paths."""
+
+    def __init__(self, settings, paths: list[str], image_size: int, mean, std):
+        self.root = settings.images_dir
+        self.paths = paths
+        self.max_pixels = settings.crawl.max_image_pixels
+        self.transform = image_transform(image_size, mean, std)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(open_image(self.root / self.paths[i], self.max_pixels))
+
+
+def pick_device(requested: str) -> torch.device:
+    """``auto`` -> cuda when available; an explicit ``cuda`` without a GPU is a user error."""
+    if requested in ("auto", ""):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ShoesearchError("--device cuda was asked for but no CUDA GPU is available")
+    return torch.device(requested)
+
+
+def loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device, shuffle: bool = False):
+    """A DataLoader with pinned memory on GPU (fast host-to-device copies)."""
+    if num_workers and device.type == "cuda":
+        torch.multiprocessing.set_sharing_strategy("file_system")  # see ecosystem notes: fd sharing hangs there
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+@torch.no_grad()
+def embed_dataset(fn, dataset: Dataset, batch_size: int, num_workers: int, device: torch.device,
+                  desc: str = "embed") -> torch.Tensor:
+    """Apply ``fn`` (images -> B x D) to every photo of ``dataset``: N x D float32 on the CPU."""
+    out = []
+    for x in tqdm(loader(dataset, batch_size, num_workers, device), desc=desc, leave=False):
+        x = x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = fn(x.contiguous(memory_format=torch.channels_last))
+        else:
+            y = fn(x)
+        out.append(y.float().cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)

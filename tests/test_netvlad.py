@@ -1,0 +1,112 @@
+"""NetVLAD layer, PCA whitening and retrieval metrics against direct formulas (explicit loops)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models import functional as LF
+from models.netvlad import NetVLAD
+from models.whitening import Whitening
+
+
+def _netvlad_by_loops(x, w, b, c):
+    """V(k, j) = sum_i a_k(x_i) (x_i(j) - c_k(j)), written out one descriptor at a time."""
+    B, D, H, W = x.shape
+    K = c.shape[0]
+    out = []
+    for n in range(B):
+        v = torch.zeros(K, D, dtype=torch.float64)
+        for i in range(H):
+            for j in range(W):
+                xi = x[n, :, i, j].double()
+                xi = xi / xi.norm()
+                logits = torch.tensor([float(w[k].double() @ xi + b[k]) for k in range(K)], dtype=torch.float64)
+                a = torch.exp(logits - logits.max())
+                a = a / a.sum()
+                for k in range(K):
+                    v[k] += a[k] * (xi - c[k].double())
+        for k in range(K):
+            v[k] = v[k] / v[k].norm()
+        v = v.flatten()
+        out.append(v / v.norm())
+    return torch.stack(out)
+
+
+def test_netvlad_layer_matches_loops():
+    torch.manual_seed(0)
+    layer = NetVLAD(clusters=5, dim=7)
+    x = torch.randn(3, 7, 4, 3)
+    expected = _netvlad_by_loops(x, layer.weight.detach(), layer.bias.detach(), layer.centroids.detach())
+    got = layer(x)
+    assert got.shape == (3, 35)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
+
+
+def test_kmeans_init_makes_assignment_follow_distance():
+    torch.manual_seed(1)
+    centroids = LF.l2n(torch.randn(6, 16))
+    desc = LF.l2n(centroids.repeat_interleave(50, 0) + 0.1 * torch.randn(300, 16))
+    alpha = LF.netvlad_alpha(desc, centroids)
+    # alpha from the data: mean gap between the two nearest squared distances, as the formula says
+    d = torch.stack([torch.stack([((x - c) ** 2).sum() for c in centroids]) for x in desc])
+    gaps = [sorted(row.tolist())[1] - sorted(row.tolist())[0] for row in d]
+    assert alpha == pytest.approx(-math.log(0.01) / (sum(gaps) / len(gaps)), rel=1e-4)
+    w, b = LF.netvlad_init_params(centroids, alpha)
+    for k in range(6):
+        torch.testing.assert_close(w[k], 2 * alpha * centroids[k])
+        assert float(b[k]) == pytest.approx(-alpha * float(centroids[k] @ centroids[k]), rel=1e-5)
+    # softmax(w.x + b) == softmax(-alpha ||x - c||^2): the soft assignment follows distance
+    a = LF.netvlad_soft_assign(desc.t().reshape(1, 16, 300, 1), w, b)[0]  # K x N
+    torch.testing.assert_close(a.t(), (-alpha * d).softmax(1), atol=1e-5, rtol=1e-4)
+    assert (a.argmax(0) == d.argmin(1)).all()
+
+
+def test_pairwise_sq_distances_matches_loops():
+    torch.manual_seed(2)
+    a, b = torch.randn(4, 9), torch.randn(5, 9)
+    expected = torch.tensor([[float(((a[i] - b[j]) ** 2).sum()) for j in range(5)] for i in range(4)])
+    torch.testing.assert_close(LF.pairwise_sq_distances(a, b), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pca_whitening_decorrelates_to_unit_variance():
+    torch.manual_seed(3)
+    x = torch.randn(500, 12) @ torch.randn(12, 12) + 3.0
+    white = Whitening(12, 6)
+    white.fit(x)
+    y = white.proj(x)
+    cov = torch.cov(y.t())
+    torch.testing.assert_close(cov, torch.eye(6), atol=1e-3, rtol=0)
+    out = white(x)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(500), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="descriptor_dim"):
+        Whitening(12, 8).fit(x[:5])
+
+
+def test_recall_and_map_by_hand():
+    # 4 photos, products A A B B; photo 0's nearest is photo 2 (wrong), then photo 1 (right)
+    desc = LF.l2n(torch.tensor([[1.0, 0.1], [0.0, 1.0], [1.0, 0.0], [0.1, 1.0]]))
+    labels = torch.tensor([0, 0, 1, 1])
+    m = LF.recall_and_map(desc, labels, ks=(1, 2))
+    sims = desc @ desc.t()
+    r1 = r2 = ap = 0.0
+    for q in range(4):
+        order = [g for g in sims[q].argsort(descending=True).tolist() if g != q]
+        hits = [labels[g] == labels[q] for g in order]
+        r1 += float(hits[0])
+        r2 += float(any(hits[:2]))
+        prec = [sum(hits[: i + 1]) / (i + 1) for i in range(len(hits)) if hits[i]]
+        ap += sum(prec) / len(prec)
+    assert m["queries"] == 4
+    assert m["recall_at_1"] == pytest.approx(r1 / 4)
+    assert m["recall_at_2"] == pytest.approx(r2 / 4)
+    assert m["mean_ap"] == pytest.approx(ap / 4)
+    assert m["recall_at_1"] < 1.0  # photo 0 and 2 retrieve each other first
+    # consumer-to-shop: queries 0 and 2 against gallery 1 and 3 only. Photo 3 is nearest to both:
+    # right for photo 2 (product B), wrong for photo 0 (product A).
+    m2 = LF.recall_and_map(desc, labels, ks=(1,), query_mask=torch.tensor([1, 0, 1, 0]),
+                           gallery_mask=torch.tensor([0, 1, 0, 1]))
+    assert m2["queries"] == 2 and m2["recall_at_1"] == pytest.approx(0.5)
