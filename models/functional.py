@@ -143,3 +143,26 @@ def recall_and_map(
     precision = hits.cumsum(1) / ranks
     out["mean_ap"] = float(((precision * hits).sum(1) / hits.sum(1)).mean())
     return out
+
+
+def kmeans(x: torch.Tensor, k: int, iterations: int, seed: int = 0) -> torch.Tensor:
+    """Lloyd's k-means on the rows of ``x`` (any device): returns k x D centres.
+
+    Starts from ``k`` distinct random rows; a centre that loses all its points is moved to the
+    point farthest from its current centre, so every cluster ends up used.
+    """
+    if x.shape[0] < k:
+        raise ValueError(f"k-means with k={k} needs at least {k} descriptors, got {x.shape[0]}")
+    gen = torch.Generator().manual_seed(seed)
+    centres = x[torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)].clone()
+    for _ in range(iterations):
+        dist = pairwise_sq_distances(x, centres)
+        nearest = dist.argmin(1)
+        counts = torch.bincount(nearest, minlength=k)
+        sums = torch.zeros_like(centres).index_add_(0, nearest, x)
+        centres = torch.where(counts.unsqueeze(1) > 0, sums / counts.clamp_min(1).unsqueeze(1), centres)
+        for empty in (counts == 0).nonzero().flatten().tolist():
+            far = dist.gather(1, nearest.unsqueeze(1)).squeeze(1).argmax()
+            centres[empty] = x[far]
+            dist[far] = 0.0
+    return centres

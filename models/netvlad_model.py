@@ -59,6 +59,12 @@ class NetVLADModel(nn.Module):
             for p in block.parameters():
                 p.requires_grad_(True)
 
+    def train(self, mode: bool = True) -> "NetVLADModel":
+        """Batch-norm statistics of the backbone stay the ImageNet ones (tuples are small, correlated)."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
     def local_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.features(x)
 
@@ -114,3 +120,20 @@ class NetVLADEmbedder:
                 out = self.model(x.contiguous(memory_format=torch.channels_last))
             return out.float()
         return self.model(x)
+
+
+def load_trained_embedder(model_id: str, settings, device: str | None = None) -> NetVLADEmbedder:
+    """The embedder of model ``model_id`` (``models`` row of kind ``netvlad``): what the index uses."""
+    from shoesearch.errors import ShoesearchError
+    from warehouse import open_warehouse
+
+    rows = open_warehouse(settings).query(
+        "SELECT path FROM models WHERE model_id = ? AND kind = 'netvlad' ORDER BY created_at DESC LIMIT 1", [model_id]
+    ).to_pylist()
+    if not rows:
+        raise ShoesearchError(f"no trained model {model_id!r} in the models table (see `shoesearch sql "
+                              "\"SELECT model_id FROM models WHERE kind = 'netvlad'\"`)")
+    model, _ = load_checkpoint(settings.home / rows[0]["path"])
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() and settings.train.device != "cpu" else "cpu"
+    return NetVLADEmbedder(model, model_id, device)

@@ -29,6 +29,7 @@ ENV_PREFIX = "SHOESEARCH_"
 @dataclass
 class CrawlSettings:
     # Real JD entry points; `--site` rewrites every host to one base URL (the demo shop).
+    site: str = ""  # one base URL standing in for every JD host (the demo shop); "" = the real JD hosts
     keywords: list[str] = field(default_factory=lambda: ["运动鞋"])
     categories: list[str] = field(default_factory=lambda: ["1318,12099,9756"])  # 运动鞋包
     max_products: int = 200  # per crawl; nightly runs are incremental so small batches add up
@@ -39,6 +40,7 @@ class CrawlSettings:
     autothrottle_target_concurrency: float = 2.0
     concurrent_requests: int = 8
     retry_times: int = 3
+    retry_backoff_s: float = 2.0  # wait before retry n: backoff * 2**(n-1) seconds
     download_timeout_s: float = 30.0
     image_size_code: str = "n1"  # CDN size code for full-size gallery photos
     max_image_bytes: int = 15_000_000  # refuse larger downloads
@@ -63,6 +65,8 @@ class EmbedSettings:
     pooling: str = "gem"  # global descriptor: "gem" or "avg"
     gem_p: float = 3.0  # GeM exponent (Radenovic et al.): 3 is their fixed default
     device: str = "auto"  # "auto" picks cuda when present
+    commit_every: int = 2048  # photos per embeddings commit: a killed run loses at most this many
+    gpu_decode: bool = True  # on CUDA, decode JPEGs with nvjpeg on the GPU (CPU decode is the bottleneck)
 
 
 @dataclass
@@ -72,6 +76,9 @@ class DenoiseSettings:
     # boxes and model shots lie above. Chosen on real multi-view photos (see README, "Defaults").
     threshold: float = 1.0
     drop_rate: float | None = None  # calibration mode: pick the threshold dropping this fraction
+    sheet_photos: int = 24  # photos per contact sheet (most distant dropped; borderline)
+    sheet_thumb_px: int = 128  # thumbnail side in contact sheets
+    histogram_bins: int = 60
 
 
 @dataclass
@@ -111,8 +118,10 @@ class IndexSettings:
     pq_bits: int = 8  # bits per PQ sub-code (faiss' fast path)
     train_sample: int = 200_000  # vectors the IVF/PQ quantisers are trained on (>= ~50 per IVF list)
     nprobe: int = 32  # IVF lists visited per query: recall vs speed
+    refine: str = "SQ8"  # re-rank IVF-PQ candidates with 8-bit codes (d bytes/vector); "Flat" exact, "" none
+    refine_factor: int = 8  # candidates re-ranked per result (PQ alone loses near-ties: recall@10 ~0.5)
     hnsw_m: int = 32
-    hnsw_ef_construction: int = 200  # build-time beam: better graph, slower build
+    hnsw_ef_construction: int = 80  # build-time beam: better graph, slower build (200: ~2 ms/vector on 2 cores)
     hnsw_ef_search: int = 128  # query-time beam: recall vs speed
     search_k: int = 10  # products returned
     photos_per_query: int = 100  # photos fetched before deduplicating by product

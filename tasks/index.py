@@ -32,6 +32,7 @@ from warehouse import atomic_write_text, open_warehouse, start_run
 from warehouse.runs import now
 
 KINDS = ("flat_ip", "ivfpq", "hnsw")
+PQ_MIN_POINTS_PER_CODEWORD = 39  # faiss' k-means minimum per centroid (it warns below)
 POINTER = "CURRENT"
 INDEX_FILE = "index.faiss"
 MAPPING_FILE = "mapping.parquet"
@@ -52,11 +53,16 @@ def gpu_count() -> int:
 
 
 def choose_kind(n_vectors: int, cfg) -> str:
-    """``flat_ip`` up to ``cfg.exact_max_vectors``, else ``cfg.approximate`` (ivfpq | hnsw)."""
+    """``flat_ip`` up to ``cfg.exact_max_vectors``, else ``cfg.approximate`` (ivfpq | hnsw).
+
+    IVF-PQ needs enough vectors to train its 2**pq_bits codewords; below that, search stays exact.
+    """
+    if cfg.approximate not in ("ivfpq", "hnsw"):
+        raise ShoesearchError(f"index.approximate must be 'ivfpq' or 'hnsw', got {cfg.approximate!r}")
     if n_vectors <= cfg.exact_max_vectors:
         return "flat_ip"
-    if cfg.approximate not in ("ivfpq", "hnsw"):
-        raise ValueError(f"index.approximate must be 'ivfpq' or 'hnsw', got {cfg.approximate!r}")
+    if cfg.approximate == "ivfpq" and n_vectors < PQ_MIN_POINTS_PER_CODEWORD * 2 ** cfg.pq_bits:
+        return "flat_ip"
     return cfg.approximate
 
 
@@ -64,7 +70,7 @@ def ivf_lists(n_vectors: int, cfg) -> int:
     """Number of IVF cells: the setting, or ~4*sqrt(n) (faiss guideline), with >= 39 training points each."""
     if cfg.ivf_lists > 0:
         return cfg.ivf_lists
-    return max(1, min(int(4 * math.sqrt(n_vectors)), n_vectors // 39))
+    return max(1, min(int(4 * math.sqrt(n_vectors)), min(n_vectors, cfg.train_sample) // 39))
 
 
 def pq_subquantizers(dim: int, pq_bytes: int) -> int:
@@ -106,19 +112,38 @@ def build_faiss(vectors: np.ndarray, kind: str, cfg, use_gpu: bool | None = None
         raise ValueError(f"unknown index kind {kind!r}; kinds: {', '.join(KINDS)}")
 
     gpu = (gpu_count() > 0) if use_gpu is None else use_gpu
+    sample = _train_sample(vectors, cfg.train_sample, seed)
     if gpu and kind != "hnsw":  # faiss has no GPU HNSW; IVF-PQ and flat train/add on the GPU
         resources = faiss.StandardGpuResources()
         gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
         if not gpu_index.is_trained:
-            gpu_index.train(_train_sample(vectors, cfg.train_sample, seed))
+            gpu_index.train(sample)
         gpu_index.add(vectors)
         index = faiss.index_gpu_to_cpu(gpu_index)
     else:
         if not index.is_trained:
-            index.train(_train_sample(vectors, cfg.train_sample, seed))
+            index.train(sample)
         index.add(vectors)
     if kind == "ivfpq":
         faiss.extract_index_ivf(index).nprobe = cfg.nprobe
+        if cfg.refine:
+            index = _with_refinement(index, vectors, sample, cfg)
+    return index
+
+
+def _with_refinement(base, vectors: np.ndarray, sample: np.ndarray, cfg):
+    """Re-rank ``refine_factor * k`` PQ candidates with finer codes (``cfg.refine``, e.g. SQ8 or Flat)."""
+    import faiss
+
+    refine = faiss.index_factory(vectors.shape[1], cfg.refine, faiss.METRIC_INNER_PRODUCT)
+    if not refine.is_trained:
+        refine.train(sample)
+    refine.add(vectors)
+    index = faiss.IndexRefine(base, refine)
+    index.k_factor = cfg.refine_factor
+    index.own_fields = True  # the refine index frees its parts; Python must not free them too
+    base.this.disown()
+    refine.this.disown()
     return index
 
 
@@ -239,12 +264,13 @@ def build_index(settings, model_spec: str | None = None) -> str:
     image_ids = photos.column("image_id").to_pylist()
     embed_run = embed_images(settings, model_spec=spec, image_ids=image_ids)
     model_id = load_embedder(spec, settings).model_id
-    ids, vectors = load_embeddings(wh, model_id, image_ids)
-    if len(ids) == 0:
-        raise ShoesearchError(f"no embeddings of model {model_id!r} for the catalogue photos")
+    ids, vectors = load_embeddings(wh, model_id)
     order = {image_id: row for row, image_id in enumerate(image_ids)}
-    rows = [order[i] for i in ids if i in order]  # photos that embedded (unreadable ones are skipped)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    keep = [k for k, image_id in enumerate(ids) if image_id in order]  # unreadable photos have no vector
+    if not keep:
+        raise ShoesearchError(f"no embeddings of model {model_id!r} for the catalogue photos")
+    rows = [order[ids[k]] for k in keep]
+    vectors = np.ascontiguousarray(vectors[keep], dtype=np.float32)
     mapping = photos.take(pa.array(rows)).select(["image_id", "product_id", "path"])
     mapping = mapping.append_column("row", pa.array(np.arange(len(rows), dtype=np.int64)))
     products = wh.query(

@@ -69,8 +69,10 @@ class Searcher:
 
     def __init__(self, settings, index_id: str):
         import faiss
+        import torch
 
         from models.registry import load_embedder
+        from tasks.embed import resolve_device
 
         self.settings = settings
         self.index_id = index_id
@@ -85,7 +87,10 @@ class Searcher:
         self.product_ids = mapping.column("product_id").to_pylist()
         self.paths = mapping.column("path").to_pylist()
         self.products = {p["product_id"]: p for p in pq.read_table(directory / PRODUCTS_FILE).to_pylist()}
-        self.embedder = load_embedder(self.meta.get("model_spec") or self.model_id, settings)
+        self.embedder = load_embedder(self.model_id, settings)
+        self.device = resolve_device(settings.embed.device)
+        if isinstance(self.embedder, torch.nn.Module):  # trained embedders place themselves
+            self.embedder.to(self.device)
         if self.embedder.dim != self.index.d:
             raise ShoesearchError(f"model {self.model_id} gives {self.embedder.dim}-d vectors, index holds {self.index.d}-d")
         self._lock = threading.Lock()
@@ -94,17 +99,12 @@ class Searcher:
         """L2-normalised descriptors (n x d float32) of RGB photos, preprocessed as the model expects."""
         import torch
 
-        size = self.embedder.image_size
-        mean = torch.tensor(self.embedder.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.embedder.std, dtype=torch.float32).view(1, 3, 1, 1)
-        batch = torch.stack([
-            torch.from_numpy(np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32))
-            .permute(2, 0, 1) / 255.0
-            for img in images
-        ])
-        batch = (batch - mean) / std
+        from models.transforms import preprocess
+
+        e = self.embedder
+        batch = torch.stack([preprocess(img.convert("RGB"), e.image_size, e.mean, e.std) for img in images])
         with self._lock, torch.inference_mode():
-            out = self.embedder(batch)
+            out = e(batch.to(self.device))
         return np.ascontiguousarray(out.float().cpu().numpy(), dtype=np.float32)
 
     def search_vectors(self, queries: np.ndarray, k: int) -> list[list[SearchHit]]:

@@ -11,7 +11,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-pytest_plugins: list[str] = ["tests.fixtures_catalog"]
+pytest_plugins: list[str] = ["tests.fixtures_catalog", "tests.fixtures_search", "tests.fixtures_crawl", "tests.fixtures_denoise"]
 
 
 @pytest.fixture(scope="session")

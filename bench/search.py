@@ -1,0 +1,174 @@
+"""Benchmark: faiss search speed and approximate-vs-exact recall at 100k and 1M synthetic vectors.
+
+For each gallery size it builds the exact inner-product index (the baseline) and the approximate
+indexes the index step would choose above ``index.exact_max_vectors``, then measures single-query
+latency (p50/p99, queries/s), batched throughput and recall@10 against exact search, and prints
+ratios against the exact index measured in the same run. Vectors are clustered Gaussians,
+L2-normalised, 512-d (like PCA-whitened NetVLAD descriptors); queries are perturbed gallery
+vectors, as a photo of a catalogued product would be. Runs on CPU (faiss-cpu); with faiss-gpu and a
+GPU it also times the exact index on the GPU.
+
+    .venv/bin/python bench/search.py            # 100k and 1M, a few minutes on 2 cores
+    .venv/bin/python bench/search.py --sizes 20000 --single 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shoesearch.settings import IndexSettings  # noqa: E402
+from tasks.index import build_faiss, gpu_count, ivf_lists, recall_vs_exact  # noqa: E402
+
+DIM = 512
+CLUSTERS = 2_000  # products-like groups in the synthetic gallery
+CLUSTER_SPREAD = 0.6  # within-group noise relative to the group centre (per dimension)
+QUERY_NOISE = 0.3  # a query is a gallery vector plus this much noise
+RESULTS = Path(__file__).resolve().parent / "results" / "search.json"
+
+
+def synthetic_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` L2-normalised vectors around ``CLUSTERS`` random centres, generated in chunks."""
+    centres = rng.standard_normal((CLUSTERS, dim), dtype=np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    step = 100_000
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        block = centres[rng.integers(0, CLUSTERS, m)] + CLUSTER_SPREAD * rng.standard_normal((m, dim), dtype=np.float32)
+        out[start:start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def make_queries(gallery: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    q = gallery[rng.integers(0, len(gallery), n)] + QUERY_NOISE / np.sqrt(gallery.shape[1]) * \
+        rng.standard_normal((n, gallery.shape[1]), dtype=np.float32)
+    return np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), dtype=np.float32)
+
+
+def time_single(index, queries: np.ndarray, k: int) -> dict:
+    latencies = []
+    for q in queries:
+        t = time.perf_counter()
+        index.search(q[None, :], k)
+        latencies.append(time.perf_counter() - t)
+    lat = np.array(latencies) * 1000
+    return {"single_qps": len(lat) / (lat.sum() / 1000), "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99))}
+
+
+def time_batch(index, queries: np.ndarray, k: int, batch: int) -> dict:
+    t = time.perf_counter()
+    for start in range(0, len(queries), batch):
+        index.search(queries[start:start + batch], k)
+    seconds = time.perf_counter() - t
+    return {"batch_qps": len(queries) / seconds, "batch_ms": 1000 * seconds / max(1, len(queries) // batch)}
+
+
+def bench_size(n: int, args, rng: np.random.Generator) -> list[dict]:
+    import faiss
+
+    print(f"\n== {n:,} vectors x {DIM} dims ==", flush=True)
+    t = time.perf_counter()
+    gallery = synthetic_vectors(n, DIM, rng)
+    single_q = make_queries(gallery, args.single, rng)
+    batch_q = make_queries(gallery, args.batch_queries, rng)
+    recall_q = make_queries(gallery, args.recall_queries, rng)
+    print(f"generated in {time.perf_counter() - t:.1f} s", flush=True)
+
+    # Bench-sized quantiser training (the defaults train on 200k vectors: minutes on 2 cores).
+    cfg = replace(IndexSettings(), train_sample=args.train_sample, ivf_lists=args.ivf_lists)
+    kinds = ["flat_ip", "ivfpq"] + (["hnsw"] if n <= args.hnsw_max else [])
+    rows = []
+    for kind in kinds:
+        t = time.perf_counter()
+        index = build_faiss(gallery, kind, cfg, use_gpu=False, seed=0)
+        build_s = time.perf_counter() - t
+        row = {"vectors": n, "dim": DIM, "kind": kind, "device": "cpu", "build_s": build_s,
+               "ivf_lists": ivf_lists(n, cfg) if kind == "ivfpq" else None,
+               "nprobe": cfg.nprobe if kind == "ivfpq" else None,
+               "ef_search": cfg.hnsw_ef_search if kind == "hnsw" else None}
+        row.update(time_single(index, single_q, args.k))
+        row.update(time_batch(index, batch_q, args.k, args.batch))
+        row["recall_at_10"] = 1.0 if kind == "flat_ip" else recall_vs_exact(index, gallery, recall_q, 10)
+        row["memory_mb"] = faiss.serialize_index(index).nbytes / 1e6
+        print(f"  {kind:8s} build {build_s:6.1f} s  single {row['single_qps']:8.1f} q/s "
+              f"(p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms)  batch {row['batch_qps']:9.1f} q/s  "
+              f"recall@10 {row['recall_at_10']:.3f}", flush=True)
+        rows.append(row)
+        del index
+    if gpu_count() > 0:  # only with faiss-gpu on a GPU host
+        resources = faiss.StandardGpuResources()
+        cpu_flat = faiss.IndexFlatIP(DIM)
+        cpu_flat.add(gallery)
+        index = faiss.index_cpu_to_gpu(resources, 0, cpu_flat)
+        row = {"vectors": n, "dim": DIM, "kind": "flat_ip", "device": "gpu", "build_s": None}
+        row.update(time_single(index, single_q, args.k))
+        row.update(time_batch(index, batch_q, args.k, args.batch))
+        row["recall_at_10"] = 1.0
+        rows.append(row)
+    base = next(r for r in rows if r["kind"] == "flat_ip" and r["device"] == "cpu")
+    for r in rows:
+        r["single_speedup_vs_exact"] = r["single_qps"] / base["single_qps"]
+        r["batch_speedup_vs_exact"] = r["batch_qps"] / base["batch_qps"]
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'vectors':>9} {'kind':8} {'dev':4} {'build s':>8} {'1q q/s':>9} {'p50 ms':>8} {'p99 ms':>8} " \
+             f"{'batch q/s':>10} {'x exact 1q':>10} {'x exact batch':>13} {'recall@10':>9}"
+    print("\n" + header)
+    print("-" * len(header))
+    for r in rows:
+        build = f"{r['build_s']:.1f}" if r["build_s"] is not None else "-"
+        print(f"{r['vectors']:>9,} {r['kind']:8} {r['device']:4} {build:>8} {r['single_qps']:>9.1f} "
+              f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['batch_qps']:>10.1f} "
+              f"{r['single_speedup_vs_exact']:>10.2f} {r['batch_speedup_vs_exact']:>13.2f} {r['recall_at_10']:>9.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--single", type=int, default=100, help="single queries timed per index")
+    parser.add_argument("--batch", type=int, default=256, help="queries per batched call")
+    parser.add_argument("--batch-queries", type=int, default=2_048)
+    parser.add_argument("--recall-queries", type=int, default=500)
+    parser.add_argument("--train-sample", type=int, default=50_000, help="IVF/PQ training vectors")
+    parser.add_argument("--ivf-lists", type=int, default=0, help="0: ~4*sqrt(n), at most train_sample/39 (as the index step)")
+    parser.add_argument("--hnsw-max", type=int, default=0,
+                        help="also build HNSW up to this size (slow on 2 cores: ~45 s per 20k vectors)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    import faiss
+
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    rows = [r for n in args.sizes for r in bench_size(n, args, rng)]
+    print_table(rows)
+    result = {
+        "benchmark": "search", "rows": rows, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {"cpu_count": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
+                    "faiss": faiss.__version__, "gpus": gpu_count(), "python": platform.python_version()},
+        "seconds": time.perf_counter() - started,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, args.out)
+    print(f"\nwrote {args.out} ({result['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

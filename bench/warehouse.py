@@ -1,0 +1,131 @@
+"""Analyst query latency over paper-scale synthetic tables (500k images, 50k products).
+
+The query joins images x denoise x products and groups by brand: the typical "how much did
+denoising drop, per brand" question. Reported: cold (new connection: what one `shoesearch sql`
+call pays for the views) and warm (an open connection, as in a notebook), against the baseline
+of a bare scan of the images table in the same run.
+
+    python bench/warehouse.py [--images 500000] [--products 50000] [--repeat 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from warehouse import Warehouse  # noqa: E402
+
+QUERY = """
+SELECT p.brand,
+       count(*)                                   AS photos,
+       sum(CASE WHEN d.kept THEN 1 ELSE 0 END)    AS kept,
+       round(avg(d.distance), 3)                  AS mean_distance
+FROM images_current i
+JOIN denoise_current d USING (image_id)
+JOIN products_current p ON p.product_id = i.product_id
+GROUP BY p.brand
+ORDER BY photos DESC
+"""
+BASELINE = "SELECT count(*), sum(bytes) FROM images"
+BRANDS = ["Nike", "adidas", "李宁", "安踏", "特步", "361°", "Skechers", "Converse", "回力", "New Balance"]
+
+
+def build(root: Path, n_images: int, n_products: int, batches: int) -> Warehouse:
+    """Write the tables in ``batches`` commits per table, as nightly runs would."""
+    rng = np.random.default_rng(0)
+    wh = Warehouse(root)
+    per_product = n_images // n_products
+    product_ids = np.array([f"jd:{100000 + i}" for i in range(n_products)])
+    for b, chunk in enumerate(np.array_split(np.arange(n_products), batches)):
+        crawl_run = f"crawl-bench-{b:03d}"
+        pids = product_ids[chunk]
+        products = pa.table({
+            "product_id": pids, "source": ["jd"] * len(pids),
+            "brand": rng.choice(BRANDS, len(pids)), "title": [f"shoe {p}" for p in pids],
+            "price": rng.uniform(50, 1500, len(pids)), "crawled_at": pa.array([None] * len(pids), pa.timestamp("us", tz="UTC")),
+        })
+        image_pid = np.repeat(pids, per_product)
+        position = np.tile(np.arange(per_product, dtype=np.int32), len(pids))
+        image_ids = np.char.add(np.char.add(image_pid.astype(str), "#"), position.astype(str))
+        images = pa.table({
+            "image_id": image_ids, "product_id": image_pid, "position": position,
+            "status": ["ok"] * len(image_ids), "bytes": rng.integers(30_000, 200_000, len(image_ids)),
+        })
+        wh.write(crawl_run, {"products": products, "images": images})
+    # One denoise run over everything (the current decision table), written in parts.
+    all_images = wh.query("SELECT image_id, product_id, position FROM images")
+    dist = rng.gamma(4.0, 0.18, all_images.num_rows).astype(np.float32)
+    with wh.begin("denoise-bench") as txn:
+        txn.write("denoise", {
+            "image_id": all_images["image_id"], "product_id": all_images["product_id"],
+            "position": all_images["position"], "distance": dist,
+            "threshold": np.full(len(dist), 1.0, np.float32), "kept": dist <= 1.0,
+            "reason": np.where(dist <= 1.0, "near", "far"),
+        })
+        now = pa.scalar(time.time_ns() // 1000, pa.timestamp("us", tz="UTC"))
+        txn.write("runs", [{"run_id": "denoise-bench", "step": "denoise", "status": "success",
+                            "finished_at": now.as_py(), "recorded_at": now.as_py()}])
+    return wh
+
+
+def timed(fn, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=500_000)
+    ap.add_argument("--products", type=int, default=50_000)
+    ap.add_argument("--batches", type=int, default=10, help="commits per table (nightly runs)")
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "warehouse.json"))
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        wh = build(Path(tmp), args.images, args.products, args.batches)
+        build_s = time.perf_counter() - t0
+        con = wh.connect()
+        con.execute(QUERY).fetchall()  # warm the OS cache once
+        result_rows = len(con.execute(QUERY).fetchall())
+        rows = {
+            "baseline: scan images (warm)": timed(lambda: con.execute(BASELINE).fetchall(), args.repeat),
+            "analyst query (warm connection)": timed(lambda: con.execute(QUERY).fetchall(), args.repeat),
+            "analyst query (cold: new connection + views)": timed(lambda: wh.query(QUERY), args.repeat),
+        }
+        con.close()
+
+    base = statistics.median(rows["baseline: scan images (warm)"])
+    report = {"images": args.images, "products": args.products, "batches": args.batches,
+              "build_seconds": round(build_s, 1), "result_rows": result_rows, "target_ms": 100, "timings": {}}
+    print(f"\nwarehouse bench: {args.images:,} images, {args.products:,} products, {args.batches} commits/table "
+          f"(built in {build_s:.1f}s)\n")
+    print(f"{'query':<46} {'p50 ms':>8} {'p90 ms':>8} {'x baseline':>11}")
+    for name, ms in rows.items():
+        p50, p90 = statistics.median(ms), float(np.percentile(ms, 90))
+        report["timings"][name] = {"p50_ms": round(p50, 1), "p90_ms": round(p90, 1), "x_baseline": round(p50 / base, 2)}
+        print(f"{name:<46} {p50:>8.1f} {p90:>8.1f} {p50 / base:>11.2f}")
+    warm = report["timings"]["analyst query (warm connection)"]["p50_ms"]
+    print(f"\ntarget < 100 ms: {'met' if warm < 100 else 'NOT met'} (warm p50 {warm:.1f} ms)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

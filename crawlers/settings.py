@@ -1,0 +1,32 @@
+"""Scrapy settings of the ``crawlers`` project (``scrapy crawl jd`` from the repository root).
+
+Tunables come from the shoesearch settings (``shoesearch/settings.py``, section ``crawl``): see
+``crawlers/config.py``. Only Scrapy wiring lives here.
+"""
+
+from crawlers.config import scrapy_settings
+from shoesearch.settings import Settings
+
+BOT_NAME = "shoesearch"
+SPIDER_MODULES = ["crawlers.spiders"]
+NEWSPIDER_MODULE = "crawlers.spiders"
+
+# USER_AGENT, ROBOTSTXT_OBEY, AUTOTHROTTLE_*, DOWNLOAD_DELAY, RETRY_*, ... (polite by default).
+globals().update(scrapy_settings(Settings.load()))
+
+DOWNLOADER_MIDDLEWARES = {
+    "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
+    "crawlers.middlewares.BackoffRetryMiddleware": 550,  # Scrapy's retry slot, with backoff
+}
+ITEM_PIPELINES = {
+    "crawlers.pipelines.GalleryPipeline": 100,  # download, validate, store photos by content hash
+    "crawlers.pipelines.WarehousePipeline": 900,  # product + its photos in one commit
+}
+EXTENSIONS = {
+    "scrapy.extensions.telnet.TelnetConsole": None,
+    "crawlers.extensions.CrawlStatsFile": 500,
+}
+LOG_LEVEL = "INFO"
+FEED_EXPORT_ENCODING = "utf-8"
+TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
+REMOTE_CONTROL_ENABLED = False  # no control port: the task reads the stats file instead

@@ -1,0 +1,208 @@
+"""The JD spider: keywords / categories -> result pages (both halves) -> item pages -> price API.
+
+Selectors and URL rules live in :mod:`crawlers.jdsite`. Run by ``shoesearch crawl`` (a subprocess
+of the crawl task) or by hand: ``scrapy crawl jd -s SHOESEARCH_HOME=data`` from the repository root.
+
+Incremental: a product whose parsed content (fields, price, gallery URLs) hashes to the value of
+its current row, and whose photos were all stored, is not yielded (its photos are not fetched).
+Resume: SKUs already written by the earlier, interrupted attempts of the same crawl job
+(``SHOESEARCH_DONE_RUNS``) are not fetched again. Every request is ``dont_filter``: listings are
+re-walked on resume (requests that were in flight when a crawl was killed are otherwise lost
+with JOBDIR) and the spider de-duplicates SKUs itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+import scrapy
+from scrapy.exceptions import CloseSpider
+
+from crawlers import jdsite
+from crawlers.config import crawl_settings_from
+from crawlers.items import ProductItem
+
+XHR_HEADERS = {"X-Requested-With": "XMLHttpRequest"}
+
+
+class JdSpider(scrapy.Spider):
+    name = "jd"
+
+    @classmethod
+    def from_crawler(cls, crawler, *args, **kwargs):
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        spider.settings_obj, spider.crawl_cfg = crawl_settings_from(crawler.settings)
+        c = spider.crawl_cfg
+        spider.site = jdsite.SiteMap(c.site or None)
+        spider.keywords = [k for k in c.keywords if k.strip()]
+        spider.categories = [k for k in c.categories if k.strip()]
+        spider.max_products = c.max_products
+        spider.max_pages = c.max_pages
+        spider.run_id = crawler.settings.get("SHOESEARCH_RUN_ID")
+        spider.done_runs = json.loads(crawler.settings.get("SHOESEARCH_DONE_RUNS") or "[]")
+        spider.scheduled: set[str] = set()  # SKUs whose item page was requested
+        spider.fetched: set[str] = set()  # SKUs whose item page was parsed
+        spider.priced: set[str] = set()  # SKUs whose price answer was handled
+        spider.stop_reason = None
+        spider.stop_message = None
+        spider._load_known()
+        return spider
+
+    # --- what the warehouse already holds ---
+    def _load_known(self) -> None:
+        from warehouse import open_warehouse
+
+        wh = open_warehouse(self.settings_obj)
+        self.known_hashes = {
+            r["product_id"]: r["content_hash"]
+            for r in wh.query("SELECT product_id, content_hash FROM products_current WHERE source = 'jd'").to_pylist()
+        }
+        self.incomplete = {
+            r["product_id"]
+            for r in wh.query(
+                "SELECT DISTINCT product_id FROM images_current WHERE status <> 'ok' AND starts_with(product_id, 'jd:')"
+            ).to_pylist()
+        }
+        self.done_skus = set()
+        if self.done_runs:
+            marks = ",".join("?" for _ in self.done_runs)
+            self.done_skus = {
+                r["sku"] for r in wh.query(f"SELECT DISTINCT sku FROM products WHERE run_id IN ({marks})",
+                                           self.done_runs).to_pylist()
+            }
+
+    # --- entry points ---
+    async def start(self):
+        if not self.keywords and not self.categories:
+            raise CloseSpider("no keywords or categories to start from")
+        for keyword in self.keywords:
+            yield scrapy.Request(self.site.search_url(keyword, 1), callback=self.parse_search,
+                                 cb_kwargs={"keyword": keyword, "page": 1}, dont_filter=True)
+        for category in self.categories:
+            yield scrapy.Request(self.site.list_url(category, 1), callback=self.parse_list,
+                                 cb_kwargs={"category": category, "page": 1}, dont_filter=True)
+
+    # --- listings ---
+    def parse_search(self, response, keyword: str, page: int):
+        entries = self._listing(response, "search")
+        first_half = [e.sku for e in entries]
+        yield from self._items(entries)
+        if first_half:
+            yield scrapy.Request(
+                self.site.lazy_url(keyword, page, first_half), callback=self.parse_lazy,
+                headers={**XHR_HEADERS, "Referer": response.url}, cb_kwargs={"keyword": keyword, "page": page},
+                dont_filter=True,
+            )
+        if page == 1:
+            total = min(jdsite.search_total_pages(response.text), self.max_pages)
+            for n in range(2, total + 1):
+                yield scrapy.Request(self.site.search_url(keyword, n), callback=self.parse_search,
+                                     cb_kwargs={"keyword": keyword, "page": n}, dont_filter=True)
+
+    def parse_lazy(self, response, keyword: str, page: int):
+        self._check_wall(response)
+        entries = jdsite.parse_listing(response.text) if response.text.strip() else []
+        if entries is None:
+            self._parse_failed("lazy", response)
+            return
+        self.crawler.stats.inc_value("shoesearch/pages/lazy")
+        yield from self._items(entries)
+
+    def parse_list(self, response, category: str, page: int):
+        entries = self._listing(response, "list")
+        yield from self._items(entries)
+        next_href = jdsite.list_next_page(response.text)
+        if next_href and page < self.max_pages:
+            yield scrapy.Request(self.site.absolute(response.urljoin(next_href)), callback=self.parse_list,
+                                 cb_kwargs={"category": category, "page": page + 1}, dont_filter=True)
+
+    def _listing(self, response, kind: str) -> list[jdsite.ListingEntry]:
+        self._check_wall(response)
+        entries = jdsite.parse_listing(response.text)
+        if entries is None:
+            self._parse_failed(kind, response)
+            return []
+        self.crawler.stats.inc_value(f"shoesearch/pages/{kind}")
+        return entries
+
+    def _items(self, entries):
+        for entry in entries:
+            if entry.sku in self.scheduled:
+                continue
+            if len(self.scheduled) >= self.max_products:
+                self.crawler.stats.inc_value("shoesearch/products/over_limit")
+                continue
+            self.scheduled.add(entry.sku)
+            if entry.sku in self.done_skus:
+                self.crawler.stats.inc_value("shoesearch/products/already_done")
+                continue
+            url = self.site.absolute(entry.url) if entry.url else self.site.item_url(entry.sku)
+            yield scrapy.Request(url, callback=self.parse_item, cb_kwargs={"sku": entry.sku}, dont_filter=True)
+
+    # --- item page + price ---
+    def parse_item(self, response, sku: str):
+        self._check_wall(response)
+        if sku in self.fetched or sku in self.done_skus:
+            return  # a request restored from JOBDIR that the re-walked listings also found
+        self.fetched.add(sku)
+        self.crawler.stats.inc_value("shoesearch/pages/item")
+        page = jdsite.parse_item(response.text, sku_hint=sku)
+        if page is None or not page.gallery:
+            self._parse_failed("item", response)
+            return
+        if page.layout != "pageConfig":
+            self.crawler.stats.inc_value(f"shoesearch/layout/{page.layout}")
+        yield scrapy.Request(self.site.price_url([page.sku]), callback=self.parse_price,
+                             cb_kwargs={"page": page, "item_url": response.url}, dont_filter=True)
+
+    def parse_price(self, response, page: jdsite.ItemPage, item_url: str):
+        self._check_wall(response)
+        try:
+            prices = jdsite.parse_prices(response.text)
+        except (json.JSONDecodeError, AttributeError):
+            self._parse_failed("price", response)
+            prices = {}
+        if jdsite.is_captcha(prices):
+            self._stop("captcha", f"JD answered the price API with a captcha ({response.url}); "
+                                  "stopping cleanly, products written so far are kept")
+        if page.sku in self.priced or page.sku in self.done_skus:
+            return  # a price request restored from JOBDIR for a product handled again in this run
+        self.priced.add(page.sku)
+        price = prices.get(page.sku, {}) if isinstance(prices, dict) else {}
+        gallery = [self.site.image_url(jfs, self.crawl_cfg.image_size_code) for jfs in page.gallery]
+        product_id = f"jd:{page.sku}"
+        fields = {
+            "sku": page.sku, "title": page.title, "brand": page.brand, "brand_id": page.brand_id,
+            "category": page.category, "category_ids": page.category_ids, "shop_id": page.shop_id,
+            "shop_name": page.shop_name, "price": price.get("price"), "list_price": price.get("list_price"),
+            "variants": page.variants, "gallery": [jdsite.jfs_path(u) for u in gallery],
+        }
+        content_hash = hashlib.sha1(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        if self.known_hashes.get(product_id) == content_hash and product_id not in self.incomplete:
+            self.crawler.stats.inc_value("shoesearch/products/unchanged")
+            return
+        fields.pop("gallery")
+        yield ProductItem(
+            product_id=product_id, source="jd", url=item_url,
+            n_images=len(gallery), content_hash=content_hash, crawled_at=datetime.now(timezone.utc),
+            gallery=gallery, layout=page.layout, **fields,
+        )
+
+    # --- walls and failures ---
+    def _check_wall(self, response) -> None:
+        if jdsite.is_login_url(response.url):
+            self._stop("login_wall", f"JD redirected to its login page ({response.url}); stopping cleanly, "
+                                     "products written so far are kept")
+
+    def _stop(self, reason: str, message: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason, self.stop_message = reason, message
+            self.crawler.stats.set_value(f"shoesearch/stopped/{reason}", 1)
+            self.logger.error(message)
+        raise CloseSpider(reason)
+
+    def _parse_failed(self, kind: str, response) -> None:
+        self.crawler.stats.inc_value(f"shoesearch/parse_failed/{kind}")
+        self.logger.error("page no longer matches the JD %s layout (see crawlers/jdsite.py): %s", kind, response.url)

@@ -1,0 +1,101 @@
+"""``load_embedder(spec, settings)``: one entry point for every image -> vector model.
+
+A spec is ``<prefix>:<rest>``; ``RESOLVERS[prefix]`` builds the embedder. ``imagenet:<backbone>``
+(optionally ``imagenet:<backbone>@<weights>:<pool>``, i.e. a full model id) is built here; trained
+models register their own resolver with :func:`register_resolver` (a spec without a known prefix,
+e.g. a bare model id from the ``models`` table, goes to the ``"model"`` resolver).
+
+Every embedder takes images normalised with its ``.mean`` / ``.std`` at ``.image_size`` (see
+:mod:`models.transforms`) and returns L2-normalised B x ``.dim`` float vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from models.backbones import Backbone, load_backbone
+from models.pooling import GlobalPool
+from shoesearch.errors import ShoesearchError
+
+
+class Embedder(Protocol):
+    model_id: str
+    dim: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class ImageNetEmbedder(nn.Module):
+    """Off-the-shelf descriptor: backbone conv map -> GeM/avg pooling -> L2 normalisation."""
+
+    def __init__(self, backbone: Backbone, pool: GlobalPool, image_size: int):
+        super().__init__()
+        self.backbone = backbone
+        self.pool = pool
+        self.image_size = image_size
+        self.mean = backbone.mean
+        self.std = backbone.std
+        self.dim = backbone.out_channels
+        self.model_id = f"imagenet:{backbone.weights_id}:{pool.tag}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.backbone.features(x))
+
+
+Resolver = Callable[[str, object], Embedder]
+RESOLVERS: dict[str, Resolver] = {}
+MODEL_RESOLVER = "model"  # key of the resolver for specs that are bare trained model ids
+
+
+def register_resolver(prefix: str, resolver: Resolver) -> None:
+    """Let ``load_embedder`` build specs starting with ``prefix:`` (or bare ids for ``"model"``)."""
+    RESOLVERS[prefix] = resolver
+
+
+def _imagenet(rest: str, settings) -> Embedder:
+    head, _, pool_tag = rest.partition(":")
+    name, _, weights_tag = head.partition("@")
+    backbone = load_backbone(name or settings.embed.backbone, settings.embed.weights_path)
+    pool = GlobalPool(settings.embed.pooling, settings.embed.gem_p)
+    embedder = ImageNetEmbedder(backbone, pool, settings.embed.image_size)
+    if weights_tag and backbone.weights_id != f"{backbone.name}@{weights_tag}":
+        raise ShoesearchError(f"asked for weights {head!r} but found {backbone.weights_id!r}")
+    if pool_tag and pool.tag != pool_tag:
+        raise ShoesearchError(
+            f"asked for pooling {pool_tag!r} but settings give {pool.tag!r} (embed.pooling / embed.gem_p)")
+    return embedder.eval()
+
+
+register_resolver("imagenet", _imagenet)
+
+
+def default_spec(settings) -> str:
+    return f"imagenet:{settings.embed.backbone}"
+
+
+def load_embedder(spec: str | None, settings) -> Embedder:
+    """The embedder for ``spec`` (default: ``imagenet:<settings.embed.backbone>``), in eval mode."""
+    spec = spec or default_spec(settings)
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in RESOLVERS:
+        return RESOLVERS[prefix](rest, settings)
+    if MODEL_RESOLVER in RESOLVERS:
+        return RESOLVERS[MODEL_RESOLVER](spec, settings)
+    known = ", ".join(f"{p}:..." for p in RESOLVERS)
+    raise ShoesearchError(f"unknown model spec {spec!r}; expected one of {known}")
+
+
+def _trained_model(spec: str, settings) -> Embedder:
+    """Trained NetVLAD models (``tasks/train.py``), looked up by model id in the ``models`` table."""
+    from models.netvlad_model import load_trained_embedder
+
+    return load_trained_embedder(spec, settings)
+
+
+register_resolver(MODEL_RESOLVER, _trained_model)

@@ -1,0 +1,89 @@
+"""Crawl commands: ``shop serve`` (the demo shop), ``crawl`` (the Prefect flow), ``ingest DIR``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from shoesearch.errors import ShoesearchError
+
+
+def register(sub) -> None:
+    shop = sub.add_parser("shop", help="the JD-structured demo shop (local crawl target)")
+    shop_sub = shop.add_subparsers(dest="shop_command", metavar="SUBCOMMAND")
+    p = shop_sub.add_parser("serve", help="serve a catalogue folder or synthetic products as a JD-like site")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--catalog", metavar="DIR", help="DIR/<product>/<photos> (+ optional labels.csv, products.json)")
+    src.add_argument("--synthetic", type=int, metavar="N", help="N generated shoe products (default 200)")
+    p.add_argument("--port", type=int, help="port (default: settings crawl.shop_port)")
+    p.add_argument("--host", help="address (default: settings crawl.shop_host, loopback)")
+    p.add_argument("--noise-rate", type=float, default=None,
+                   help="fraction of gallery photos that are noise (synthetic default 0.2, catalogue default 0)")
+    p.add_argument("--faults", action="append", default=[], metavar="NAME[=N]",
+                   help="misbehave for tests, e.g. captcha=5,5xx=2,layout=2 (see docs/readme_crawl.md)")
+    p.add_argument("--page-size", type=int, help="items per result page (default: crawl.shop_page_size = 60)")
+    p.add_argument("--image-size", type=int, default=256, help="synthetic photo side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_shop_serve)
+    shop.set_defaults(func=lambda args, settings: (shop.print_help(), 2)[1])
+
+    p = sub.add_parser("crawl", help="crawl JD (or --site, e.g. the demo shop) into products/images")
+    p.add_argument("--site", help="one base URL for every JD host, e.g. http://127.0.0.1:8765")
+    p.add_argument("--keyword", action="append", help="search keyword (repeatable; default: crawl.keywords)")
+    p.add_argument("--category", action="append", help="JD category ids like 1318,12099,9756 (repeatable)")
+    p.add_argument("--max-products", type=int)
+    p.add_argument("--max-pages", type=int)
+    p.set_defaults(func=cmd_crawl)
+
+    p = sub.add_parser("ingest", help="load a local catalogue folder DIR/<product>/<photos> into products/images")
+    p.add_argument("dir")
+    p.add_argument("--name", help="catalogue name used in product ids (default: the folder name)")
+    p.set_defaults(func=cmd_ingest)
+
+
+def cmd_shop_serve(args, settings) -> int:
+    from crawlers.demo_shop.server import build_shop
+
+    c = settings.crawl
+    synthetic = args.synthetic if args.synthetic is not None or args.catalog else 200
+    noise = args.noise_rate if args.noise_rate is not None else (0.0 if args.catalog else 0.2)
+    shop = build_shop(catalog=args.catalog, synthetic=None if args.catalog else synthetic, home=settings.home,
+                      noise_rate=noise, faults=args.faults, host=args.host or c.shop_host,
+                      port=c.shop_port if args.port is None else args.port,
+                      page_size=args.page_size or c.shop_page_size, seed=args.seed, image_size=args.image_size)
+    n = len(shop.state.products)
+    photos = sum(len(p.gallery) for p in shop.state.products)
+    print(f"demo shop: {n} products, {photos} photos from {shop.state.source}")
+    print(f"serving on {shop.url}  (ground truth: {shop.url}/_shop/manifest.json)")
+    print(f"crawl it:  shoesearch crawl --site {shop.url} --keyword 鞋")
+    try:
+        shop.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shop.httpd.server_close()
+    return 0
+
+
+def cmd_crawl(args, settings) -> int:
+    from flows.crawl import crawl_flow
+    from tasks.crawl import crawl_params, crawl_summary
+
+    # Validate before starting Prefect (a bad argument should not cost a server start).
+    params = crawl_params(settings, args.site, args.keyword, args.category, args.max_products, args.max_pages)
+    overrides = {f"crawl.{f.name}": getattr(settings.crawl, f.name) for f in dataclasses.fields(settings.crawl)}
+    run_id = crawl_flow(home=str(settings.home), overrides=overrides, **params)
+    s = crawl_summary(settings, run_id)
+    print(f"crawl run {run_id}: {s['finish_reason']}; {s['products_written']} products written, "
+          f"{s['products_unchanged']} unchanged, {s['images_written']} photos {s['images_by_status']}")
+    if s.get("stop_message"):
+        print(f"stopped early: {s['stop_message']}\nrun the same command again to resume.")
+        return 3
+    return 0
+
+
+def cmd_ingest(args, settings) -> int:
+    from tasks.ingest import ingest_catalog
+
+    run_id = ingest_catalog(settings, args.dir, name=args.name)
+    print(f"ingest run {run_id}")
+    return 0

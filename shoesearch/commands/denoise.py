@@ -1,0 +1,57 @@
+"""Embed and denoise commands: ``shoesearch embed``, ``shoesearch denoise``."""
+
+from __future__ import annotations
+
+from shoesearch.errors import ShoesearchError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("embed", help="embed the current photos with an ImageNet backbone (incremental)")
+    p.add_argument("--backbone", help="vgg16 | resnet50 | efficientnet_lite0 (default: embed.backbone)")
+    p.add_argument("--model", help="a model spec instead: imagenet:<backbone> or a trained model id")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("denoise", help="drop photos far from their product's first photo (runs the denoise flow)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--threshold", type=float, help="absolute distance in [0, 2] (default: denoise.threshold)")
+    group.add_argument("--drop-rate", type=float, help="calibrate the threshold to drop this fraction, e.g. 0.2")
+    p.add_argument("--backbone", help="ImageNet backbone (default: embed.backbone)")
+    p.set_defaults(func=cmd_denoise)
+
+
+def cmd_embed(args, settings) -> int:
+    from tasks.embed import embed_images
+    from warehouse import open_warehouse
+
+    if args.backbone and args.model:
+        raise ShoesearchError("give --backbone or --model, not both")
+    spec = args.model or (f"imagenet:{args.backbone}" if args.backbone else None)
+    run_id = embed_images(settings, spec)
+    message = open_warehouse(settings).query("SELECT message FROM runs WHERE run_id = ?", [run_id]).to_pylist()
+    print(f"{run_id}: {message[0]['message'] if message else ''}")
+    return 0
+
+
+def cmd_denoise(args, settings) -> int:
+    from flows.denoise import denoise_flow
+    from tasks.denoise import choose_threshold
+    from warehouse import open_warehouse
+
+    choose_threshold(settings, args.threshold, args.drop_rate)  # bad values fail before Prefect starts
+    overrides = settings_overrides(settings)
+    run_id = denoise_flow(threshold=args.threshold, drop_rate=args.drop_rate, backbone=args.backbone,
+                          home=str(settings.home), overrides=overrides)
+    row = open_warehouse(settings).query("SELECT message FROM runs WHERE run_id = ?", [run_id]).to_pylist()
+    print(f"{run_id}: {row[0]['message'] if row else ''}")
+    print(f"report: {settings.reports_dir / f'denoise-{run_id}'}")
+    return 0
+
+
+def settings_overrides(settings) -> dict:
+    """Every setting as "section.field": value, so a flow sees exactly the CLI's settings."""
+    import dataclasses
+
+    from shoesearch.settings import SECTIONS
+
+    return {f"{name}.{key}": value for name in SECTIONS
+            for key, value in dataclasses.asdict(getattr(settings, name)).items()}

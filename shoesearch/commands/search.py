@@ -1,0 +1,98 @@
+"""Search commands: index, search, api, nightly, serve-flows, demo."""
+
+from __future__ import annotations
+
+from shoesearch.errors import ShoesearchError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("index", help="embed the catalogue with a model, build a faiss index and make it current")
+    p.add_argument("--model", help="trained model id or imagenet:<backbone> (default: newest trained model)")
+    p.add_argument("--no-gate", action="store_true", help="switch even if the model's test Recall@1 is lower")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="the products that best match a photo")
+    p.add_argument("photo", help="a photo file (JPEG, PNG, WebP ...)")
+    p.add_argument("-k", type=int, default=None, help="products returned (default: index.search_k)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("api", help="serve the search API and upload page (FastAPI + uvicorn)")
+    p.add_argument("--host", help="default: api.host (127.0.0.1)")
+    p.add_argument("--port", type=int, help="default: api.port (8000)")
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("nightly", help="run the nightly flow once: crawl, embed, denoise, train, evaluate, index")
+    p.add_argument("--site", help="crawl this base URL instead of JD (e.g. the demo shop)")
+    p.add_argument("--no-crawl", action="store_true", help="skip the crawl (use what is in the warehouse)")
+    p.set_defaults(func=cmd_nightly)
+
+    p = sub.add_parser("serve-flows", help="serve the nightly flow on its cron schedule and denoise for manual runs")
+    p.set_defaults(func=cmd_serve_flows)
+
+    p = sub.add_parser("demo", help="start the synthetic shop, run nightly once on CPU, show an example search")
+    p.add_argument("--products", type=int, default=None, help="products in the demo shop")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_index(args, settings) -> int:
+    from tasks.index import build_index, switch_index
+
+    index_id = build_index(settings, model_spec=args.model)
+    switch_index(settings, index_id, gate=not args.no_gate)
+    return 0
+
+
+def cmd_search(args, settings) -> int:
+    import pyarrow as pa
+
+    from shoesearch.output import format_table
+    from tasks.search import search
+
+    hits = search(settings, args.photo, args.k)
+    cols = ["rank", "score", "product_id", "title", "brand", "price", "url", "photo_file"]
+    table = pa.Table.from_pylist([{c: getattr(h, c) for c in cols} for h in hits])
+    print(format_table(table, args.format) if hits else "no products found")
+    return 0
+
+
+def cmd_api(args, settings) -> int:
+    from shoesearch.api import serve
+
+    host, port = args.host or settings.api.host, args.port or settings.api.port
+    print(f"search page: http://{host}:{port}/   (POST /search with a 'photo' upload for JSON)")
+    serve(settings, host=host, port=port)
+    return 0
+
+
+def cmd_nightly(args, settings) -> int:
+    from flows.nightly import nightly
+
+    result = nightly(site=args.site, crawl=not args.no_crawl, home=str(settings.home),
+                     overrides=settings_overrides(settings))
+    print(result["summary"])
+    return 0
+
+
+def settings_overrides(settings) -> dict:
+    """Every setting as ``section.field`` -> value, so a flow run sees exactly these settings."""
+    from shoesearch.settings import SECTIONS
+
+    data = settings.as_dict()
+    return {f"{s}.{k}": v for s in SECTIONS for k, v in data[s].items()}
+
+
+def cmd_serve_flows(args, settings) -> int:
+    from flows.serve import serve_flows
+
+    serve_flows(settings)
+    return 0
+
+
+def cmd_demo(args, settings) -> int:
+    from flows.demo import run_demo
+
+    if args.products is not None and args.products < 8:
+        raise ShoesearchError("the demo needs at least 8 products (train, val and test splits)")
+    run_demo(settings, products=args.products)
+    return 0

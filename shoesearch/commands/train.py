@@ -1,0 +1,58 @@
+"""Train and evaluate commands: ``shoesearch train`` (the Prefect flow) and ``shoesearch evaluate``."""
+
+from __future__ import annotations
+
+from shoesearch.errors import ShoesearchError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="split -> k-means -> train NetVLAD -> evaluate (Prefect flow `train`)")
+    p.add_argument("--backbone", help="vgg16 | resnet50 | efficientnet_lite0 (default: train.backbone)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default: train.epochs)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: train.device")
+    p.add_argument("--photos", choices=["auto", "raw", "denoised"], default="auto",
+                   help="train on photos denoise kept, or on all photos (auto: denoised when a denoise run exists)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="Recall@1/5/10 + mAP ablation of a trained model on the test split")
+    p.add_argument("--model", help="trained model id (default: the newest netvlad model)")
+    p.add_argument("--compare", action="append", default=[], metavar="MODEL_ID",
+                   help="another model trained on the same split (e.g. on raw photos); repeatable")
+    p.add_argument("--protocol", choices=["all", "consumer-to-shop"], default="all")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_train(args, settings) -> int:
+    from flows.train import train_flow
+
+    overrides = {"train.backbone": args.backbone, "train.epochs": args.epochs, "train.device": args.device}
+    for key, value in overrides.items():
+        if value is not None:
+            settings.set(key, value)
+    result = train_flow(home=str(settings.home), overrides={k: v for k, v in overrides.items() if v is not None},
+                        photos=args.photos)
+    _print_report(settings, result["evaluate"])
+    print(f"model {result['model_id']} (train run {result['train']})")
+    return 0
+
+
+def cmd_evaluate(args, settings) -> int:
+    from tasks.evaluate import evaluate
+    from warehouse import open_warehouse
+
+    model_id = args.model
+    if not model_id:
+        rows = open_warehouse(settings).query(
+            "SELECT model_id FROM models WHERE kind = 'netvlad' ORDER BY created_at DESC LIMIT 1").to_pylist()
+        if not rows:
+            raise ShoesearchError("no trained model yet: run `shoesearch train` first")
+        model_id = rows[0]["model_id"]
+    run_id = evaluate(settings, model_id, protocol=args.protocol, compare=args.compare)
+    _print_report(settings, run_id)
+    return 0
+
+
+def _print_report(settings, run_id: str) -> None:
+    path = settings.reports_dir / f"{run_id}.md"
+    print(path.read_text())
+    print(f"report: {path} (+ .png)")

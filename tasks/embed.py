@@ -1,0 +1,249 @@
+"""Embed the current product photos with an image model and store the vectors.
+
+``embed_images`` streams the photos through a DataLoader in batches (never all in memory),
+embeds each distinct picture (by content hash) once per model, and commits chunks as it goes:
+a killed run keeps what it finished, and the next run (or a nightly run with new products)
+only embeds pictures that the same ``model_id`` has not seen. ``load_embeddings`` maps vectors
+back to every image id whose photo has that content hash.
+
+On CUDA it uses pinned memory, bf16 autocast, channels_last and, for JPEGs, nvjpeg decoding on
+the GPU (``embed.gpu_decode``); on the CPU, PIL decodes JPEGs at a reduced DCT scale.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from prefect import task
+from prefect.cache_policies import NONE
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from models.registry import load_embedder
+from models.transforms import fit_square, preprocess_path
+from shoesearch.errors import ShoesearchError
+from warehouse import open_warehouse, start_run
+
+log = logging.getLogger(__name__)
+
+CURRENT_PHOTOS_SQL = """
+    SELECT image_id, sha1, path, run_id FROM images_current
+    WHERE status = 'ok' AND sha1 IS NOT NULL AND path IS NOT NULL
+    ORDER BY image_id"""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when present, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ShoesearchError(f"device {name!r} asked for but CUDA is not available (set embed.device=auto or cpu)")
+    return torch.device(name)
+
+
+class PhotoTensors(Dataset):
+    """(index, normalised tensor, ok) per photo file: decoded and resized in the worker (CPU path)."""
+
+    def __init__(self, paths: list[Path], size: int, mean, std, max_pixels: int):
+        self.paths, self.size, self.mean, self.std, self.max_pixels = paths, size, mean, std, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, preprocess_path(self.paths[i], self.size, self.mean, self.std, self.max_pixels), True
+        except (OSError, ValueError, SyntaxError) as exc:
+            log.warning("cannot read %s: %s", self.paths[i], exc)
+            return i, torch.zeros(3, self.size, self.size), False
+
+
+class PhotoBytes(Dataset):
+    """(index, raw file bytes as uint8 tensor) per photo: decoded later on the GPU."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from torchvision.io import read_file
+
+        return i, read_file(str(self.paths[i]))
+
+
+def _collate_bytes(items):
+    return [i for i, _ in items], [data for _, data in items]
+
+
+def decode_on_gpu(datas: list[torch.Tensor], device: torch.device, size: int, mean, std):
+    """Raw photo bytes -> (normalised B x 3 x size x size on ``device``, ok mask). JPEGs use nvjpeg."""
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    jpeg = [j for j, d in enumerate(datas) if d.numel() > 2 and int(d[0]) == 0xFF and int(d[1]) == 0xD8]
+    decoded: dict[int, torch.Tensor] = {}
+    if jpeg:
+        try:
+            for j, img in zip(jpeg, decode_jpeg([datas[j] for j in jpeg], mode=ImageReadMode.RGB, device=device)):
+                decoded[j] = img
+        except RuntimeError as exc:  # one bad JPEG fails the batch call: fall back per image below
+            log.warning("batched GPU decode failed (%s); decoding one by one", exc)
+    out, ok = [], []
+    for j, data in enumerate(datas):
+        img = decoded.get(j)
+        if img is None:
+            try:
+                img = decode_image(data, mode=ImageReadMode.RGB).to(device, non_blocking=True)
+            except RuntimeError as exc:
+                log.warning("cannot decode photo: %s", exc)
+        ok.append(img is not None)
+        out.append(fit_square(img, size, mean, std) if img is not None
+                   else torch.zeros(3, size, size, device=device))
+    return torch.stack(out), torch.tensor(ok)
+
+
+def _loader(paths, embedder, settings, device: torch.device):
+    cfg = settings.embed
+    cuda = device.type == "cuda"
+    gpu_decode = cuda and cfg.gpu_decode
+    dataset = PhotoBytes(paths) if gpu_decode else PhotoTensors(
+        paths, embedder.image_size, embedder.mean, embedder.std, settings.crawl.max_image_pixels)
+    if cuda and cfg.num_workers > 0:
+        torch.multiprocessing.set_sharing_strategy("file_system")  # default fd sharing hangs there
+    return DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+        pin_memory=cuda and not gpu_decode, collate_fn=_collate_bytes if gpu_decode else None,
+        persistent_workers=False,
+    ), gpu_decode
+
+
+def _rows(image_ids: list[str], sha1s: list[str], vectors: np.ndarray, model_id: str) -> pa.Table:
+    n, dim = vectors.shape
+    flat = pa.array(vectors.astype(np.float32, copy=False).reshape(-1), type=pa.float32())
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
+    return pa.table({
+        "image_id": pa.array(image_ids, pa.string()), "sha1": pa.array(sha1s, pa.string()),
+        "model_id": pa.array([model_id] * n, pa.string()), "dim": pa.array([dim] * n, pa.int32()),
+        "vector": pa.ListArray.from_arrays(offsets, flat),
+    })
+
+
+def embed_images(settings, model_spec: str | None = None, image_ids: list[str] | None = None) -> str:
+    """Embed current ok photos not yet embedded by this model; returns the embed run id."""
+    wh = open_warehouse(settings)
+    embedder = load_embedder(model_spec, settings)
+    device = resolve_device(settings.embed.device)
+    photos = wh.query(CURRENT_PHOTOS_SQL).to_pylist()
+    if image_ids is not None:
+        wanted = set(image_ids)
+        photos = [p for p in photos if p["image_id"] in wanted]
+    done = {r["sha1"] for r in wh.query(
+        "SELECT DISTINCT sha1 FROM embeddings WHERE model_id = ?", [embedder.model_id]).to_pylist()}
+    todo: dict[str, dict] = {}
+    for p in photos:  # one entry per distinct picture: a photo shared by products is embedded once
+        if p["sha1"] not in done and p["sha1"] not in todo:
+            todo[p["sha1"]] = p
+    params = {"model_spec": model_spec, "model_id": embedder.model_id, "device": str(device),
+              "image_size": embedder.image_size, "photos": len(photos), "to_embed": len(todo)}
+    inputs = sorted({p["run_id"] for p in photos})
+    with start_run(wh, step="embed", params=params, inputs=inputs) as run:
+        run.message = _embed_pending(run, list(todo.values()), embedder, settings, device)
+    return run.run_id
+
+
+def _embed_pending(run, todo: list[dict], embedder, settings, device: torch.device) -> str:
+    """Embed ``todo`` photos in batches, committing every ``embed.commit_every``; returns a summary."""
+    if not todo:
+        return "nothing to embed"
+    cuda = device.type == "cuda"
+    embedder = embedder.to(device)
+    if cuda:
+        embedder = embedder.to(memory_format=torch.channels_last)
+    paths = [settings.images_dir / p["path"] for p in todo]
+    loader, gpu_decode = _loader(paths, embedder, settings, device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    pending: list[tuple[str, str, np.ndarray]] = []
+    embedded = unreadable = 0
+    started = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="img", desc=f"embed {embedder.model_id}", smoothing=0.1)
+    try:
+        for batch in loader:
+            if gpu_decode:
+                index, datas = batch
+                x, ok = decode_on_gpu(datas, device, embedder.image_size, embedder.mean, embedder.std)
+            else:
+                index, x, ok = batch
+                x = x.to(device, non_blocking=True)
+            index = torch.as_tensor(index)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), autocast:
+                vectors = embed_batch(embedder, x[ok.to(x.device)])
+            for i, vec in zip(index[ok].tolist(), vectors):
+                pending.append((todo[i]["image_id"], todo[i]["sha1"], vec))
+            embedded += int(ok.sum())
+            unreadable += int((~ok).sum())
+            bar.update(len(index))
+            if len(pending) >= settings.embed.commit_every:
+                _commit(run, pending, embedder.model_id)
+                pending = []
+        _commit(run, pending, embedder.model_id)
+    finally:
+        bar.close()
+    rate = embedded / max(time.perf_counter() - started, 1e-9)
+    return f"{embedded} photos embedded ({rate:.1f} img/s), {unreadable} unreadable"
+
+
+def embed_batch(embedder, x: torch.Tensor) -> np.ndarray:
+    """One forward pass -> float32 numpy vectors (empty batches allowed)."""
+    if x.shape[0] == 0:
+        return np.zeros((0, embedder.dim), np.float32)
+    return embedder(x).float().cpu().numpy()
+
+
+def _commit(run, pending, model_id: str) -> None:
+    if pending:
+        ids, sha1s, vecs = zip(*pending)
+        run.commit_chunk("embeddings", _rows(list(ids), list(sha1s), np.stack(vecs), model_id))
+
+
+def load_embeddings(wh, model_id: str, image_ids: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """(image ids, N x D float32) of current ok photos embedded by ``model_id``, sorted by image id,
+    or in the order of ``image_ids`` (every one must be embedded)."""
+    table = wh.query(
+        """WITH e AS (
+               SELECT sha1, vector, row_number() OVER (PARTITION BY sha1 ORDER BY run_id DESC) AS rn
+               FROM embeddings WHERE model_id = ?)
+           SELECT i.image_id, e.vector FROM images_current i JOIN e ON e.sha1 = i.sha1 AND e.rn = 1
+           WHERE i.status = 'ok' ORDER BY i.image_id""",
+        [model_id],
+    )
+    ids = table.column("image_id").to_pylist()
+    vectors = _matrix(table.column("vector"))
+    if image_ids is None:
+        return ids, vectors
+    row = {image_id: k for k, image_id in enumerate(ids)}
+    missing = [i for i in image_ids if i not in row]
+    if missing:
+        raise ShoesearchError(
+            f"{len(missing)} photo(s) have no {model_id} embedding (e.g. {', '.join(missing[:3])}): "
+            "run `shoesearch embed` first")
+    return list(image_ids), vectors[[row[i] for i in image_ids]]
+
+
+def _matrix(column: pa.ChunkedArray) -> np.ndarray:
+    if len(column) == 0:
+        return np.zeros((0, 0), np.float32)
+    arr = column.combine_chunks()
+    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return values.reshape(len(arr), -1)
+
+
+embed_images_task = task(embed_images, name="embed", cache_policy=NONE)

@@ -1,0 +1,146 @@
+"""Retrieval evaluation and the ablation table (step ``evaluate``).
+
+``evaluate(settings, model_id, protocol="all", compare=(), photos="auto") -> run_id`` measures
+Recall@1/5/10 and mAP on the test split of the model's split run: (a) the off-the-shelf ImageNet
+global descriptor of the same backbone, (b) NetVLAD at its k-means initialisation (untrained),
+(c) the trained model, and the same (b)/(c) for every model in ``compare`` (e.g. one trained on raw
+photos next to one trained on denoised photos). All variants see the same test photos.
+``protocol="all"``: each photo queries all other test photos. ``"consumer-to-shop"``: user photos
+(``images.domain = 'user'``) query shop photos only, as DeepFashion's consumer-to-shop benchmark.
+Rows go to ``evaluations``; the table and a PNG go to ``reports/`` and to a Prefect artifact.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from prefect import task
+
+from models import functional as LF
+from models.netvlad_model import NetVLADEmbedder, load_checkpoint
+from shoesearch.errors import ShoesearchError
+from tasks.train_data import PhotoDataset, PhotoSet, embed_dataset, load_photos, pick_device
+from warehouse import atomic_write_text, open_warehouse, start_run
+
+PROTOCOLS = {"all": "all-vs-all", "consumer-to-shop": "consumer-to-shop"}
+KS = (1, 5, 10)
+
+
+def score(embedder, settings, test: PhotoSet, protocol: str, device: torch.device) -> dict[str, float]:
+    """Metrics of one embedder on the test photos under ``protocol``."""
+    ds = PhotoDataset(settings, test.paths, embedder.image_size, embedder.mean, embedder.std)
+    desc = embed_dataset(embedder, ds, settings.embed.batch_size, settings.train.num_workers, device, "evaluate")
+    masks = {}
+    if protocol == "consumer-to-shop":
+        masks = {"query_mask": torch.tensor([d == "user" for d in test.domains]),
+                 "gallery_mask": torch.tensor([d != "user" for d in test.domains])}
+    return LF.recall_and_map(desc, test.labels(), KS, **masks)
+
+
+def _variants(settings, wh, model_id: str, device):
+    """(variant, photos, model_id, embedder factory) for (b) and (c) of one trained model."""
+    row = wh.query("SELECT * FROM models WHERE model_id = ? AND kind = 'netvlad'", [model_id]).to_pylist()
+    if not row:
+        raise ShoesearchError(f"no trained model {model_id!r} in the models table")
+    params = json.loads(row[0]["params"])
+    out = []
+    parent_kind = wh.query("SELECT kind FROM models WHERE model_id = ?", [row[0]["parent_model_id"]]).to_pylist()
+    if parent_kind and parent_kind[0]["kind"] == "kmeans":
+        out.append(("kmeans_init", params["photos"], model_id,
+                    lambda: NetVLADEmbedder(load_checkpoint(settings.home / params["init_path"])[0], model_id, device)))
+    out.append(("trained", params["photos"], model_id,
+                lambda: NetVLADEmbedder(load_checkpoint(settings.home / row[0]["path"])[0], model_id, device)))
+    return row[0], params, out
+
+
+def evaluate(settings, model_id: str, protocol: str = "all", compare: tuple[str, ...] | list[str] = (),
+             photos: str = "auto") -> str:
+    """The ablation on the test split (see module docstring); returns the evaluate run id."""
+    from models.registry import load_embedder
+
+    if protocol not in PROTOCOLS:
+        raise ShoesearchError(f"unknown protocol {protocol!r}; use {' or '.join(PROTOCOLS)}")
+    wh = open_warehouse(settings)
+    device = pick_device(settings.train.device)
+    main_row, main_params, variants = _variants(settings, wh, model_id, device)
+    for other in compare:
+        _, other_params, more = _variants(settings, wh, other, device)
+        if other_params["split_run_id"] != main_params["split_run_id"]:
+            raise ShoesearchError(f"{other} was trained on another split than {model_id}: not comparable")
+        variants += more
+    test = load_photos(wh, main_params["split_run_id"], photos, ("test",))
+    if protocol == "consumer-to-shop" and not any(d == "user" for d in test.domains):
+        raise ShoesearchError("no test photo has domain 'user': consumer-to-shop needs labels.csv with a domain column")
+    if len(test) < 2:
+        raise ShoesearchError(f"the test split has {len(test)} photo(s): nothing to evaluate")
+    baseline = ("imagenet", test.photos, None, lambda: load_embedder(f"imagenet:{main_row['backbone']}", settings))
+    params = {"model_id": model_id, "compare": list(compare), "protocol": PROTOCOLS[protocol], "photos": test.photos}
+    with start_run(wh, step="evaluate", params=params,
+                   inputs=[main_params["split_run_id"], main_row["run_id"], test.denoise_run_id]) as run:
+        rows = []
+        for variant, trained_on, mid, build in [baseline, *variants]:
+            embedder = build()
+            if hasattr(embedder, "to"):
+                embedder.to(device)
+            metrics = score(embedder, settings, test, protocol, device)
+            rows.append({"model_id": mid, "variant": variant, "photos": trained_on, "protocol": PROTOCOLS[protocol],
+                         "split": "test", **metrics})
+        run.write("evaluations", rows)
+        write_report(settings, run.run_id, rows, test)
+    return run.run_id
+
+
+def report_markdown(rows: list[dict], test: PhotoSet) -> str:
+    lines = [f"Test split: {len(set(test.product_ids))} products, {len(test)} photos ({test.photos}); "
+             f"protocol {rows[0]['protocol']}.", "",
+             "| variant | trained on | queries | Recall@1 | Recall@5 | Recall@10 | mAP |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        trained_on = "-" if r["variant"] == "imagenet" else r["photos"]
+        lines.append(f"| {r['variant']} | {trained_on} | {r['queries']} | {r['recall_at_1']:.3f} | "
+                     f"{r['recall_at_5']:.3f} | {r['recall_at_10']:.3f} | {r['mean_ap']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(settings, run_id: str, rows: list[dict], test: PhotoSet) -> str:
+    """Markdown + PNG under ``reports/``, and a Prefect artifact when running inside a flow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    md = report_markdown(rows, test)
+    out = settings.reports_dir / f"{run_id}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = ["Recall@1", "Recall@5", "Recall@10", "mAP"]
+    keys = ["recall_at_1", "recall_at_5", "recall_at_10", "mean_ap"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        label = r["variant"] if r["variant"] == "imagenet" else f"{r['variant']} ({r['photos']})"
+        ax.bar([j + i * width for j in range(len(keys))], [r[k] for k in keys], width, label=label)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], names)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Retrieval on the test split ({rows[0]['protocol']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = out.with_name(out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out.with_suffix(".png"))
+    atomic_write_text(out.with_suffix(".md"), f"# Evaluation {run_id}\n\n{md}\n![plot]({out.name}.png)\n")
+    _artifact(md, run_id)
+    return md
+
+
+def _artifact(markdown: str, run_id: str) -> None:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() or TaskRunContext.get():
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(markdown=markdown, key="evaluation", description=f"evaluate run {run_id}")
+
+
+evaluate_task = task(evaluate, name="evaluate")
