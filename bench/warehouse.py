@@ -23,7 +23,10 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import duckdb  # noqa: E402
+
 from warehouse import Warehouse  # noqa: E402
+from warehouse.catalog import write_catalog  # noqa: E402
 
 QUERY = """
 SELECT p.brand,
@@ -109,10 +112,17 @@ def main() -> None:
             "analyst query (cold: new connection + views)": timed(lambda: wh.query(QUERY), args.repeat),
         }
         con.close()
+        t0 = time.perf_counter()
+        snap = write_catalog(wh, Path(tmp) / "snapshot.duckdb", materialize=True)
+        snapshot_s = time.perf_counter() - t0
+        scon = duckdb.connect(str(snap), read_only=True)
+        scon.execute(QUERY).fetchall()
+        rows["analyst query (snapshot.duckdb)"] = timed(lambda: scon.execute(QUERY).fetchall(), args.repeat)
+        scon.close()
 
     base = statistics.median(rows["baseline: scan images (warm)"])
     report = {"images": args.images, "products": args.products, "batches": args.batches,
-              "build_seconds": round(build_s, 1), "result_rows": result_rows, "target_ms": 100, "timings": {}}
+              "build_seconds": round(build_s, 1), "snapshot_seconds": round(snapshot_s, 1), "result_rows": result_rows, "target_ms": 100, "timings": {}}
     print(f"\nwarehouse bench: {args.images:,} images, {args.products:,} products, {args.batches} commits/table "
           f"(built in {build_s:.1f}s)\n")
     print(f"{'query':<46} {'p50 ms':>8} {'p90 ms':>8} {'x baseline':>11}")
@@ -120,8 +130,10 @@ def main() -> None:
         p50, p90 = statistics.median(ms), float(np.percentile(ms, 90))
         report["timings"][name] = {"p50_ms": round(p50, 1), "p90_ms": round(p90, 1), "x_baseline": round(p50 / base, 2)}
         print(f"{name:<46} {p50:>8.1f} {p90:>8.1f} {p50 / base:>11.2f}")
-    warm = report["timings"]["analyst query (warm connection)"]["p50_ms"]
-    print(f"\ntarget < 100 ms: {'met' if warm < 100 else 'NOT met'} (warm p50 {warm:.1f} ms)")
+    live = report["timings"]["analyst query (warm connection)"]["p50_ms"]
+    snap_ms = report["timings"]["analyst query (snapshot.duckdb)"]["p50_ms"]
+    print(f"\ntarget < 100 ms: live Parquet views {'met' if live < 100 else 'NOT met'} ({live:.1f} ms); "
+          f"snapshot {'met' if snap_ms < 100 else 'NOT met'} ({snap_ms:.1f} ms, written in {snapshot_s:.1f}s)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False))
     print(f"wrote {args.out}")

@@ -65,6 +65,29 @@ class NetVLADModel(nn.Module):
         self.backbone.eval()
         return self
 
+    @property
+    def frozen_stages(self) -> int:
+        """How many leading backbone stages have no trainable parameter (their output never changes)."""
+        n = 0
+        for stage in self.backbone.blocks():
+            if any(p.requires_grad for p in stage.parameters()):
+                break
+            n += 1
+        return n
+
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The output of the frozen leading stages: what :meth:`forward_from_frozen` takes."""
+        with torch.no_grad():
+            for stage in self.backbone.blocks()[: self.frozen_stages]:
+                x = stage(x)
+        return x
+
+    def forward_from_frozen(self, x: torch.Tensor) -> torch.Tensor:
+        """The trainable rest of the network, from :meth:`frozen_features`: ``forward(x)`` equals this."""
+        for stage in self.backbone.blocks()[self.frozen_stages:]:
+            x = stage(x)
+        return self.pool(x)
+
     def local_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.features(x)
 
@@ -75,6 +98,17 @@ class NetVLADModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.local_features(x))
+
+
+class FromFrozen(nn.Module):
+    """``model`` fed with its frozen stages' output (a cache of it) instead of images."""
+
+    def __init__(self, model: NetVLADModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, frozen: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_from_frozen(frozen)
 
 
 def save_checkpoint(path: Path, model: NetVLADModel, extra: dict[str, Any] | None = None) -> Path:
@@ -111,6 +145,12 @@ class NetVLADEmbedder:
         self.image_size = model.config.image_size
         self.mean = tuple(model.backbone.mean)
         self.std = tuple(model.backbone.std)
+
+    def to(self, *args, **kwargs) -> "NetVLADEmbedder":
+        """Move the model like ``nn.Module.to`` (device and/or memory format); returns self."""
+        self.model.to(*args, **kwargs)
+        self.device = next(self.model.parameters()).device
+        return self
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

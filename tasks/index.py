@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from shoesearch.errors import ShoesearchError
 from warehouse import atomic_write_text, open_warehouse, start_run
@@ -432,5 +433,5 @@ def prune_indexes(settings, keep: int) -> list[str]:
 
 # --- Prefect tasks -----------------------------------------------------------------------------
 
-build_index_task = task(build_index, name="build-index", retries=1, retry_delay_seconds=10)
-switch_index_task = task(switch_index, name="switch-index")
+build_index_task = task(build_index, name="build-index", cache_policy=NO_CACHE)
+switch_index_task = task(switch_index, name="switch-index", cache_policy=NO_CACHE)

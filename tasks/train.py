@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from models import functional as LF
 from models.loss import WeakTripletLoss
-from models.netvlad_model import ModelConfig, NetVLADModel, load_checkpoint, save_checkpoint
+from models.netvlad_model import FromFrozen, ModelConfig, NetVLADModel, load_checkpoint, save_checkpoint
 from shoesearch.errors import ShoesearchError
 from tasks.kmeans import model_of_run
 from tasks.train_data import PhotoDataset, PhotoSet, embed_dataset, load_photos, loader, pick_device
@@ -94,6 +94,31 @@ class TupleDataset(Dataset):
         return torch.stack([self.photos[j] for j in self.tuples[i]])
 
 
+class _Rows(Dataset):
+    """Rows of a tensor as a dataset (the frozen-stage cache)."""
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.rows[i]
+
+
+def frozen_cache(model: NetVLADModel, settings, photos: PhotoDataset, device: torch.device) -> Dataset | None:
+    """The frozen stages' output for every photo, computed once, when it fits in ``train.frozen_cache_mb``."""
+    cfg = settings.train
+    if not cfg.frozen_cache_mb or model.frozen_stages == 0 or len(photos) == 0:
+        return None
+    model.eval()
+    one = model.frozen_features(photos[0].unsqueeze(0).to(device))
+    if one.numel() * 4 * len(photos) > cfg.frozen_cache_mb * 2**20:  # stored as float32
+        return None
+    return _Rows(embed_dataset(model.frozen_features, photos, cfg.batch_size * 4, cfg.num_workers, device, "frozen"))
+
+
 class _Subset(Dataset):
     def __init__(self, base: Dataset, indices: list[int]):
         self.base, self.indices = base, indices
@@ -137,7 +162,8 @@ def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch:
     cfg = settings.train
     gen = torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)  # same order on resume and on every rank
     queries = query_indices(photo_set)
-    queries = [queries[i] for i in torch.randperm(len(queries), generator=gen).tolist()][rank::world]
+    order = torch.randperm(len(queries), generator=gen).tolist()[: cfg.queries_per_epoch or None]
+    queries = [queries[i] for i in order][rank::world]
     total, steps, images, busy = 0.0, 0, 0, 0.0
     bar = tqdm(total=len(queries), desc=f"epoch {epoch}", leave=False, disable=rank != 0 or None)
     for start in range(0, len(queries), cfg.cache_refresh_queries):
@@ -287,8 +313,14 @@ def _train(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> str:
         elif rank == 0:
             save_checkpoint(ckpt_dir / "init.pt", model, {"state": state})
         model_id = state["model_id"]
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index]) if world > 1 else model
         photos_ds = PhotoDataset(settings, train_set.paths, cfg.image_size, model.backbone.mean, model.backbone.std)
+        cached = frozen_cache(model, settings, photos_ds, device) if world == 1 else None
+        if world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
+        elif cached is not None:  # the loop feeds the cached frozen-stage output, not photos
+            net, photos_ds = FromFrozen(model), cached
+        else:
+            net = model
         criterion = WeakTripletLoss(cfg.margin)
         while not _rank0_says(state["epoch"] >= cfg.epochs or state["stale"] >= cfg.patience, world, device):
             t0 = time.perf_counter()

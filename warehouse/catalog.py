@@ -46,17 +46,23 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def view_statements(warehouse) -> list[str]:
-    """CREATE VIEW statements for every raw table and derived view (absolute paths)."""
+def view_statements(warehouse, materialize: bool = False) -> list[str]:
+    """CREATE statements for every raw table and derived view (absolute paths).
+
+    ``materialize`` copies the tables and the derived "current" views into DuckDB's own storage
+    (a snapshot: fastest for analysts, as of the time it was written) instead of views over the
+    live Parquet files.
+    """
     stmts = []
+    kind = "TABLE" if materialize else "VIEW"
     for table in TABLES:
         name = "runs_log" if table == "runs" else table
         glob = _sql_string(warehouse.glob(table))
         stmts.append(
-            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({glob}, union_by_name = true)"
+            f"CREATE OR REPLACE {kind} {name} AS SELECT * FROM read_parquet({glob}, union_by_name = true)"
         )
-    for name, body in DERIVED_VIEWS.items():
-        stmts.append(f"CREATE OR REPLACE VIEW {name} AS {' '.join(body.split())}")
+    for name, body in DERIVED_VIEWS.items():  # a snapshot stores these too: no work left at query time
+        stmts.append(f"CREATE OR REPLACE {kind} {name} AS {' '.join(body.split())}")
     return stmts
 
 
@@ -64,11 +70,11 @@ def view_names() -> list[str]:
     return ["runs_log" if t == "runs" else t for t in TABLES] + list(DERIVED_VIEWS)
 
 
-def write_catalog(warehouse, db_path: Path, sql_path: Path | None = None) -> Path:
-    """(Re)create the catalog database atomically; also write the statements as a .sql file."""
+def write_catalog(warehouse, db_path: Path, sql_path: Path | None = None, materialize: bool = False) -> Path:
+    """(Re)create the catalog database atomically; also write the view statements as a .sql file."""
     import duckdb
 
-    stmts = view_statements(warehouse)
+    stmts = view_statements(warehouse, materialize)
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = db_path.with_name(f".{db_path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -86,5 +92,5 @@ def write_catalog(warehouse, db_path: Path, sql_path: Path | None = None) -> Pat
     if sql_path is not None:
         from warehouse.store import atomic_write_text
 
-        atomic_write_text(Path(sql_path), ";\n".join(stmts) + ";\n")
+        atomic_write_text(Path(sql_path), ";\n".join(view_statements(warehouse)) + ";\n")
     return db_path

@@ -1,8 +1,6 @@
-"""Search commands: index, search, api, nightly, serve-flows, demo."""
+"""Search commands: index, search, api, nightly, serve-flows."""
 
 from __future__ import annotations
-
-from shoesearch.errors import ShoesearchError
 
 
 def register(sub) -> None:
@@ -30,9 +28,6 @@ def register(sub) -> None:
     p = sub.add_parser("serve-flows", help="serve the nightly flow on its cron schedule and denoise for manual runs")
     p.set_defaults(func=cmd_serve_flows)
 
-    p = sub.add_parser("demo", help="start the synthetic shop, run nightly once on CPU, show an example search")
-    p.add_argument("--products", type=int, default=None, help="products in the demo shop")
-    p.set_defaults(func=cmd_demo)
 
 
 def cmd_index(args, settings) -> int:
@@ -88,11 +83,3 @@ def cmd_serve_flows(args, settings) -> int:
     serve_flows(settings)
     return 0
 
-
-def cmd_demo(args, settings) -> int:
-    from flows.demo import run_demo
-
-    if args.products is not None and args.products < 8:
-        raise ShoesearchError("the demo needs at least 8 products (train, val and test splits)")
-    run_demo(settings, products=args.products)
-    return 0

@@ -16,6 +16,8 @@ def register(sub) -> None:
     p.add_argument("query", help='e.g. "SELECT brand, count(*) FROM products_current GROUP BY 1"')
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--max-rows", type=int, default=100, help="rows shown in table format")
+    p.add_argument("--snapshot", action="store_true",
+                   help="query the materialised snapshot (`shoesearch catalog --snapshot`) instead of live files")
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("lineage", help="the runs upstream of a run, an index or an image's embedding")
@@ -26,6 +28,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_lineage)
 
     p = sub.add_parser("catalog", help="(re)write catalog.duckdb + catalog.sql for the duckdb CLI / pandas")
+    p.add_argument("--snapshot", action="store_true",
+                   help="also write snapshot.duckdb: the tables copied into DuckDB storage (fastest queries)")
     p.set_defaults(func=cmd_catalog)
 
     p = sub.add_parser("settings", help="print the effective settings (defaults, config file, env)")
@@ -55,7 +59,12 @@ def cmd_sql(args, settings) -> int:
     from warehouse import open_warehouse
 
     wh = open_warehouse(settings)
-    con = wh.connect()
+    if args.snapshot:
+        if not settings.snapshot_path.exists():
+            raise ShoesearchError("no snapshot yet: run `shoesearch catalog --snapshot` first")
+        con = duckdb.connect(str(settings.snapshot_path), read_only=True)
+    else:
+        con = wh.connect()
     try:
         # Read-only: the connection is in-memory (nothing persists) and only queries are let through.
         stripped = args.query.strip().rstrip(";").lstrip("(").lower()
@@ -101,8 +110,11 @@ def cmd_catalog(args, settings) -> int:
 
     wh = open_warehouse(settings)
     path = write_catalog(wh, settings.catalog_path, settings.home / "catalog.sql")
-    print(f"wrote {path} and {settings.home / 'catalog.sql'}")
+    print(f"wrote {path} (views over the live Parquet files) and {settings.home / 'catalog.sql'}")
     print(f"open it with:  duckdb -readonly {path}")
+    if args.snapshot:
+        snap = write_catalog(wh, settings.snapshot_path, materialize=True)
+        print(f"wrote {snap} (tables copied as of now; rerun to refresh)")
     return 0
 
 

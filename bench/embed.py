@@ -1,0 +1,89 @@
+"""Embedding throughput: the embed task (decode + resize + forward + warehouse) vs a bare forward loop.
+
+The ratio shows the data-loading and bookkeeping overhead. Photos: the synthetic shop at
+800x800 JPEG (the size of real JD gallery photos). Prints a table, writes bench/results/embed.json.
+
+    .venv/bin/python bench/embed.py [--products 24] [--backbone efficientnet_lite0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo, not bench/ (bench/warehouse.py)
+
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--products", type=int, default=24)
+    ap.add_argument("--photo-size", type=int, default=800)
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    args = ap.parse_args()
+
+    from crawlers.demo_shop.synthetic import generate_catalog
+    from models.registry import load_embedder
+    from models.transforms import preprocess_path
+    from shoesearch.settings import Settings
+    from tasks.embed import embed_images, resolve_device
+    from tasks.ingest import ingest_catalog
+    from warehouse import open_warehouse
+
+    with tempfile.TemporaryDirectory() as tmp:
+        catalog = generate_catalog(Path(tmp) / "cat", args.products, noise_rate=0.2, seed=0, image_size=args.photo_size)
+        settings = Settings.load(home=Path(tmp) / "home", overrides={"embed.backbone": args.backbone})
+        ingest_catalog(settings, catalog, name="bench")
+        wh = open_warehouse(settings)
+        paths = [settings.images_dir / r["path"] for r in wh.query(
+            "SELECT DISTINCT path FROM images_current WHERE status = 'ok'").to_pylist()]
+        embedder = load_embedder(None, settings)
+        device = resolve_device(settings.embed.device)
+
+        started = time.perf_counter()
+        embed_images(settings)
+        task_s = time.perf_counter() - started
+
+        tensors = torch.stack([preprocess_path(p, embedder.image_size, embedder.mean, embedder.std) for p in paths])
+        model = embedder.to(device)
+        cuda = device.type == "cuda"
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+        bs = settings.embed.batch_size
+        with torch.inference_mode(), autocast:
+            model(tensors[:bs].to(device))  # warm-up
+            if cuda:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            for k in range(0, len(tensors), bs):
+                model(tensors[k:k + bs].to(device)).float().cpu()
+            if cuda:
+                torch.cuda.synchronize()
+            bare_s = time.perf_counter() - started
+
+    n = len(paths)
+    result = {
+        "photos": n, "photo_size": args.photo_size, "backbone": args.backbone, "device": str(device),
+        "image_size": embedder.image_size, "batch_size": bs, "num_workers": settings.embed.num_workers,
+        "cpu_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "embed_task_img_per_s": n / task_s, "bare_forward_img_per_s": n / bare_s,
+        "task_vs_bare_ratio": (n / task_s) / (n / bare_s),
+    }
+    print(f"{'pipeline':<32}{'img/s':>10}")
+    print(f"{'embed task (decode+forward+db)':<32}{result['embed_task_img_per_s']:>10.1f}")
+    print(f"{'bare forward (same tensors)':<32}{result['bare_forward_img_per_s']:>10.1f}")
+    print(f"ratio task / bare: {result['task_vs_bare_ratio']:.2f}  ({n} photos, {device}, {args.backbone})")
+    out = Path(__file__).resolve().parent / "results" / "embed.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

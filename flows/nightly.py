@@ -1,0 +1,50 @@
+"""Prefect flow ``nightly``: crawl -> embed new photos -> denoise -> (re)train -> evaluate -> index -> gated switch.
+
+Wiring only; the steps live in ``tasks/``. Training warm-starts from the model behind the current index
+(k-means only on a cold start). The new index becomes current only if its model's test Recall@1 does
+not drop below the current one's (``schedule.gate_tolerance``); a refusal is recorded in ``indexes``
+and reported in the ``nightly`` artifact. Any failed step leaves the previous index serving, and the
+next run resumes (crawl jobs resume, embedding is incremental, an unchanged split is reused so
+training resumes from its checkpoints, finished training/evaluation is reused).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from shoesearch.settings import Settings
+from tasks.crawl import crawl_task
+from tasks.denoise import denoise_task
+from tasks.embed import embed_images_task
+from tasks.evaluate import evaluate_task
+from tasks.index import build_index_task, switch_index_task
+from tasks.kmeans import kmeans_init_task
+from tasks.nightly import (finished_evaluation_task, finished_train_task, report_nightly_task, split_for_nightly_task,
+                           warm_start_model_task)
+from tasks.train import model_id_of_run, train_model_task
+
+
+@flow(name="nightly", log_prints=True)
+def nightly(site: str | None = None, crawl: bool = True, home: str | None = None,
+            overrides: dict[str, Any] | None = None) -> dict:
+    """One nightly update; returns the outcome (status current/refused, ids of every step, summary)."""
+    settings = Settings.load(home=home, overrides=overrides)
+    retry = {"retries": settings.schedule.task_retries, "retry_delay_seconds": settings.schedule.retry_delay_s}
+    steps: dict[str, str | None] = {}
+    steps["crawl"] = crawl_task.with_options(**retry)(settings, site=site) if crawl else None
+    steps["embed"] = embed_images_task.with_options(**retry)(settings, None)
+    steps["denoise"] = denoise_task(settings, embed_run_id=steps["embed"])
+    steps["split"] = split_for_nightly_task(settings)
+    warm = warm_start_model_task(settings)
+    steps["train"] = finished_train_task(settings, steps["split"], warm)
+    if steps["train"] is None:
+        if warm is None:
+            steps["kmeans"] = kmeans_init_task(settings, steps["split"])
+        steps["train"] = train_model_task(settings, steps["split"], init_model_id=warm, kmeans_run_id=steps.get("kmeans"))
+    model_id = model_id_of_run(settings, steps["train"])
+    steps["evaluate"] = finished_evaluation_task(settings, model_id) or evaluate_task(settings, model_id)
+    steps["index"] = build_index_task.with_options(**retry)(settings, model_id)
+    steps["switch"] = switch_index_task(settings, steps["index"])
+    return report_nightly_task(settings, steps)

@@ -1,0 +1,99 @@
+"""Small steps of the nightly flow: reuse finished work, pick the warm-start model, report the outcome.
+
+Resuming: a nightly run that failed part way leaves every finished step in the warehouse. The next run
+reuses the newest split when the product set is unchanged (so training resumes from its per-epoch
+checkpoints, which are keyed by the split), reuses a finished training run with the same split and
+parent model, and an evaluation of the same model, instead of redoing them.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.index import current_index_row
+from tasks.split import make_split
+from warehouse import open_warehouse
+
+
+def split_for_nightly(settings) -> str:
+    """The newest split run if it covers exactly the current products, else a new split."""
+    wh = open_warehouse(settings)
+    rows = wh.query(
+        """WITH latest AS (SELECT run_id FROM runs WHERE step = 'split' AND status = 'success'
+                           ORDER BY finished_at DESC LIMIT 1),
+                now_products AS (SELECT DISTINCT product_id FROM images_current WHERE status = 'ok'),
+                split_products AS (SELECT product_id FROM splits WHERE run_id = (SELECT run_id FROM latest))
+           SELECT (SELECT run_id FROM latest) AS run_id,
+                  (SELECT count(*) FROM now_products) AS n_now,
+                  (SELECT count(*) FROM split_products) AS n_split,
+                  (SELECT count(*) FROM now_products JOIN split_products USING (product_id)) AS n_both"""
+    ).to_pylist()[0]
+    if rows["run_id"] and rows["n_now"] == rows["n_split"] == rows["n_both"]:
+        return rows["run_id"]
+    return make_split(settings)
+
+
+def warm_start_model(settings) -> str | None:
+    """The trained model behind the current index (warm start), or None for a cold start."""
+    wh = open_warehouse(settings)
+    current = current_index_row(wh)
+    if current is None:
+        return None
+    rows = wh.query("SELECT kind FROM models WHERE model_id = ? LIMIT 1", [current["model_id"]]).to_pylist()
+    return current["model_id"] if rows and rows[0]["kind"] == "netvlad" else None
+
+
+def finished_train(settings, split_run_id: str, parent_model_id: str | None) -> str | None:
+    """A successful train run on this split from this parent (any parent when None), if one exists."""
+    wh = open_warehouse(settings)
+    for row in wh.query(
+        """SELECT r.run_id, m.parent_model_id FROM runs r JOIN models m ON m.run_id = r.run_id
+           WHERE r.step = 'train' AND r.status = 'success' AND list_contains(r.input_run_ids, ?)
+           ORDER BY r.finished_at DESC""", [split_run_id]).to_pylist():
+        parent_kind = wh.query("SELECT kind FROM models WHERE model_id = ?", [row["parent_model_id"]]).to_pylist()
+        cold = bool(parent_kind) and parent_kind[0]["kind"] == "kmeans"
+        if (parent_model_id is None and cold) or row["parent_model_id"] == parent_model_id:
+            return row["run_id"]
+    return None
+
+
+def finished_evaluation(settings, model_id: str) -> str | None:
+    wh = open_warehouse(settings)
+    rows = wh.query(
+        """SELECT DISTINCT r.run_id, r.finished_at FROM runs r JOIN evaluations e ON e.run_id = r.run_id
+           WHERE r.step = 'evaluate' AND r.status = 'success' AND e.model_id = ? AND e.variant = 'trained'
+           ORDER BY r.finished_at DESC LIMIT 1""", [model_id]).to_pylist()
+    return rows[0]["run_id"] if rows else None
+
+
+def report_nightly(settings, steps: dict) -> dict:
+    """Summarise the run (switch decision + evaluation table) as a Prefect artifact; returns it."""
+    wh = open_warehouse(settings)
+    decision = wh.query("SELECT * FROM indexes WHERE run_id = ?", [steps["switch"]]).to_pylist()[0]
+    evals = wh.query(
+        """SELECT variant, photos, model_id, queries, recall_at_1, recall_at_5, recall_at_10, mean_ap
+           FROM evaluations WHERE run_id = ? ORDER BY variant""", [steps["evaluate"]]).to_pylist()
+    lines = [f"# Nightly: index {decision['index_id']} {decision['status'].upper()}", "",
+             f"model `{decision['model_id']}` — {decision['note']}", "",
+             f"index: {decision['kind']}, {decision['n_vectors']} photos, recall vs exact "
+             f"{decision['recall_vs_exact']:.3f}", "",
+             "| variant | photos | R@1 | R@5 | R@10 | mAP |", "|---|---|---|---|---|---|"]
+    lines += [f"| {e['variant']} | {e['photos']} | {e['recall_at_1']:.3f} | {e['recall_at_5']:.3f} | "
+              f"{e['recall_at_10']:.3f} | {e['mean_ap']:.3f} |" for e in evals]
+    lines += ["", "| step | run id |", "|---|---|"] + [f"| {k} | {v} |" for k, v in steps.items() if v]
+    markdown = "\n".join(lines)
+    try:
+        create_markdown_artifact(key="nightly", markdown=markdown, description=f"nightly: {decision['status']}")
+    except Exception:  # noqa: BLE001 - outside a flow run there is nowhere to publish; the summary still returns
+        pass
+    return {"status": decision["status"], "index_id": decision["index_id"], "model_id": decision["model_id"],
+            "note": decision["note"], "evaluations": evals, "steps": steps, "summary": markdown}
+
+
+split_for_nightly_task = task(split_for_nightly, name="split-or-reuse", cache_policy=NO_CACHE)
+warm_start_model_task = task(warm_start_model, name="warm-start-model", cache_policy=NO_CACHE)
+finished_train_task = task(finished_train, name="finished-train", cache_policy=NO_CACHE)
+finished_evaluation_task = task(finished_evaluation, name="finished-evaluation", cache_policy=NO_CACHE)
+report_nightly_task = task(report_nightly, name="report-nightly", cache_policy=NO_CACHE)

@@ -1,0 +1,56 @@
+"""The HTTP API over real loopback HTTP: bad uploads get 4xx, a catalogued photo finds its product."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+from PIL import Image
+
+
+def _png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_catalogued_photo_finds_its_product_and_page_renders(api_server):
+    from warehouse import open_warehouse
+
+    base, settings = api_server
+    row = open_warehouse(settings).query(
+        "SELECT product_id, path FROM images_current WHERE status = 'ok' AND position = 1 ORDER BY product_id LIMIT 1"
+    ).to_pylist()[0]
+    data = (settings.images_dir / row["path"]).read_bytes()
+    r = httpx.post(f"{base}/search", params={"k": 3}, files={"photo": ("shoe.jpg", data, "image/jpeg")}, timeout=60)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert results[0]["product_id"] == row["product_id"] and len(results) == 3
+    photo = httpx.get(base + results[0]["photo_url"], timeout=10)
+    assert photo.status_code == 200 and photo.content[:2] == b"\xff\xd8"
+    page = httpx.post(f"{base}/", files={"photo": ("shoe.jpg", data, "image/jpeg")}, timeout=60)
+    assert page.status_code == 200 and results[0]["photo_url"] in page.text
+    assert "<form" in httpx.get(base + "/", timeout=10).text
+
+
+def test_bad_uploads_get_4xx_and_the_server_keeps_serving(api_server):
+    base, settings = api_server
+    good = _png(64, 64)
+    bomb = _png(settings.api.max_upload_pixels // 1000 + 1, 1000)  # over the pixel limit, small file
+    cases = {
+        "not an image": (b"<html><body>hello</body></html>", 415),
+        "truncated": (good[: len(good) // 2], 400),
+        "empty": (b"", 400),
+        "decompression bomb": (bomb, 413),
+        "too large": (b"\xff\xd8" + b"\0" * (settings.api.max_upload_bytes + 10), 413),
+        "too small": (_png(4, 4), 422),
+    }
+    for name, (payload, status) in cases.items():
+        r = httpx.post(f"{base}/search", files={"photo": ("x.jpg", payload, "image/jpeg")}, timeout=60)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        assert r.json()["error"], name
+    assert httpx.post(f"{base}/search", timeout=10).status_code in (400, 422)  # no file at all
+    assert httpx.get(f"{base}/photos/../../warehouse/runs", timeout=10).status_code == 404
+    assert httpx.get(f"{base}/health", timeout=10).json()["status"] == "ok"
+    r = httpx.post(f"{base}/search", files={"photo": ("ok.png", good, "image/png")}, timeout=60)
+    assert r.status_code == 200 and r.json()["results"]
