@@ -1,4 +1,8 @@
-"""End to end on a small synthetic catalogue: split -> k-means -> train -> evaluate (CPU)."""
+"""End to end on a small synthetic catalogue: split -> k-means -> train -> evaluate (CPU).
+
+One module-scoped home and one trained model serve every test here; the extra training runs
+(resume, warm start, the Prefect flow) are short, so the whole file stays within its CI budget.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,22 @@ import math
 import pytest
 import torch
 
-TRAIN_PRODUCTS = 24
+TRAIN_PRODUCTS = 20
 TRAIN_IMAGE_SIZE = 96  # EfficientNet-Lite0 gives a 3x3 local map: 9 descriptors per photo
 SMALL = {  # tiny but real: every code path of the defaults runs
     "train.image_size": TRAIN_IMAGE_SIZE, "train.clusters": 8, "train.descriptor_dim": 32,
-    "train.kmeans_descriptors": 900, "train.kmeans_images": 100, "train.kmeans_iterations": 10,
+    "train.kmeans_descriptors": 600, "train.kmeans_images": 80, "train.kmeans_iterations": 10,
     "train.epochs": 3, "train.batch_size": 4, "train.lr": 1e-3, "train.negatives_pool": 64,
     "train.hard_negatives": 4, "train.max_positives": 2, "train.cache_refresh_queries": 64,
     "train.num_workers": 0, "train.device": "cpu", "embed.image_size": TRAIN_IMAGE_SIZE,
     "embed.num_workers": 0,
 }
+SHORT = {**SMALL, "train.epochs": 2, "train.queries_per_epoch": 16}  # the extra runs: two quick epochs
 
 
 @pytest.fixture(scope="module")
 def train_home(tmp_path_factory):
-    """A home with a 24-product synthetic catalogue ingested (raw photos: no denoise run)."""
+    """A home with a small synthetic catalogue ingested (raw photos: no denoise run)."""
     from crawlers.demo_shop.synthetic import generate_catalog
     from shoesearch.settings import Settings
     from tasks.ingest import ingest_catalog
@@ -50,6 +55,15 @@ def trained(train_home):
     return settings, split, km, run
 
 
+def _model_row(wh, run_id: str) -> dict:
+    return wh.query("SELECT * FROM models WHERE run_id = ?", [run_id]).to_pylist()[0]
+
+
+def _epochs(wh, model_id: str) -> list[int]:
+    rows = wh.query("SELECT epoch FROM train_metrics WHERE model_id = ? ORDER BY epoch", [model_id]).to_pylist()
+    return [r["epoch"] for r in rows]
+
+
 def test_split_is_product_level_and_deterministic(trained):
     from tasks.split import make_split
     from warehouse import open_warehouse
@@ -68,7 +82,7 @@ def test_kmeans_model_has_lineage(trained):
 
     settings, split, km, _ = trained
     wh = open_warehouse(settings)
-    row = wh.query("SELECT * FROM models WHERE run_id = ?", [km]).to_pylist()[0]
+    row = _model_row(wh, km)
     assert row["kind"] == "kmeans" and row["backbone"] == "efficientnet_lite0"
     stored = torch.load(settings.home / row["path"], weights_only=False)
     assert stored["centroids"].shape == (8, 1280) and stored["alpha"] > 0
@@ -79,28 +93,32 @@ def test_kmeans_model_has_lineage(trained):
 def test_training_lowers_loss_and_beats_kmeans_init(trained):
     """The trained model: lower loss on fixed mined tuples, higher test Recall@1 than k-means init."""
     from models.loss import WeakTripletLoss
-    from models.netvlad_model import load_checkpoint
-    from tasks.train import TupleDataset, mine_chunk, query_indices, tuple_loss
+    from models.netvlad_model import FromFrozen, load_checkpoint
+    from tasks.train import TupleDataset, frozen_cache, mine_chunk, query_indices, tuple_loss
     from tasks.train_data import PhotoDataset, load_photos
     from warehouse import open_warehouse
 
     settings, split, _, run = trained
     wh = open_warehouse(settings)
-    row = wh.query("SELECT * FROM models WHERE run_id = ?", [run]).to_pylist()[0]
+    row = _model_row(wh, run)
     params, metrics = json.loads(row["params"]), json.loads(row["metrics"])
     trained_model, _ = load_checkpoint(settings.home / row["path"])
     init_model, _ = load_checkpoint(settings.home / params["init_path"])
 
-    # fixed tuples mined with the initial model; the same tuples scored by both models
+    # fixed tuples mined with the initial model; the same tuples scored by both models. Both share the
+    # frozen stages, so their cached output stands for the photos (equal: test_frozen_cache_is_exact).
     photos = load_photos(wh, split, "auto", ("train",))
     ds = PhotoDataset(settings, photos.paths, TRAIN_IMAGE_SIZE, init_model.backbone.mean, init_model.backbone.std)
-    tuples = mine_chunk(init_model, settings, photos, ds, query_indices(photos), torch.Generator().manual_seed(5),
+    cache = frozen_cache(init_model, settings, ds, torch.device("cpu"))
+    assert cache is not None
+    init_net, trained_net = FromFrozen(init_model).eval(), FromFrozen(trained_model).eval()
+    tuples = mine_chunk(init_net, settings, photos, cache, query_indices(photos), torch.Generator().manual_seed(5),
                         torch.device("cpu"))
-    batch = torch.stack([TupleDataset(ds, tuples)[i] for i in range(len(tuples))])
+    batch = torch.stack([TupleDataset(cache, tuples)[i] for i in range(len(tuples))])
     crit = WeakTripletLoss(settings.train.margin)
     with torch.no_grad():
-        before = float(tuple_loss(init_model.eval(), batch, crit, settings.train.max_positives, torch.device("cpu")))
-        after = float(tuple_loss(trained_model.eval(), batch, crit, settings.train.max_positives, torch.device("cpu")))
+        before = float(tuple_loss(init_net, batch, crit, settings.train.max_positives, torch.device("cpu")))
+        after = float(tuple_loss(trained_net, batch, crit, settings.train.max_positives, torch.device("cpu")))
     assert after < before * 0.9, (before, after)
 
     # test Recall@1: trained > k-means init, measured by the evaluate step on the same test photos
@@ -118,3 +136,79 @@ def test_training_lowers_loss_and_beats_kmeans_init(trained):
                       [row["model_id"]]).to_pylist()
     assert [e["epoch"] for e in epochs] == list(range(1, params["epochs_run"] + 1))
     assert all(math.isfinite(e["loss"]) for e in epochs)
+
+
+def test_frozen_cache_is_exact(trained):
+    """Feeding the cached frozen-stage output gives the same descriptors (and gradients) as photos."""
+    from models.netvlad_model import FromFrozen, load_checkpoint
+    from warehouse import open_warehouse
+
+    settings, _, _, run = trained
+    model, _ = load_checkpoint(settings.home / _model_row(open_warehouse(settings), run)["path"])
+    model.train()
+    assert 0 < model.frozen_stages < len(model.backbone.blocks())
+    x = torch.randn(3, 3, TRAIN_IMAGE_SIZE, TRAIN_IMAGE_SIZE)
+    full = model(x)
+    full.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad(set_to_none=True)
+    cached = FromFrozen(model)(model.frozen_features(x))
+    cached.sum().backward()
+    assert torch.allclose(full, cached, atol=1e-5)
+    for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]):
+        assert torch.allclose(g, p.grad, atol=1e-5)
+
+
+def test_interrupted_training_resumes_from_last_epoch(trained, monkeypatch):
+    """A run killed after epoch 1 leaves a checkpoint; the rerun does epoch 2 only, one metrics row each."""
+    import tasks.train as T
+    from shoesearch.settings import Settings
+    from warehouse import open_warehouse
+
+    settings, split, km, _ = trained
+    short = Settings.load(home=settings.home, overrides=SHORT)
+    real_epoch, calls = T.train_epoch, []
+
+    def dies_in_epoch_2(*args, **kwargs):
+        epoch = args[6]
+        calls.append(epoch)
+        if epoch == 1:
+            raise RuntimeError("killed")
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_epoch", dies_in_epoch_2)
+    with pytest.raises(RuntimeError, match="killed"):
+        T.train_model(short, split, kmeans_run_id=km)
+    assert calls == [0, 1]
+    monkeypatch.setattr(T, "train_epoch", lambda *a, **k: (calls.append(a[6]), real_epoch(*a, **k))[1])
+    run = T.train_model(short, split, kmeans_run_id=km)
+    assert calls == [0, 1, 1]  # resumed at the second epoch (0-based 1), the first was not redone
+
+    wh = open_warehouse(settings)
+    row = _model_row(wh, run)
+    assert _epochs(wh, row["model_id"]) == [1, 2]
+    assert json.loads(row["params"])["epochs_run"] == 2
+    failed = wh.query("SELECT count(*) AS n FROM runs WHERE step = 'train' AND status = 'failed'").column("n")[0]
+    assert failed.as_py() == 1
+
+
+def test_warm_start_from_a_trained_model(trained, monkeypatch):
+    """``init_model_id``: training continues from that model's weights; k-means is not consulted."""
+    import tasks.train as T
+    from models.netvlad_model import load_checkpoint
+    from shoesearch.settings import Settings
+    from warehouse import open_warehouse
+
+    settings, split, _, run = trained
+    wh = open_warehouse(settings)
+    parent = _model_row(wh, run)
+    monkeypatch.setattr(T, "model_from_kmeans", lambda *a, **k: pytest.fail("k-means init used for a warm start"))
+    short = Settings.load(home=settings.home, overrides={**SHORT, "train.epochs": 1})
+    child = _model_row(wh, T.train_model(short, split, init_model_id=parent["model_id"]))
+
+    assert child["parent_model_id"] == parent["model_id"] and child["model_id"] != parent["model_id"]
+    start, _ = load_checkpoint(settings.home / json.loads(child["params"])["init_path"])
+    parent_model, _ = load_checkpoint(settings.home / parent["path"])
+    for (name, a), b in zip(start.state_dict().items(), parent_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert _epochs(wh, child["model_id"]) == [1]

@@ -2,7 +2,7 @@
 
 Every product is a procedurally drawn shoe design (silhouette, colours, stripes, logo, laces).
 Its gallery starts with the front view (side profile on white, as JD main images are), then
-other views of the same shoe (mirrored, 3/4 perspective, top, detail crop, other scale, light
+other views of the same shoe (mirrored, 3/4 perspective, the pair, detail crop, other scale, light
 and background), and noise photos injected at ``noise_rate``: insole close-ups, size charts,
 boxes, model shots and photos of other products. The ground truth goes to ``labels.csv``
 (``is_noise``) and ``manifest.json``. Product ``i`` looks the same whatever ``n_products`` is,
@@ -23,11 +23,13 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SUPERSAMPLE = 2  # drawn at 2x then downsampled: anti-aliased edges
 JPEG_QUALITY = 90
-GENUINE_VIEWS = ("side", "mirror", "three_quarter", "top", "detail", "far", "tilted", "back_light")
-NOISE_KINDS = ("insole", "size_chart", "box", "model_shot", "other_product")
+GENUINE_VIEWS = ("side", "mirror", "three_quarter", "pair", "detail", "far", "tilted", "back_light")
+# Noise photos and how often each kind appears: JD galleries mostly add size charts, insole and
+# box close-ups and model shots; another product's photo is rarer.
+NOISE_KINDS = {"insole": 0.22, "size_chart": 0.22, "box": 0.2, "model_shot": 0.22, "other_product": 0.14}
 
 BRANDS = [("Nike", "8557"), ("adidas", "8528"), ("李宁", "5993"), ("安踏", "14026"), ("特步", "15148"),
           ("361°", "11934"), ("Skechers", "25219"), ("Converse", "5915"), ("回力", "18455"), ("New Balance", "12297")]
@@ -175,22 +177,14 @@ def _draw_logo(draw: ImageDraw.ImageDraw, d: ShoeDesign, centre, r) -> None:
         draw.rectangle((x - 1.5 * r, y - r / 3, x + 1.5 * r, y + r / 3), fill=d.accent)
 
 
-def draw_top(d: ShoeDesign, size: int, bg) -> Image.Image:
-    """Seen from above: the outline, the opening, the laces."""
-    s = size * SUPERSAMPLE
-    img = Image.new("RGB", (s, s), bg)
-    draw = ImageDraw.Draw(img)
-    length = 0.78 + 0.08 * d.toe
-    draw.ellipse((0.5 * s - 0.17 * s, 0.5 * s - length * s / 2, 0.5 * s + 0.17 * s, 0.5 * s + length * s / 2),
-                 fill=d.upper, outline=d.sole, width=int(0.03 * s))
-    draw.ellipse((0.40 * s, 0.55 * s, 0.60 * s, 0.82 * s), fill=tuple(int(c * 0.35) for c in d.upper))
-    if d.laces:
-        for k in range(5):
-            yy = (0.30 + 0.045 * k) * s
-            draw.line((0.42 * s, yy, 0.58 * s, yy), fill=d.accent, width=max(2, s // 80))
-    for k in range(d.stripes):
-        draw.line((0.34 * s, (0.40 + 0.05 * k) * s, 0.40 * s, (0.46 + 0.05 * k) * s), fill=d.accent, width=int(0.02 * s))
-    return img.resize((size, size), Image.LANCZOS).rotate(-90, fillcolor=bg)
+def draw_pair(d: ShoeDesign, size: int, bg) -> Image.Image:
+    """Both shoes of the pair, one behind the other (a common gallery shot)."""
+    one = draw_side(d, size, bg)
+    small = one.resize((int(size * 0.7), int(size * 0.7)), Image.LANCZOS)
+    img = Image.new("RGB", (size, size), bg)
+    img.paste(ImageOps.mirror(small), (int(size * 0.28), int(size * 0.02)))
+    img.paste(small, (int(size * 0.02), int(size * 0.28)))
+    return img
 
 
 def _background(rng: random.Random) -> tuple:
@@ -202,10 +196,7 @@ def render_view(d: ShoeDesign, view: str, size: int, rng: random.Random) -> Imag
     if view == "side":
         return draw_side(d, size)
     bg = _background(rng)
-    if view == "top":
-        img = draw_top(d, size, bg)
-    else:
-        img = draw_side(d, size, bg)
+    img = draw_pair(d, size, bg) if view == "pair" else draw_side(d, size, bg)
     if view == "mirror":
         img = ImageOps.mirror(img)
     elif view == "three_quarter":
@@ -344,7 +335,7 @@ def generate_product(index: int, noise_rate: float, image_size: int, n_views: in
     expected = noise_rate * n_genuine / max(1e-9, 1 - noise_rate)
     n_noise = int(expected) + (1 if rng.random() < expected - int(expected) else 0)
     for _ in range(n_noise):
-        kind = rng.choice(NOISE_KINDS)
+        kind = rng.choices(list(NOISE_KINDS), weights=list(NOISE_KINDS.values()))[0]
         if kind == "other_product":
             other = index + rng.randint(1, 97)
             od = design_for(other)

@@ -1,0 +1,142 @@
+"""Training throughput: the real training epoch vs the same model's bare forward+backward loop.
+
+Rows (images/s, an image = one photo of a tuple of 1 query + P positives + N negatives):
+
+* ``bare``: forward + loss + backward + Adam step on random tensors of the tuple batch shape (the limit);
+* ``train step``: the trainer's ``train_epoch`` on mined tuples of real photos, the step time only
+  (what ``train_metrics.images_per_s`` records), photos decoded every step (``frozen_cache_mb=0``);
+* ``train epoch``: the same, wall clock of the whole epoch (mining, decoding, steps);
+* ``cached epoch``: the trainer's default on a host where it fits: the frozen stages' output cached
+  once (its cost included), the epoch then runs the trainable block + NetVLAD only.
+
+Prints a table, writes bench/results/train.json. On a GPU host (``--device cuda``: bf16 autocast,
+channels_last) compare ``bare`` with the measured limit for VGG16 conv5 + NetVLAD at 224 px.
+
+    .venv/bin/python bench/train.py [--device cpu|cuda] [--image-size 224] [--steps 6] [--backbone efficientnet_lite0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo, not bench/
+
+H100_LIMIT_IMG_S = 3300  # measured: VGG16 conv5 + NetVLAD, 224 px, bf16, one H100 (shared/reference)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--products", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=6, help="training steps per measured epoch")
+    ap.add_argument("--batch-size", type=int, default=2, help="tuples per step")
+    ap.add_argument("--positives", type=int, default=2)
+    ap.add_argument("--negatives", type=int, default=4)
+    ap.add_argument("--clusters", type=int, default=64)
+    args = ap.parse_args()
+
+    from crawlers.demo_shop.synthetic import generate_catalog
+    from models.loss import WeakTripletLoss
+    from models.netvlad_model import FromFrozen
+    from shoesearch.settings import Settings
+    from tasks.ingest import ingest_catalog
+    from tasks.kmeans import kmeans_init, model_of_run
+    from tasks.split import make_split
+    from tasks.train import frozen_cache, model_from_kmeans, train_epoch, tuple_loss
+    from tasks.train_data import PhotoDataset, load_photos
+    from warehouse import open_warehouse
+
+    device = torch.device(args.device)
+    tuple_size = 1 + args.positives + args.negatives
+    overrides = {
+        "train.backbone": args.backbone, "train.device": args.device, "train.image_size": args.image_size,
+        "train.clusters": args.clusters, "train.kmeans_images": 40, "train.kmeans_iterations": 5,
+        "train.kmeans_descriptors": 40 * 49, "train.descriptor_dim": 0, "train.batch_size": args.batch_size,
+        "train.max_positives": args.positives, "train.hard_negatives": args.negatives,
+        "train.negatives_pool": 32, "train.cache_refresh_queries": args.steps * args.batch_size,
+        "train.queries_per_epoch": args.steps * args.batch_size, "train.num_workers": 0, "train.frozen_cache_mb": 0,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        catalog = generate_catalog(Path(tmp) / "cat", args.products, noise_rate=0.0, seed=0, image_size=256)
+        settings = Settings.load(home=Path(tmp) / "home", overrides=overrides)
+        ingest_catalog(settings, catalog, name="bench")
+        wh = open_warehouse(settings)
+        split = make_split(settings)
+        km = kmeans_init(settings, split)
+        photos = load_photos(wh, split, "raw", ("train",))
+        model = model_from_kmeans(settings, model_of_run(wh, km), photos, device).to(device)
+        if device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        crit = WeakTripletLoss(settings.train.margin)
+        ds = PhotoDataset(settings, photos.paths, args.image_size, model.backbone.mean, model.backbone.std)
+        step_images = args.batch_size * tuple_size
+
+        def sync():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        # bare: random tensors, same model, same loss, same optimizer
+        x = torch.randn(args.batch_size, tuple_size, 3, args.image_size, args.image_size)
+        model.train()
+        for i in range(args.steps + 1):  # the first step warms up
+            if i == 1:
+                sync()
+                t0 = time.perf_counter()
+            loss = tuple_loss(model, x, crit, args.positives, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        sync()
+        bare = args.steps * step_images / (time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        _, step_ips = train_epoch(model, optimizer, crit, settings, photos, ds, 0, device)
+        sync()
+        epoch_ips = args.steps * step_images / (time.perf_counter() - t0)
+
+        settings.set("train.frozen_cache_mb", 8192)
+        t0 = time.perf_counter()
+        cache = frozen_cache(model, settings, ds, device)
+        cache_s = time.perf_counter() - t0
+        rows = {"bare": bare, "train step": step_ips, "train epoch": epoch_ips}
+        if cache is not None:
+            t0 = time.perf_counter()
+            _, cached_step_ips = train_epoch(FromFrozen(model), optimizer, crit, settings, photos, cache, 1, device)
+            sync()
+            rows["cached epoch"] = args.steps * step_images / (time.perf_counter() - t0 + cache_s)
+            rows["cached step"] = cached_step_ips
+
+    config = {"device": str(device), "device_name": torch.cuda.get_device_name() if device.type == "cuda" else
+              platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "backbone": args.backbone, "image_size": args.image_size, "clusters": args.clusters,
+              "tuple": f"1+{args.positives}+{args.negatives}", "batch_tuples": args.batch_size,
+              "steps": args.steps, "train_photos": len(photos), "cache_s": round(cache_s, 2),
+              "precision": "bf16 autocast" if device.type == "cuda" else "fp32"}
+    print("config: " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    print(f"{'path':<14} {'images/s':>10} {'vs bare':>8}")
+    for name, v in rows.items():
+        print(f"{name:<14} {v:>10.1f} {v / bare:>7.2f}x")
+    print(f"reference: VGG16 conv5 + NetVLAD, 224 px, bf16 on one H100: ~{H100_LIMIT_IMG_S:,} img/s (bare limit)")
+    if device.type == "cuda":
+        print(f"bare / H100 reference: {bare / H100_LIMIT_IMG_S:.2f} (same backbone only if --backbone vgg16)")
+    out = Path(__file__).resolve().parent / "results" / "train.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"config": config, "images_per_s": rows,
+                               "ratio_vs_bare": {k: v / bare for k, v in rows.items()},
+                               "reference_h100_img_s": H100_LIMIT_IMG_S}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
