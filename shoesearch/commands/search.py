@@ -28,6 +28,8 @@ def register(sub) -> None:
     p = sub.add_parser("serve-flows", help="serve the nightly flow on its cron schedule and denoise for manual runs")
     p.set_defaults(func=cmd_serve_flows)
 
+    p = sub.add_parser("demo", help="make demo: a synthetic shop, one nightly run on CPU, evaluation and a search")
+    p.set_defaults(func=cmd_demo)
 
 
 def cmd_index(args, settings) -> int:
@@ -75,6 +77,13 @@ def settings_overrides(settings) -> dict:
 
     data = settings.as_dict()
     return {f"{s}.{k}": v for s in SECTIONS for k, v in data[s].items()}
+
+
+def cmd_demo(args, settings) -> int:
+    from shoesearch.cli import _overrides
+    from shoesearch.demo import run_demo
+
+    return run_demo(settings, cli_overrides=_overrides(args.set))
 
 
 def cmd_serve_flows(args, settings) -> int:

@@ -1,0 +1,182 @@
+"""``shoesearch demo`` (what ``make demo`` runs): the whole pipeline once, on CPU, in a few minutes.
+
+It generates a small synthetic shoe shop, serves it on a free loopback port (JD's page structure, so
+the real Scrapy spider crawls it), runs the ``nightly`` Prefect flow once end to end (crawl -> embed ->
+denoise -> split -> k-means -> train -> evaluate -> index -> gated switch), then prints the evaluation
+table and one search by photo with a *new* photo of a catalogued product (a view the crawl never saw),
+and says where the results are and how to continue. The shop is stopped at the end, also on errors and
+Ctrl-C. Running it again on the same home is an incremental nightly: nothing new is crawled or
+embedded, training warm-starts from the current model and the gate decides whether it is switched in.
+
+The defaults in ``shoesearch/settings.py`` are for real JD and a real catalogue; the demo shrinks the
+work with ``DEMO_OVERRIDES`` below (``--set`` on the command line still wins).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+
+DEMO_PRODUCTS = 40  # synthetic products in the demo shop (~8 photos each, a fifth of them noise)
+DEMO_NOISE_RATE = 0.2  # fraction of gallery photos that are noise (insoles, boxes, size charts ...)
+DEMO_PHOTO_PX = 128  # side of the generated photos: small photos keep CPU training to about a minute
+DEMO_SEED = 0  # which synthetic designs the shop sells
+DEMO_QUERY_VIEW = "three_quarter"  # the example search uses a fresh view of this kind (not a front view)
+DEMO_SEARCH_K = 5  # products shown for the example search
+DEMO_EVAL_COLUMNS = ["variant", "photos", "split", "queries", "recall_at_1", "recall_at_5", "recall_at_10",
+                     "mean_ap"]
+
+# Demo-only settings: everything smaller and faster than the defaults, nothing else changed.
+DEMO_OVERRIDES = {
+    # The loopback shop needs no politeness delays (the JD defaults made 20 products take 2.5 minutes).
+    "crawl.keywords": "鞋",
+    "crawl.categories": "",
+    "crawl.max_products": DEMO_PRODUCTS,
+    "crawl.download_delay_s": 0.0,
+    "crawl.autothrottle_max_delay_s": 0.5,
+    "crawl.concurrent_requests": 16,
+    "crawl.autothrottle_target_concurrency": 16.0,
+    "crawl.retry_backoff_s": 0.05,
+    "crawl.commit_every": 10,
+    "crawl.progress_every_s": 1.0,
+    # Small photos, no worker processes (their start-up costs more than they save on ~300 photos).
+    "embed.image_size": DEMO_PHOTO_PX,
+    "embed.num_workers": 0,
+    "train.image_size": DEMO_PHOTO_PX,
+    "train.num_workers": 0,
+    # A small NetVLAD: K=8 clusters, 64-d output, 2 epochs, small negative pools.
+    "train.clusters": 8,
+    "train.descriptor_dim": 64,
+    "train.kmeans_descriptors": 5_000,
+    "train.kmeans_images": 200,
+    "train.kmeans_iterations": 10,
+    "train.epochs": 2,
+    "train.negatives_pool": 32,
+    "train.hard_negatives": 4,
+    "train.max_positives": 3,
+    "train.cache_refresh_queries": 128,
+    # A failed step of the demo should fail now, not retry a loopback shop for minutes.
+    "schedule.task_retries": 0,
+    "schedule.retry_delay_s": 0,
+}
+
+
+def _say(message: str) -> None:
+    print(f"\n==> {message}", flush=True)
+
+
+def demo_product_ids(n_products: int, seed: int) -> list[tuple[int, str]]:
+    """(design index, warehouse product id) of every product the demo shop sells."""
+    from crawlers.demo_shop.synthetic import design_for, product_metadata
+
+    out = []
+    for i in range(n_products):
+        index = seed * 100_000 + i
+        out.append((index, f"jd:{product_metadata(index, design_for(index))['sku']}"))
+    return out
+
+
+def query_photo(settings, design_index: int, path: Path) -> Path:
+    """A new photo of product ``design_index`` from ``DEMO_QUERY_VIEW`` (fresh framing and lighting)."""
+    from crawlers.demo_shop.synthetic import design_for, render_view
+
+    rng = random.Random(f"demo-query-{design_index}")
+    image = render_view(design_for(design_index), DEMO_QUERY_VIEW, DEMO_PHOTO_PX, rng)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, "JPEG")
+    return path
+
+
+def pick_query_product(wh, products: list[tuple[int, str]]) -> tuple[int, str]:
+    """A product of the newest split's test set (never trained on), else the first one."""
+    test = {r["product_id"] for r in wh.query(
+        """SELECT product_id FROM splits WHERE split = 'test' AND run_id =
+           (SELECT run_id FROM runs WHERE step = 'split' AND status = 'success' ORDER BY finished_at DESC LIMIT 1)"""
+    ).to_pylist()}
+    indexed = {r["product_id"] for r in wh.query("SELECT DISTINCT product_id FROM images_current").to_pylist()}
+    for index, product_id in products:
+        if product_id in test and product_id in indexed:
+            return index, product_id
+    return products[0]
+
+
+def run_demo(settings, cli_overrides: dict | None = None) -> int:
+    """The demo on ``settings.home``; ``cli_overrides`` (from ``--set``) win over ``DEMO_OVERRIDES``."""
+    import pyarrow as pa
+
+    from crawlers.demo_shop.server import DemoShop, load_catalog, synthetic_catalog
+    from flows.nightly import nightly
+    from shoesearch.commands.search import settings_overrides
+    from shoesearch.output import format_table
+    from shoesearch.settings import Settings
+    from tasks.search import search
+    from warehouse import open_warehouse
+
+    started = time.monotonic()
+    settings = Settings.load(home=settings.home, overrides={**DEMO_OVERRIDES, **(cli_overrides or {})})
+    home = settings.home
+    first_run = not (settings.indexes_dir / "CURRENT").exists()
+    print(f"shoesearch demo: data home {home} ({'first run' if first_run else 'again: an incremental nightly'})")
+
+    _say(f"1/4 demo shop: {DEMO_PRODUCTS} synthetic shoe products, {DEMO_PHOTO_PX} px photos")
+    t = time.monotonic()
+    folder = synthetic_catalog(home, DEMO_PRODUCTS, DEMO_NOISE_RATE, seed=DEMO_SEED, image_size=DEMO_PHOTO_PX)
+    products = load_catalog(folder)
+    shop = DemoShop(products, host=settings.crawl.shop_host, port=0, page_size=settings.crawl.shop_page_size,
+                    source=str(folder))
+    shop.start()
+    try:
+        photos = sum(len(p.gallery) for p in products)
+        print(f"    {len(products)} products, {photos} photos from {folder} ({time.monotonic() - t:.1f} s)")
+        print(f"    serving on {shop.url} (stopped when the demo ends)")
+
+        _say("2/4 nightly flow (Prefect): crawl -> embed -> denoise -> train -> evaluate -> index -> switch")
+        t = time.monotonic()
+        result = nightly(site=shop.url, home=str(home), overrides=settings_overrides(settings))
+        print(f"    nightly finished in {time.monotonic() - t:.0f} s: index {result['index_id']} "
+              f"{result['status']} ({result['note']})")
+    finally:
+        shop.stop()
+        print(f"    demo shop on {shop.url} stopped", flush=True)
+
+    wh = open_warehouse(settings)
+    _say("3/4 evaluation on the test split (table `evaluations`; imagenet = off-the-shelf baseline)")
+    evals = wh.query(f"SELECT {', '.join(DEMO_EVAL_COLUMNS)} FROM evaluations WHERE run_id = ? ORDER BY variant",
+                     [result["steps"]["evaluate"]])
+    print(format_table(evals))
+
+    _say(f"4/4 example search: a new {DEMO_QUERY_VIEW.replace('_', '-')} photo of a catalogued test product")
+    index, product_id = pick_query_product(wh, demo_product_ids(DEMO_PRODUCTS, DEMO_SEED))
+    photo = query_photo(settings, index, settings.reports_dir / "demo-query.jpg")
+    hits = search(settings, photo, DEMO_SEARCH_K)
+    cols = ["rank", "score", "product_id", "title", "price", "photo_path"]
+    print(f"    query photo: {photo} (product {product_id}; the crawl never saw this photo)")
+    print(format_table(pa.Table.from_pylist([{c: getattr(h, c) for c in cols} for h in hits])))
+    rank = next((h.rank for h in hits if h.product_id == product_id), None)
+    if rank == 1:
+        print(f"    the right product ({product_id}) is ranked first")
+    elif rank:
+        print(f"    the right product ({product_id}) is ranked {rank}")
+    else:
+        print(f"    the right product ({product_id}) is not in the top {DEMO_SEARCH_K}")
+
+    home_arg = f"--home {home}"
+    print(f"""
+Done in {time.monotonic() - started:.0f} s. Where things are:
+    warehouse (Parquet tables)  {settings.warehouse_dir}
+    reports (evaluation, denoise contact sheets, query photo)  {settings.reports_dir}
+    models                      {settings.models_dir}
+    faiss indexes (CURRENT)     {settings.indexes_dir}
+    crawl logs and summaries    {settings.crawl_dir}
+    Prefect artifact `nightly`  the summary above, in the Prefect UI (`prefect server start`)
+Next:
+    shoesearch {home_arg} api                # search page on http://{settings.api.host}:{settings.api.port}/
+    shoesearch {home_arg} search {photo}
+    shoesearch {home_arg} tables
+    shoesearch {home_arg} sql "SELECT variant, recall_at_1, mean_ap FROM evaluations"
+    shoesearch {home_arg} lineage --index {result['index_id']}
+    shoesearch {home_arg} demo               # again: an incremental nightly on the same shop""")
+    sys.stdout.flush()
+    return 0
