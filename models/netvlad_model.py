@@ -82,22 +82,22 @@ class NetVLADModel(nn.Module):
                 x = stage(x)
         return x
 
-    def forward_from_frozen(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_from_frozen(self, x: torch.Tensor, whiten: bool = True) -> torch.Tensor:
         """The trainable rest of the network, from :meth:`frozen_features`: ``forward(x)`` equals this."""
         for stage in self.backbone.blocks()[self.frozen_stages:]:
             x = stage(x)
-        return self.pool(x)
+        return self.pool(x, whiten)
 
     def local_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.features(x)
 
-    def pool(self, features: torch.Tensor) -> torch.Tensor:
-        """Local feature map -> final descriptor (NetVLAD, then whitening when configured)."""
+    def pool(self, features: torch.Tensor, whiten: bool = True) -> torch.Tensor:
+        """Local feature map -> final descriptor (NetVLAD, then whitening when configured and ``whiten``)."""
         vlad = self.netvlad(features.float())
-        return self.whitening(vlad) if self.whitening is not None else vlad
+        return self.whitening(vlad) if self.whitening is not None and whiten else vlad
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.local_features(x))
+    def forward(self, x: torch.Tensor, whiten: bool = True) -> torch.Tensor:
+        return self.pool(self.local_features(x), whiten)
 
 
 class FromFrozen(nn.Module):
@@ -107,8 +107,8 @@ class FromFrozen(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, frozen: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_from_frozen(frozen)
+    def forward(self, frozen: torch.Tensor, whiten: bool = True) -> torch.Tensor:
+        return self.model.forward_from_frozen(frozen, whiten)
 
 
 def save_checkpoint(path: Path, model: NetVLADModel, extra: dict[str, Any] | None = None) -> Path:

@@ -111,6 +111,7 @@ def run_demo(settings, cli_overrides: dict | None = None) -> int:
     from shoesearch.commands.search import settings_overrides
     from shoesearch.output import format_table
     from shoesearch.settings import Settings
+    from tasks.crawl import crawl_params
     from tasks.search import search
     from warehouse import open_warehouse
 
@@ -131,6 +132,7 @@ def run_demo(settings, cli_overrides: dict | None = None) -> int:
         photos = sum(len(p.gallery) for p in products)
         print(f"    {len(products)} products, {photos} photos from {folder} ({time.monotonic() - t:.1f} s)")
         print(f"    serving on {shop.url} (stopped when the demo ends)")
+        crawl_params(settings, site=shop.url)  # bad --set crawl values fail here, before Prefect starts
 
         _say("2/4 nightly flow (Prefect): crawl -> embed -> denoise -> train -> evaluate -> index -> switch")
         t = time.monotonic()

@@ -14,7 +14,7 @@ Training follows NetVLAD: a query is a photo of a training product, its positive
 other photos (the loss takes the closest), its negatives the ``hard_negatives`` closest of
 ``negatives_pool`` random photos of other products, mined in a descriptor cache refreshed every
 ``cache_refresh_queries`` queries. Each epoch is checkpointed (a rerun with the same inputs resumes
-from the last one); the best epoch by validation Recall@1 is kept, with early stopping.
+from the last one); the best epoch by validation Recall@1 (ties: by mAP) is kept, with early stopping.
 Multi-GPU: launched under ``torchrun`` (``WORLD_SIZE`` > 1) the queries are sharded over ranks and
 gradients averaged by DDP; rank 0 writes the warehouse and checkpoints.
 """
@@ -198,22 +198,34 @@ def recall(model, settings, photo_set: PhotoSet, device: torch.device) -> dict[s
 
 
 # --- building the starting model ----------------------------------------------------------------
-def model_from_kmeans(settings, kmeans_row: dict, train_photos: PhotoSet, device: torch.device) -> NetVLADModel:
-    """NetVLAD at k-means init; its PCA whitening fitted on the training photos' NetVLAD vectors."""
+def kmeans_model(settings, kmeans_row: dict, n_train: int) -> NetVLADModel:
+    """NetVLAD at k-means init, its whitening not fitted yet (:func:`fit_whitening`)."""
     cfg = settings.train
     km = torch.load(settings.home / kmeans_row["path"], map_location="cpu", weights_only=False)
     weights = settings.embed.weights_path if km["backbone"] == settings.embed.backbone else ""
-    n_white = len(train_photos)
-    dim = min(cfg.descriptor_dim, n_white - 1) if cfg.descriptor_dim else 0  # PCA has at most N-1 components
+    dim = min(cfg.descriptor_dim, n_train - 1) if cfg.descriptor_dim else 0  # PCA has at most N-1 components
     config = ModelConfig(km["backbone"], int(km["centroids"].shape[0]), dim, cfg.image_size, cfg.trainable_blocks, weights)
     model = NetVLADModel(config)
     model.netvlad.init_from_kmeans(km["centroids"], float(km["alpha"]))
-    if model.whitening is not None:
-        model.to(device).eval()
-        photos = PhotoDataset(settings, train_photos.paths, cfg.image_size, model.backbone.mean, model.backbone.std)
-        vlad = embed_dataset(lambda x: model.netvlad(model.backbone.features(x).float()), photos,
-                             cfg.batch_size * 4, cfg.num_workers, device, "whitening")
-        model.whitening.fit(vlad.to(device))
+    return model
+
+
+def fit_whitening(net, inputs: Dataset, settings, device: torch.device) -> None:
+    """PCA whitening fitted on the NetVLAD vectors of ``inputs`` (photos, or the frozen cache for FromFrozen)."""
+    model = net.model if isinstance(net, FromFrozen) else net
+    if model.whitening is None:
+        return
+    net.eval()
+    vlad = embed_dataset(lambda x: net(x, whiten=False), inputs, settings.train.batch_size * 4,
+                         settings.train.num_workers, device, "whitening")
+    model.whitening.fit(vlad.to(device))
+
+
+def model_from_kmeans(settings, kmeans_row: dict, train_photos: PhotoSet, device: torch.device) -> NetVLADModel:
+    """NetVLAD at k-means init; its PCA whitening fitted on the training photos' NetVLAD vectors."""
+    model = kmeans_model(settings, kmeans_row, len(train_photos)).to(device)
+    fit_whitening(model, PhotoDataset(settings, train_photos.paths, settings.train.image_size, model.backbone.mean,
+                                      model.backbone.std), settings, device)
     return model.cpu()
 
 
@@ -293,7 +305,7 @@ def _train(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> str:
         if kmeans_run_id is None:
             raise ShoesearchError("no k-means run: run kmeans_init first or give init_model_id")
         parent = model_of_run(wh, kmeans_run_id)
-        model = model_from_kmeans(settings, parent, train_set, device)
+        model = kmeans_model(settings, parent, len(train_set))  # whitening fitted below (not on resume)
     params = {"split_run_id": split_run_id, "parent_model_id": parent["model_id"], "photos": train_set.photos,
               "train": json.loads(settings.section_json("train")), "world_size": world}
     ckpt_dir = _checkpoint_dir(settings, {k: v for k, v in params.items() if k != "world_size"})
@@ -305,22 +317,26 @@ def _train(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> str:
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
         state = {"epoch": 0, "best": -1.0, "stale": 0, "model_id": f"netvlad-{model.config.backbone}-{run.run_id.split('-', 1)[1]}"}
-        if (ckpt_dir / "last.pt").exists():  # resume
+        resumed = (ckpt_dir / "last.pt").exists()
+        if resumed:
             _, ckpt = load_checkpoint(ckpt_dir / "last.pt")
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             state = ckpt["state"]
-        elif rank == 0:
-            save_checkpoint(ckpt_dir / "init.pt", model, {"state": state})
         model_id = state["model_id"]
         photos_ds = PhotoDataset(settings, train_set.paths, cfg.image_size, model.backbone.mean, model.backbone.std)
         cached = frozen_cache(model, settings, photos_ds, device) if world == 1 else None
-        if world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
-        elif cached is not None:  # the loop feeds the cached frozen-stage output, not photos
+        if cached is not None:  # the loop feeds the cached frozen-stage output, not photos
             net, photos_ds = FromFrozen(model), cached
         else:
             net = model
+        if not resumed:
+            if not init_model_id:
+                fit_whitening(net, photos_ds, settings, device)
+            if rank == 0:
+                save_checkpoint(ckpt_dir / "init.pt", model, {"state": state})
+        if world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
         criterion = WeakTripletLoss(cfg.margin)
         while not _rank0_says(state["epoch"] >= cfg.epochs or state["stale"] >= cfg.patience, world, device):
             t0 = time.perf_counter()
@@ -329,9 +345,11 @@ def _train(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> str:
                 state["epoch"] += 1
                 continue
             val = recall(model, settings, val_set, device)
-            r1 = val["recall_at_1"] if val["queries"] else 0.0
-            improved = r1 > state["best"]
-            state.update(epoch=state["epoch"] + 1, best=max(r1, state["best"]), stale=0 if improved else state["stale"] + 1)
+            r1, ap = (val["recall_at_1"], val["mean_ap"]) if val["queries"] else (0.0, 0.0)
+            improved = (r1, ap) > (state["best"], state.get("best_map", -1.0))  # mAP breaks Recall@1 ties
+            if improved:
+                state.update(best=r1, best_map=ap)
+            state.update(epoch=state["epoch"] + 1, stale=0 if improved else state["stale"] + 1)
             if improved:
                 save_checkpoint(ckpt_dir / "best.pt", model, {"state": state})
             run.commit_chunk("train_metrics", [{

@@ -6,17 +6,18 @@ import pytest
 
 from tests.fixtures_crawl import FAST_CRAWL
 
-NIGHTLY_PRODUCTS = 14  # first night; the second night's shop has NEW_PRODUCTS more
+NIGHTLY_PRODUCTS = 8  # first night; the second night's shop has NEW_PRODUCTS more
+CATALOG_SEED = 3  # its 8 products split 7 train / 1 test (no val product: no per-epoch validation pass)
 NEW_PRODUCTS = 2
-NIGHTLY_IMAGE_SIZE = 72
+NIGHTLY_IMAGE_SIZE = 64  # tiny photos: the wiring, not the pixels, is under test
 NIGHTLY_SETTINGS = {
     **FAST_CRAWL,
     "crawl.keywords": "鞋", "crawl.categories": "",
-    "embed.image_size": NIGHTLY_IMAGE_SIZE, "embed.num_workers": 0, "embed.batch_size": 16,
+    "embed.image_size": NIGHTLY_IMAGE_SIZE, "embed.num_workers": 0, "embed.batch_size": 32,
     "train.image_size": NIGHTLY_IMAGE_SIZE, "train.clusters": 4, "train.descriptor_dim": 16,
-    "train.kmeans_descriptors": 400, "train.kmeans_images": 60, "train.kmeans_iterations": 5,
-    "train.epochs": 1, "train.batch_size": 4, "train.negatives_pool": 16, "train.hard_negatives": 2,
-    "train.max_positives": 2, "train.cache_refresh_queries": 32, "train.num_workers": 0, "train.device": "cpu",
+    "train.kmeans_descriptors": 200, "train.kmeans_images": 20, "train.kmeans_iterations": 3,
+    "train.epochs": 1, "train.batch_size": 8, "train.negatives_pool": 8, "train.hard_negatives": 2,
+    "train.max_positives": 2, "train.cache_refresh_queries": 64, "train.num_workers": 0, "train.device": "cpu",
     "schedule.task_retries": 0, "schedule.retry_delay_s": 0,
 }
 TABLES = ["products", "images", "embeddings", "denoise", "splits", "models", "train_metrics", "evaluations",
@@ -28,7 +29,8 @@ def nightly_catalog(tmp_path_factory):
     from crawlers.demo_shop.synthetic import generate_catalog
 
     out = tmp_path_factory.mktemp("nightly") / "catalog"
-    return generate_catalog(out, NIGHTLY_PRODUCTS + NEW_PRODUCTS, noise_rate=0.2, seed=3, image_size=NIGHTLY_IMAGE_SIZE)
+    return generate_catalog(out, NIGHTLY_PRODUCTS + NEW_PRODUCTS, noise_rate=0.2, seed=CATALOG_SEED,
+                            image_size=NIGHTLY_IMAGE_SIZE)
 
 
 def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nightly_catalog, monkeypatch):
@@ -49,6 +51,10 @@ def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nig
     settings = Settings.load(home=home, overrides=NIGHTLY_SETTINGS)
     wh = open_warehouse(settings)
     assert first["status"] == "current" and "kmeans" in first["steps"]
+    splits = {r["split"]: r["n"] for r in wh.query("SELECT split, count(*) AS n FROM splits WHERE run_id = ? "
+                                                   "GROUP BY split", [first["steps"]["split"]]).to_pylist()}
+    assert splits == {"train": 7, "test": 1}
+    assert {e["variant"] for e in first["evaluations"]} == {"imagenet", "kmeans_init", "trained"}
     for table in TABLES:
         n = wh.query(f"SELECT count(*) AS n FROM {'runs_log' if table == 'runs' else table}").column("n")[0].as_py()
         assert n > 0, f"table {table} is empty after a nightly run"

@@ -202,7 +202,7 @@ def test_warm_start_from_a_trained_model(trained, monkeypatch):
     settings, split, _, run = trained
     wh = open_warehouse(settings)
     parent = _model_row(wh, run)
-    monkeypatch.setattr(T, "model_from_kmeans", lambda *a, **k: pytest.fail("k-means init used for a warm start"))
+    monkeypatch.setattr(T, "kmeans_model", lambda *a, **k: pytest.fail("k-means init used for a warm start"))
     short = Settings.load(home=settings.home, overrides={**SHORT, "train.epochs": 1})
     child = _model_row(wh, T.train_model(short, split, init_model_id=parent["model_id"]))
 
@@ -212,3 +212,19 @@ def test_warm_start_from_a_trained_model(trained, monkeypatch):
     for (name, a), b in zip(start.state_dict().items(), parent_model.state_dict().values()):
         assert torch.equal(a, b), name
     assert _epochs(wh, child["model_id"]) == [1]
+
+
+def test_train_flow_records_every_step(prefect_harness, trained):
+    """The Prefect flow ``train``: split -> k-means -> train -> evaluate, with lineage back to the split."""
+    from flows.train import train_flow
+    from warehouse import lineage, open_warehouse
+
+    settings = trained[0]
+    result = train_flow(home=str(settings.home), overrides={**SHORT, "train.epochs": 1})
+    wh = open_warehouse(settings)
+    row = wh.query("SELECT kind, run_id FROM models WHERE model_id = ?", [result["model_id"]]).to_pylist()
+    assert row == [{"kind": "netvlad", "run_id": result["train"]}]
+    runs = {r["run_id"]: r["step"] for r in lineage(wh, result["evaluate"])}
+    assert {result["split"]: "split", result["kmeans"]: "kmeans", result["train"]: "train"}.items() <= runs.items()
+    variants = wh.query("SELECT variant FROM evaluations WHERE run_id = ?", [result["evaluate"]]).column("variant")
+    assert sorted(variants.to_pylist()) == ["imagenet", "kmeans_init", "trained"]
