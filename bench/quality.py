@@ -113,7 +113,6 @@ def main() -> None:
     config["threads"] = torch.get_num_threads()
     print("config: " + ", ".join(f"{k}={v}" for k, v in config.items()))
     out = Path(__file__).resolve().parent / "results" / "quality.json"
-    results = json.loads(out.read_text())["results"] if out.exists() else {}
     for name in args.datasets:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"quality-{name}-") as tmp:
@@ -121,6 +120,7 @@ def main() -> None:
         result["config"], result["total_s"] = config, round(time.perf_counter() - started, 1)
         print(table(result))
         print(f"total {result['total_s']} s\n")
+        results = json.loads(out.read_text())["results"] if out.exists() else {}  # other datasets' runs kept
         results[name] = result
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps({"results": results}, indent=2, default=str))

@@ -3,9 +3,10 @@
 For each gallery size it builds the exact inner-product index (the baseline) and the approximate
 indexes the index step would choose above ``index.exact_max_vectors``, then measures single-query
 latency (p50/p99, queries/s), batched throughput and recall@10 against exact search, and prints
-ratios against the exact index measured in the same run. Vectors are clustered Gaussians,
-L2-normalised, 512-d (like PCA-whitened NetVLAD descriptors); queries are perturbed gallery
-vectors, as a photo of a catalogued product would be. Runs on CPU (faiss-cpu); with faiss-gpu and a
+ratios against the exact index measured in the same run. Vectors are L2-normalised, 512-d (like
+PCA-whitened NetVLAD descriptors) and structured like a catalogue: look-alike categories, products
+within them, ~10 photos per product; queries are perturbed gallery vectors, as a new photo of a
+catalogued product would be. Runs on CPU (faiss-cpu); with faiss-gpu and a
 GPU it also times the exact index on the GPU.
 
     .venv/bin/python bench/search.py            # 100k and 1M, about 5 minutes on 2 cores
@@ -35,8 +36,10 @@ from shoesearch.settings import IndexSettings  # noqa: E402
 from tasks.index import build_faiss, gpu_count, ivf_lists, recall_vs_exact  # noqa: E402
 
 DIM = 512
-CLUSTERS = 2_000  # products-like groups in the synthetic gallery
-CLUSTER_SPREAD = 0.6  # within-group noise relative to the group centre (per dimension)
+CATEGORIES = 2_000  # look-alike groups (a model line, a colourway family)
+PHOTOS_PER_PRODUCT = 10  # a catalogue is ~10 photos per product: 100k / 1M photos = 10k / 100k products
+CATEGORY_SPREAD = 0.6  # products of a category around its centre (per dimension, relative)
+PHOTO_SPREAD = 0.35  # a product's photos around the product (viewpoint, background)
 QUERY_NOISE = 0.3  # a query is a gallery vector plus this much noise
 RESULTS = Path(__file__).resolve().parent / "results" / "search.json"
 # Measured elsewhere, printed for context only (../shared/reference/ecosystem.md, one H100):
@@ -44,13 +47,21 @@ GPU_REFERENCE = "exact kNN, 1M x 512 fp16 gallery, batched matmul+topk on one H1
 
 
 def synthetic_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` L2-normalised vectors around ``CLUSTERS`` random centres, generated in chunks."""
-    centres = rng.standard_normal((CLUSTERS, dim), dtype=np.float32)
+    """``n`` L2-normalised photo vectors: categories -> products -> ~10 photos each.
+
+    Generated in chunks of whole products (the chunk size is a multiple of PHOTOS_PER_PRODUCT).
+    """
+    categories = rng.standard_normal((CATEGORIES, dim), dtype=np.float32)
     out = np.empty((n, dim), dtype=np.float32)
     step = 100_000
     for start in range(0, n, step):
         m = min(step, n - start)
-        block = centres[rng.integers(0, CLUSTERS, m)] + CLUSTER_SPREAD * rng.standard_normal((m, dim), dtype=np.float32)
+        product = np.arange(start, start + m) // PHOTOS_PER_PRODUCT
+        first = product[0]
+        n_products = product[-1] - first + 1
+        centres = categories[rng.integers(0, CATEGORIES, n_products)] + \
+            CATEGORY_SPREAD * rng.standard_normal((n_products, dim), dtype=np.float32)
+        block = centres[product - first] + PHOTO_SPREAD * rng.standard_normal((m, dim), dtype=np.float32)
         out[start:start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 

@@ -14,7 +14,7 @@ from scrapy.pipelines.media import MediaPipeline
 
 from crawlers.config import crawl_settings_from
 from tasks.imagestore import ImageLimits, StoredImage, store_image
-from warehouse.store import Warehouse, atomic_write_text
+from warehouse.store import atomic_write_text
 
 
 class PhotoFailed(Exception):

@@ -6,7 +6,6 @@ Pure functions plus thin modules over them.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 EPS = 1e-6  # keeps GeM's power defined on zero activations and l2n away from 0/0

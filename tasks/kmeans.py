@@ -53,7 +53,8 @@ def kmeans_init(settings, split_run_id: str, photos: str = "auto") -> str:
     with start_run(wh, step="kmeans", params=params, inputs=[split_run_id, photo_set.denoise_run_id]) as run:
         dataset = PhotoDataset(settings, [photo_set.paths[i] for i in chosen], cfg.image_size, backbone.mean, backbone.std)
         sample = lambda x: sample_local_descriptors(backbone.features(x), per_image, gen)  # noqa: E731
-        descriptors = embed_dataset(sample, dataset, cfg.batch_size, cfg.num_workers, device, "k-means descriptors")
+        descriptors = embed_dataset(sample, dataset, cfg.batch_size * 4, cfg.num_workers, device,
+                                    "k-means descriptors")
         if descriptors.shape[0] < cfg.clusters:
             raise ShoesearchError(f"only {descriptors.shape[0]} local descriptors for {cfg.clusters} clusters: "
                                   "add photos or lower train.clusters")

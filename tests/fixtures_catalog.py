@@ -32,12 +32,17 @@ def ingested_home(tmp_path_factory, synthetic_catalog) -> Path:
     return home
 
 
+def writable_copy(session_home: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of a read-only session home, made the current ``SHOESEARCH_HOME``."""
+    home = tmp_path / "home"
+    shutil.copytree(session_home, home)
+    monkeypatch.setenv("SHOESEARCH_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def ingested_settings(tmp_path, ingested_home, monkeypatch):
     """Settings for a private copy of ``ingested_home`` (safe to write to)."""
     from shoesearch.settings import Settings
 
-    home = tmp_path / "home"
-    shutil.copytree(ingested_home, home)
-    monkeypatch.setenv("SHOESEARCH_HOME", str(home))
-    return Settings.load(home=home)
+    return Settings.load(home=writable_copy(ingested_home, tmp_path, monkeypatch))

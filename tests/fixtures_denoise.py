@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures_catalog import writable_copy
+
 EMBED_TEST_OVERRIDES = {  # small and fast: the catalogue photos are 128 px
     "embed.image_size": 128, "embed.batch_size": 16, "embed.num_workers": 0,
 }
@@ -29,9 +31,7 @@ def embedded_settings(tmp_path, embedded_home, monkeypatch):
     """Settings for a private, writable copy of ``embedded_home``."""
     from shoesearch.settings import Settings
 
-    home = tmp_path / "home"
-    shutil.copytree(embedded_home, home)
-    monkeypatch.setenv("SHOESEARCH_HOME", str(home))
+    home = writable_copy(embedded_home, tmp_path, monkeypatch)
     return Settings.load(home=home, overrides=EMBED_TEST_OVERRIDES)
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures_catalog import writable_copy
+
 # Small, fast settings for every search test home (written to the home's shoesearch.toml).
 SEARCH_TEST_TOML = """\
 [embed]
@@ -45,10 +47,7 @@ def indexed_home(tmp_path_factory, ingested_home) -> Path:
 @pytest.fixture
 def indexed_settings(tmp_path, indexed_home, monkeypatch):
     """Settings for a private, writable copy of ``indexed_home``."""
-    home = tmp_path / "home"
-    shutil.copytree(indexed_home, home)
-    monkeypatch.setenv("SHOESEARCH_HOME", str(home))
-    return search_settings(home)
+    return search_settings(writable_copy(indexed_home, tmp_path, monkeypatch))
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ TRAIN_PRODUCTS = 20
 TRAIN_IMAGE_SIZE = 96  # EfficientNet-Lite0 gives a 3x3 local map: 9 descriptors per photo
 SMALL = {  # tiny but real: every code path of the defaults runs
     "train.image_size": TRAIN_IMAGE_SIZE, "train.clusters": 8, "train.descriptor_dim": 32,
-    "train.kmeans_descriptors": 600, "train.kmeans_images": 80, "train.kmeans_iterations": 10,
+    "train.kmeans_descriptors": 360, "train.kmeans_images": 40, "train.kmeans_iterations": 10,
     "train.epochs": 3, "train.batch_size": 4, "train.lr": 1e-3, "train.negatives_pool": 64,
     "train.hard_negatives": 4, "train.max_positives": 2, "train.cache_refresh_queries": 64,
     "train.num_workers": 0, "train.device": "cpu", "embed.image_size": TRAIN_IMAGE_SIZE,
@@ -220,7 +220,8 @@ def test_train_flow_records_every_step(prefect_harness, trained):
     from warehouse import lineage, open_warehouse
 
     settings = trained[0]
-    result = train_flow(home=str(settings.home), overrides={**SHORT, "train.epochs": 1})
+    result = train_flow(home=str(settings.home), overrides={**SHORT, "train.epochs": 1, "train.kmeans_images": 16,
+                                                          "train.kmeans_descriptors": 144})
     wh = open_warehouse(settings)
     row = wh.query("SELECT kind, run_id FROM models WHERE model_id = ?", [result["model_id"]]).to_pylist()
     assert row == [{"kind": "netvlad", "run_id": result["train"]}]

@@ -7,10 +7,8 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from warehouse import SchemaError, Warehouse, atomic_write_text, conform, lineage, open_warehouse, start_run

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from shoesearch.errors import ShoesearchError
 
 
 def register(sub) -> None:
