@@ -34,8 +34,8 @@ SELECT p.brand,
        sum(CASE WHEN d.kept THEN 1 ELSE 0 END)    AS kept,
        round(avg(d.distance), 3)                  AS mean_distance
 FROM images_current i
-JOIN denoise_current d USING (image_id)
-JOIN products_current p ON p.product_id = i.product_id
+JOIN denoise_current d USING (image_key)
+JOIN products_current p ON p.product_key = i.product_key
 GROUP BY p.brand
 ORDER BY photos DESC
 """

@@ -14,20 +14,24 @@ from shoesearch.settings import Settings
 from tasks.denoise import denoise_task
 from tasks.denoise_report import denoise_report_task
 from tasks.embed import embed_images_task
+from tasks.snapshot import refresh_snapshot_task
 
 
 @flow(name="denoise")
 def denoise_flow(threshold: float | None = None, drop_rate: float | None = None, backbone: str | None = None,
-                 home: str | None = None, overrides: dict[str, Any] | None = None) -> str:
-    """Embed (incremental) -> denoise -> report; returns the denoise run id.
+                 home: str | None = None, overrides: dict[str, Any] | None = None,
+                 embed_run_id: str | None = None) -> str:
+    """Embed (incremental) -> denoise -> report -> analyst snapshot; returns the denoise run id.
 
     ``threshold`` is an absolute distance in [0, 2]; ``drop_rate`` calibrates it instead; neither
     means ``settings.denoise``. ``backbone`` picks the ImageNet model (default ``embed.backbone``).
     ``home`` / ``overrides`` ("section.field": value) select the data home and settings.
+    ``embed_run_id``: the photos were just embedded by that run (the nightly flow): skip embedding.
     """
     settings = Settings.load(home=home, overrides=overrides)
     model_spec = f"imagenet:{backbone}" if backbone else None
-    embed_run = embed_images_task(settings, model_spec)
+    embed_run = embed_run_id or embed_images_task(settings, model_spec)
     run_id = denoise_task(settings, threshold, drop_rate, model_spec, embed_run_id=embed_run)
     denoise_report_task(settings, run_id)
+    refresh_snapshot_task(settings)
     return run_id

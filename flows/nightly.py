@@ -1,4 +1,5 @@
-"""Prefect flow ``nightly``: crawl -> embed new photos -> denoise -> (re)train -> evaluate -> index -> gated switch.
+"""Prefect flow ``nightly``: crawl -> embed new photos -> denoise (the ``denoise`` flow, as a subflow)
+-> (re)train -> evaluate -> index -> gated switch -> analyst snapshot.
 
 Wiring only; the steps live in ``tasks/``. Training warm-starts from the model behind the current index
 (k-means only on a cold start). The new index becomes current only if its model's test Recall@1 does
@@ -14,13 +15,14 @@ from typing import Any
 
 from prefect import flow
 
+from flows.denoise import denoise_flow
 from shoesearch.settings import Settings
 from tasks.crawl import crawl_task
-from tasks.denoise import denoise_task
 from tasks.embed import embed_images_task
 from tasks.evaluate import evaluate_task
 from tasks.index import build_index_task, switch_index_task
 from tasks.kmeans import kmeans_init_task
+from tasks.snapshot import refresh_snapshot_task
 from tasks.nightly import (finished_evaluation_task, finished_train_task, report_nightly_task, split_for_nightly_task,
                            warm_start_model_task)
 from tasks.train import model_id_of_run, train_model_task
@@ -35,7 +37,7 @@ def nightly(site: str | None = None, crawl: bool = True, home: str | None = None
     steps: dict[str, str | None] = {}
     steps["crawl"] = crawl_task.with_options(**retry)(settings, site=site) if crawl else None
     steps["embed"] = embed_images_task.with_options(**retry)(settings, None)
-    steps["denoise"] = denoise_task(settings, embed_run_id=steps["embed"])
+    steps["denoise"] = denoise_flow(home=str(settings.home), overrides=overrides, embed_run_id=steps["embed"])
     steps["split"] = split_for_nightly_task(settings)
     warm = warm_start_model_task(settings)
     steps["train"] = finished_train_task(settings, steps["split"], warm)
@@ -47,4 +49,6 @@ def nightly(site: str | None = None, crawl: bool = True, home: str | None = None
     steps["evaluate"] = finished_evaluation_task(settings, model_id) or evaluate_task(settings, model_id)
     steps["index"] = build_index_task.with_options(**retry)(settings, model_id)
     steps["switch"] = switch_index_task(settings, steps["index"])
-    return report_nightly_task(settings, steps)
+    outcome = report_nightly_task(settings, steps)
+    refresh_snapshot_task(settings)
+    return outcome

@@ -202,3 +202,20 @@ def test_settings_layering(tmp_path, monkeypatch):
         s.set("train.epoch", 3)
     with pytest.raises(ValueError, match="train.epochs"):
         s.set("train.epochs", "many")
+
+
+def test_integer_keys_are_filled_and_snapshot_is_a_stable_copy(settings):
+    from warehouse import key_of
+    from warehouse.catalog import write_catalog
+
+    wh = open_warehouse(settings)
+    wh.write("r1", {"products": [product("c:1", brand="Nike")],
+                    "images": [{"image_id": "c:1#0", "product_id": "c:1", "position": 0, "status": "ok"}]})
+    row = wh.query("SELECT i.image_key, i.product_key, p.product_key AS pk FROM images i JOIN products p "
+                   "USING (product_key)").to_pylist()[0]
+    assert row == {"image_key": key_of("c:1#0"), "product_key": key_of("c:1"), "pk": key_of("c:1")}
+    write_catalog(wh, settings.snapshot_path, materialize=True)
+    wh.write("r2", {"products": [product("c:2")]})
+    snap = run_cli("sql", "--snapshot", "SELECT count(*) AS n FROM products_current", "--format", "csv", home=settings.home)
+    live = run_cli("sql", "SELECT count(*) AS n FROM products_current", "--format", "csv", home=settings.home)
+    assert snap.stdout.split() == ["n", "1"] and live.stdout.split() == ["n", "2"]

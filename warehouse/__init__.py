@@ -2,11 +2,13 @@
 
 from warehouse.runs import Run, latest_run, lineage, start_run, upstream_of
 from warehouse.schemas import TABLES
-from warehouse.store import SchemaError, Transaction, Warehouse, atomic_write_bytes, atomic_write_text, conform
+from warehouse.store import (
+    SchemaError, Transaction, Warehouse, atomic_write_bytes, atomic_write_text, conform, key_of,
+)
 
 __all__ = [
     "TABLES", "Run", "SchemaError", "Transaction", "Warehouse", "atomic_write_bytes", "atomic_write_text",
-    "conform", "latest_run", "lineage", "open_warehouse", "start_run", "upstream_of",
+    "conform", "key_of", "latest_run", "lineage", "open_warehouse", "start_run", "upstream_of",
 ]
 
 

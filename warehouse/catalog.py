@@ -27,7 +27,7 @@ DERIVED_VIEWS = {
             FROM products) WHERE rn = 1""",
     "images_current": """
         SELECT i.* FROM images i
-        JOIN products_current p ON p.product_id = i.product_id AND p.run_id = i.run_id""",
+        JOIN products_current p ON p.product_key = i.product_key AND p.run_id = i.run_id""",
     "denoise_current": """
         SELECT * FROM denoise WHERE run_id = (
             SELECT run_id FROM runs WHERE step = 'denoise' AND status = 'success'

@@ -16,6 +16,7 @@ process is gone is rolled back. A crash therefore never leaves half a batch visi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,13 +27,25 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.schemas import TABLES
+from warehouse.schemas import KEY_SOURCES, TABLES
 
 SCHEMA_BATCH = "batch-0-schema"
 
 
 class SchemaError(ValueError):
     """Rows that do not fit a table's declared schema."""
+
+
+def key_of(identifier: str) -> int:
+    """The stable signed 64-bit key of an id (first 8 bytes of its BLAKE2b digest)."""
+    digest = hashlib.blake2b(identifier.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def _keys_for(values) -> list:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = values.to_pylist()
+    return [None if v is None else key_of(str(v)) for v in values]
 
 
 def conform(table: str, data: Any, run_id: str | None = None) -> pa.Table:
@@ -60,6 +73,9 @@ def conform(table: str, data: Any, run_id: str | None = None) -> pa.Table:
     n_rows = len(next(iter(columns.values()))) if columns else 0
     if run_id is not None and "run_id" not in columns:
         columns["run_id"] = [run_id] * n_rows
+    for key, source in KEY_SOURCES.items():
+        if schema.get_field_index(key) >= 0 and key not in columns and source in columns:
+            columns[key] = _keys_for(columns[source])
     arrays = []
     for fld in schema:
         if fld.name not in columns:
