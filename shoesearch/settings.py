@@ -74,7 +74,7 @@ class DenoiseSettings:
     # Euclidean distance between L2-normalised embeddings lies in [0, 2]. Photos of the same shoe
     # from other angles mostly sit below 1.0 with ImageNet GeM descriptors; insoles, size charts,
     # boxes and model shots lie above. Measured on ETH-80 and the synthetic shop (P 0.59 / R 0.89 on
-    # ETH-80 at 1.0; 1.1 gives P 0.95 / R 0.61): docs/readme_denoise.md, bench/denoise_threshold.py.
+    # ETH-80 at 1.0; 1.1 gives P 0.95 / R 0.61): README "Choosing the default threshold", bench/denoise_threshold.py.
     threshold: float = 1.0
     drop_rate: float | None = None  # calibration mode: pick the threshold dropping this fraction
     sheet_photos: int = 24  # photos per contact sheet (most distant dropped; borderline)
