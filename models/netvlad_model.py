@@ -93,8 +93,9 @@ class NetVLADModel(nn.Module):
 
     def pool(self, features: torch.Tensor, whiten: bool = True) -> torch.Tensor:
         """Local feature map -> final descriptor (NetVLAD, then whitening when configured and ``whiten``)."""
-        vlad = self.netvlad(features.float())
-        return self.whitening(vlad) if self.whitening is not None and whiten else vlad
+        with torch.autocast(device_type=features.device.type, enabled=False):  # fp32: residuals cancel in bf16
+            vlad = self.netvlad(features.float())
+            return self.whitening(vlad) if self.whitening is not None and whiten else vlad
 
     def forward(self, x: torch.Tensor, whiten: bool = True) -> torch.Tensor:
         return self.pool(self.local_features(x), whiten)

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 Image.MAX_IMAGE_PIXELS = None  # replaced by the explicit max_pixels check below
 
@@ -27,7 +27,7 @@ def load_rgb(path: str | Path, size: int, max_pixels: int) -> Image.Image:
         raise ValueError(f"{path}: {img.size[0]}x{img.size[1]} pixels exceeds the {max_pixels} limit")
     if img.format == "JPEG":
         img.draft("RGB", (size, size))
-    return img.convert("RGB")
+    return ImageOps.exif_transpose(img).convert("RGB")  # phone photos are often stored rotated
 
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:

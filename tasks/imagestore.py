@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # PIL's own decompression-bomb guard is replaced by our explicit pixel limit.
 Image.MAX_IMAGE_PIXELS = None
@@ -97,4 +97,4 @@ def open_image(path: str | Path, max_pixels: int = 40_000_000) -> Image.Image:
     if img.size[0] * img.size[1] > max_pixels:
         img.close()
         raise ValueError(f"{path}: {img.size[0]}x{img.size[1]} pixels exceeds the {max_pixels} limit")
-    return img.convert("RGB")
+    return ImageOps.exif_transpose(img).convert("RGB")  # phone photos are often stored rotated

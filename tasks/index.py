@@ -116,7 +116,9 @@ def build_faiss(vectors: np.ndarray, kind: str, cfg, use_gpu: bool | None = None
     sample = _train_sample(vectors, cfg.train_sample, seed)
     if gpu and kind != "hnsw":  # faiss has no GPU HNSW; IVF-PQ and flat train/add on the GPU
         resources = faiss.StandardGpuResources()
-        gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
+        options = faiss.GpuClonerOptions()
+        options.useFloat16 = True  # 64 PQ sub-quantizers need fp16 lookup tables to fit shared memory
+        gpu_index = faiss.index_cpu_to_gpu(resources, 0, index, options)
         if not gpu_index.is_trained:
             gpu_index.train(sample)
         gpu_index.add(vectors)
@@ -345,19 +347,46 @@ def model_test_recall(wh, model_id: str) -> float | None:
     return float(rows[0]["recall_at_1"]) if rows and rows[0]["recall_at_1"] is not None else None
 
 
-def gate_decision(wh, new_model_id: str, current: dict | None, tolerance: float) -> tuple[bool, str]:
-    """Whether a new model may replace the current index's model, and why."""
+def _model_split(wh, model_id: str) -> str | None:
+    rows = wh.query("SELECT params FROM models WHERE model_id = ? ORDER BY created_at DESC LIMIT 1",
+                    [model_id]).to_pylist()
+    return json.loads(rows[0]["params"] or "{}").get("split_run_id") if rows else None
+
+
+def recall_on_split(settings, model_id: str, split_run_id: str) -> float:
+    """Test Recall@1 of ``model_id`` measured on the test photos of ``split_run_id``."""
+    from models.netvlad_model import load_checkpoint
+    from tasks.train import model_row, recall
+    from tasks.train_data import load_photos, pick_device
+
+    wh = open_warehouse(settings)
+    model, _ = load_checkpoint(settings.home / model_row(wh, model_id)["path"])
+    device = pick_device(settings.train.device)
+    return float(recall(model.to(device), settings, load_photos(wh, split_run_id, "auto", ("test",)), device)["recall_at_1"])
+
+
+def gate_decision(wh, new_model_id: str, current: dict | None, tolerance: float,
+                  settings=None) -> tuple[bool, str]:
+    """Whether a new model may replace the current index's model, and why.
+
+    Both models are compared on the same test photos: when the current model was scored on an
+    older split (the catalogue grew), it is re-scored on the new model's test split (needs
+    ``settings``). A missing or NaN Recall@1 of the new model is a refusal.
+    """
     if current is None:
         return True, "no current index"
     if current["model_id"] == new_model_id:
         return True, "same model as the current index"
     old = model_test_recall(wh, current["model_id"])
     new = model_test_recall(wh, new_model_id)
-    if old is None:
+    new_split = _model_split(wh, new_model_id)
+    if settings is not None and new_split and _model_split(wh, current["model_id"]) not in (None, new_split):
+        old = recall_on_split(settings, current["model_id"], new_split)
+    if old is None or math.isnan(old):
         return True, f"current model {current['model_id']} has no test Recall@1; new: {new}"
-    if new is None:
-        return False, f"new model {new_model_id} has no test Recall@1 (current: {old:.4f})"
-    verdict = f"test Recall@1 new {new:.4f} vs current {old:.4f} (tolerance {tolerance})"
+    if new is None or math.isnan(new):
+        return False, f"refused: new model {new_model_id} has no test Recall@1 (current: {old:.4f})"
+    verdict = f"test Recall@1 new {new:.4f} vs current {old:.4f} on the same test photos (tolerance {tolerance})"
     if new < old - tolerance:
         return False, "refused: " + verdict
     return True, "accepted: " + verdict
@@ -375,7 +404,7 @@ def switch_index(settings, index_id: str, gate: bool = True) -> str:
     wh = open_warehouse(settings)
     built = index_row(wh, index_id, "built")
     current = current_index_row(wh)
-    ok, reason = gate_decision(wh, built["model_id"], current, settings.schedule.gate_tolerance) if gate \
+    ok, reason = gate_decision(wh, built["model_id"], current, settings.schedule.gate_tolerance, settings) if gate \
         else (True, "gate bypassed")
     inputs = [built["run_id"], current["run_id"] if current else None]
     with start_run(wh, step="switch", params={"index_id": index_id, "gate": gate}, inputs=inputs) as run:

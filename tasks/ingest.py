@@ -95,8 +95,9 @@ def ingest_catalog(settings, catalog_dir: str | Path, name: str | None = None) -
             meta = metadata.get(folder, {})
             blobs = [p.read_bytes() for p in photos]
             digest = hashlib.sha1(json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())
-            for blob in blobs:
+            for photo, blob in zip(photos, blobs):
                 digest.update(hashlib.sha1(blob).digest())
+                digest.update(json.dumps(labels.get(f"{folder}/{photo.name}"), sort_keys=True).encode())
             content_hash = digest.hexdigest()
             if known.get(product_id) == content_hash:
                 skipped += 1

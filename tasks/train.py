@@ -257,7 +257,7 @@ def _rank0_says(flag: bool, world: int, device: torch.device) -> bool:
 class _RankRun:
     """Stands in for the warehouse run on DDP ranks other than 0 (they write nothing)."""
 
-    run_id = os.environ.get("SHOESEARCH_RUN_ID", "")
+    run_id = os.environ.get("SHOESEARCH_RUN_ID") or f"train-rank{os.environ.get('RANK', '0')}-ddp"
 
     def __enter__(self):
         return self

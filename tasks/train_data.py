@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
+from models.transforms import preprocess_path
 from shoesearch.errors import ShoesearchError
-from tasks.imagestore import open_image
 from warehouse import latest_run
 
 PHOTO_SETS = ("auto", "raw", "denoised")
@@ -80,12 +79,6 @@ def load_photos(wh, split_run_id: str, photos: str = "auto", splits: tuple[str, 
                     used, denoise_run)
 
 
-def image_transform(image_size: int, mean, std) -> T.Compose:
-    """Resize the shorter side, centre-crop a square, normalise for the backbone."""
-    return T.Compose([
-        T.ToImage(), T.Resize(image_size, antialias=True), T.CenterCrop(image_size),
-        T.ToDtype(torch.float32, scale=True), T.Normalize(list(mean), list(std)),
-    ])
 
 
 class PhotoDataset(Dataset):
@@ -95,13 +88,14 @@ class PhotoDataset(Dataset):
         self.root = settings.images_dir
         self.paths = paths
         self.max_pixels = settings.crawl.max_image_pixels
-        self.transform = image_transform(image_size, mean, std)
+        self.image_size, self.mean, self.std = image_size, mean, std
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(open_image(self.root / self.paths[i], self.max_pixels))
+        # The same preprocessing as embedding, indexing and search (long side scaled, padded square).
+        return preprocess_path(self.root / self.paths[i], self.image_size, self.mean, self.std, self.max_pixels)
 
 
 def pick_device(requested: str) -> torch.device:

@@ -116,11 +116,13 @@ def test_unknown_table_is_rejected():
 def test_lineage_of_three_step_run(wh):
     with start_run(wh, "crawl") as crawl:
         crawl.write("products", [product("jd:1")])
+        crawl.write("images", [{"image_id": "jd:1#0", "product_id": "jd:1", "position": 0, "status": "ok",
+                                "sha1": "ab"}])
     with start_run(wh, "embed", inputs=[crawl.run_id]) as embed:
         pass
     with start_run(wh, "denoise", inputs=[embed.run_id, crawl.run_id]) as denoise:
-        denoise.write("denoise", [{"image_id": "jd:1#0", "product_id": "jd:1", "threshold": 1.0, "kept": True,
-                                   "reason": "anchor"}])
+        denoise.write("denoise", [{"image_id": "jd:1#0", "product_id": "jd:1", "sha1": "ab", "threshold": 1.0,
+                                   "kept": True, "reason": "anchor"}])
     chain = lineage(wh, denoise.run_id)
     assert [(r["run_id"], r["depth"]) for r in chain] == [
         (denoise.run_id, 0), (embed.run_id, 1), (crawl.run_id, 1)]

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from warehouse.schemas import TABLES
 
-# Views derived from the raw tables: "what is true now".
+# Views derived from the raw tables: "what is true now". A decision in ``denoise_current`` is about
+# the photo now at that position (same content hash): a re-crawled photo has none until denoise reruns.
 DERIVED_VIEWS = {
     "runs": """
         SELECT * EXCLUDE (rn) FROM (
@@ -29,7 +30,9 @@ DERIVED_VIEWS = {
         SELECT i.* FROM images i
         JOIN products_current p ON p.product_key = i.product_key AND p.run_id = i.run_id""",
     "denoise_current": """
-        SELECT * FROM denoise WHERE run_id = (
+        SELECT d.* FROM denoise d
+        JOIN images_current i ON i.image_key = d.image_key AND i.sha1 IS NOT DISTINCT FROM d.sha1
+        WHERE d.run_id = (
             SELECT run_id FROM runs WHERE step = 'denoise' AND status = 'success'
             ORDER BY finished_at DESC LIMIT 1)""",
     "splits_current": """

@@ -16,11 +16,13 @@ process is gone is rolled back. A crash therefore never leaves half a batch visi
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -114,6 +116,28 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+COMMIT_ORDER = {"products": 1, "runs": 2}  # renamed after every other table of a transaction
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _staging_lock(staging_dir: Path):
+    """Serialise roll-forwards and recovery between processes sharing a data home."""
+    with open(staging_dir.parent / ".staging.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -146,7 +170,9 @@ class Transaction:
         target = self.dir / table
         target.mkdir(parents=True, exist_ok=True)
         n = self._parts.get(table, 0)
-        pq.write_table(tbl, target / f"part-{n:05d}.parquet", compression="zstd")
+        part = target / f"part-{n:05d}.parquet"
+        pq.write_table(tbl, part, compression="zstd")
+        _fsync(part)  # on disk before COMMIT can name it: a power loss never rolls forward a torn file
         self._parts[table] = n + 1
         self.rows[table] = self.rows.get(table, 0) + tbl.num_rows
         return tbl.num_rows
@@ -158,7 +184,9 @@ class Transaction:
         if not self.rows:
             shutil.rmtree(self.dir, ignore_errors=True)
             return {}
-        plan = {t: f"batch-{self.run_id}-{self.txn_id.split('-')[1]}" for t in self.rows}
+        # Children before parents, runs last: once a new product version is visible, so are its photos.
+        order = sorted(self.rows, key=lambda t: COMMIT_ORDER.get(t, 0))
+        plan = {t: f"batch-{self.run_id}-{self.txn_id.split('-')[1]}" for t in order}
         atomic_write_text(self.dir / "COMMIT", json.dumps(plan))
         self.warehouse._roll_forward(self.dir)
         return dict(self.rows)
@@ -191,7 +219,7 @@ class Warehouse:
             marker = self.root / name / SCHEMA_BATCH / "part-00000.parquet"
             if not marker.exists():
                 marker.parent.mkdir(parents=True, exist_ok=True)
-                tmp = marker.with_name(".part.tmp")
+                tmp = marker.with_name(f".part.{uuid.uuid4().hex[:8]}.tmp")
                 pq.write_table(schema.empty_table(), tmp)
                 os.replace(tmp, marker)
         self.recover()
@@ -212,7 +240,15 @@ class Warehouse:
         return dict(txn.rows)
 
     def _roll_forward(self, staged: Path) -> None:
-        plan = json.loads((staged / "COMMIT").read_text())
+        """Rename a committed transaction's parts into place (idempotent; serialised by a lock)."""
+        with _staging_lock(self.staging_dir):
+            self._roll_forward_locked(staged)
+
+    def _roll_forward_locked(self, staged: Path) -> None:
+        try:
+            plan = json.loads((staged / "COMMIT").read_text())
+        except FileNotFoundError:  # another process finished this transaction already
+            return
         for table, batch in plan.items():
             src, dst = staged / table, self.root / table / batch
             if src.exists() and not dst.exists():
@@ -222,15 +258,16 @@ class Warehouse:
     def recover(self) -> list[str]:
         """Finish committed transactions and drop abandoned ones. Returns what it did."""
         done = []
-        for staged in sorted(self.staging_dir.iterdir()) if self.staging_dir.exists() else []:
-            if (staged / "COMMIT").exists():
-                self._roll_forward(staged)
-                done.append(f"rolled forward {staged.name}")
-                continue
-            pid = int(staged.name.split("-")[0]) if staged.name.split("-")[0].isdigit() else -1
-            if pid != os.getpid() and not _pid_alive(pid):
-                shutil.rmtree(staged, ignore_errors=True)
-                done.append(f"rolled back {staged.name}")
+        with _staging_lock(self.staging_dir):
+            for staged in sorted(p for p in self.staging_dir.iterdir() if p.is_dir()):
+                if (staged / "COMMIT").exists():
+                    self._roll_forward_locked(staged)
+                    done.append(f"rolled forward {staged.name}")
+                    continue
+                pid = int(staged.name.split("-")[0]) if staged.name.split("-")[0].isdigit() else -1
+                if pid != os.getpid() and not _pid_alive(pid):
+                    shutil.rmtree(staged, ignore_errors=True)
+                    done.append(f"rolled back {staged.name}")
         return done
 
     # --- reading -------------------------------------------------------------------------

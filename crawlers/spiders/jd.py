@@ -27,6 +27,9 @@ from crawlers.items import ProductItem
 XHR_HEADERS = {"X-Requested-With": "XMLHttpRequest"}
 
 
+
+TRANSIENT_PHOTO_STATUSES = ("http_error", "timeout", "download_failed")  # worth a retry next crawl
+
 class JdSpider(scrapy.Spider):
     name = "jd"
 
@@ -59,10 +62,14 @@ class JdSpider(scrapy.Spider):
             r["product_id"]: r["content_hash"]
             for r in wh.query("SELECT product_id, content_hash FROM products_current WHERE source = 'jd'").to_pylist()
         }
+        # Products to fetch again although unchanged: a photo failed for a reason a retry can fix.
+        # Permanent refusals (corrupt, not_image, bomb, missing, too_large ...) are not retried nightly.
+        transient = ", ".join(f"'{s}'" for s in TRANSIENT_PHOTO_STATUSES)
         self.incomplete = {
             r["product_id"]
             for r in wh.query(
-                "SELECT DISTINCT product_id FROM images_current WHERE status <> 'ok' AND starts_with(product_id, 'jd:')"
+                f"""SELECT DISTINCT product_id FROM images_current
+                    WHERE status IN ({transient}) AND starts_with(product_id, 'jd:')"""
             ).to_pylist()
         }
         self.done_skus = set()
