@@ -23,6 +23,8 @@ STATUS_FOR = {
 READ_CHUNK = 1 << 20
 
 
+MULTIPART_OVERHEAD_BYTES = 64 * 1024  # form framing allowed on top of the photo itself
+
 def _read_limited(upload: UploadFile, limit: int) -> bytes:
     """The upload's bytes, refusing (413) as soon as it exceeds ``limit`` without reading the rest."""
     chunks, total = [], 0
@@ -59,6 +61,14 @@ def create_app(settings) -> FastAPI:
             "model_id": searcher.model_id,
             "results": [{**h.as_dict(), "photo_url": f"/photos/{h.photo_path}"} for h in hits],
         }
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(request: Request, call_next):
+        length = request.headers.get("content-length", "")
+        if request.method == "POST" and length.isdigit() and int(length) > limits.max_bytes + MULTIPART_OVERHEAD_BYTES:
+            return JSONResponse({"error": f"too_large: request of {length} bytes > the {limits.max_bytes}-byte photo limit"},
+                                status_code=413)
+        return await call_next(request)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):

@@ -40,6 +40,7 @@ from warehouse.store import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLEAN_REASONS = ("finished", "captcha", "login_wall", "shutdown")  # JOBDIR state is consistent after these
+CHILD_STOP_TIMEOUT_S = 30  # grace for the spider to close cleanly before it is killed
 LOG_TAIL_CHARS = 3000  # of the spider's log, quoted when it fails
 
 
@@ -152,14 +153,23 @@ def _run_spider(settings, cmd: list[str], job: CrawlJob, run_id: str) -> dict:
     with open(job.dir / f"output-{run_id}.txt", "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         last = None
-        while proc.poll() is None:
-            time.sleep(min(1.0, settings.crawl.progress_every_s))
-            if progress_path.exists():
-                text = progress_path.read_text()
-                if text != last:
-                    last = text
-                    p = json.loads(text)
-                    log.info("crawl %s: %d products written, %d pages", run_id, p["products_written"], p["pages"])
+        try:
+            while proc.poll() is None:
+                time.sleep(min(1.0, settings.crawl.progress_every_s))
+                if progress_path.exists():
+                    text = progress_path.read_text()
+                    if text != last:
+                        last = text
+                        p = json.loads(text)
+                        log.info("crawl %s: %d products written, %d pages", run_id, p["products_written"], p["pages"])
+        finally:  # cancelled or interrupted: never leave the spider running on its own
+            if proc.poll() is None:
+                proc.terminate()  # Scrapy stops cleanly on SIGTERM (JOBDIR stays resumable)
+                try:
+                    proc.wait(timeout=CHILD_STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     stats_path = job.stats_path(run_id)
     if proc.returncode != 0 or not stats_path.exists():
         tail = (log_path.read_text(errors="replace") if log_path.exists() else "")[-LOG_TAIL_CHARS:]

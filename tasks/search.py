@@ -109,8 +109,16 @@ class Searcher:
 
     def search_vectors(self, queries: np.ndarray, k: int) -> list[list[SearchHit]]:
         """Top-``k`` products per query vector, deduplicated by product (best photo's score)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         fetch = min(max(self.settings.index.photos_per_query, k), self.index.ntotal)
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
+        while True:
+            scores, rows = self.index.search(queries, fetch)
+            results = self._top_products(scores, rows, k)
+            if fetch >= self.index.ntotal or all(len(hits) == k for hits in results):
+                return results
+            fetch = min(fetch * 4, self.index.ntotal)  # many photos per product: look deeper
+
+    def _top_products(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[list[SearchHit]]:
         images_dir = self.settings.images_dir
         results = []
         for score_row, id_row in zip(scores, rows):

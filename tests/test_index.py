@@ -71,6 +71,15 @@ def test_index_built_switched_and_searchable(indexed_settings):
     assert len({h.product_id for h in hits}) == len(hits) == 5
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert hits[0].title and hits[0].photo_path
+    # Even when the first photos fetched all belong to few products, k distinct products come back.
+    from tasks.search import get_searcher
+
+    searcher = get_searcher(settings)
+    searcher.settings.index.photos_per_query = 1
+    from PIL import Image
+
+    deep = searcher.search_vectors(searcher.embed([Image.open(settings.images_dir / row["path"])]), 6)[0]
+    assert len({h.product_id for h in deep}) == 6 and deep[0].product_id == row["product_id"]
 
     with pytest.raises(ShoesearchError, match="not_image"):
         search(settings, b"<html>not a photo</html>")
