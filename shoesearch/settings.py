@@ -89,6 +89,7 @@ class TrainSettings:
     clusters: int = 64  # K, NetVLAD clusters (paper: 64)
     margin: float = 0.1  # triplet margin m (paper: 0.1)
     descriptor_dim: int = 512  # PCA-whitened output dimension (0 keeps the raw K*D vector)
+    whitening_photos: int = 8192  # photos the PCA whitening is fitted on (N x K*D floats in memory)
     kmeans_descriptors: int = 50_000  # local descriptors sampled for the k-means initialisation
     kmeans_images: int = 1_000  # photos they are sampled from
     kmeans_iterations: int = 25

@@ -203,7 +203,8 @@ def kmeans_model(settings, kmeans_row: dict, n_train: int) -> NetVLADModel:
     cfg = settings.train
     km = torch.load(settings.home / kmeans_row["path"], map_location="cpu", weights_only=False)
     weights = settings.embed.weights_path if km["backbone"] == settings.embed.backbone else ""
-    dim = min(cfg.descriptor_dim, n_train - 1) if cfg.descriptor_dim else 0  # PCA has at most N-1 components
+    n_fit = min(n_train, cfg.whitening_photos)  # photos the PCA is fitted on (fit_whitening)
+    dim = min(cfg.descriptor_dim, n_fit - 1) if cfg.descriptor_dim else 0  # PCA has at most N-1 components
     config = ModelConfig(km["backbone"], int(km["centroids"].shape[0]), dim, cfg.image_size, cfg.trainable_blocks, weights)
     model = NetVLADModel(config)
     model.netvlad.init_from_kmeans(km["centroids"], float(km["alpha"]))
@@ -216,6 +217,10 @@ def fit_whitening(net, inputs: Dataset, settings, device: torch.device) -> None:
     if model.whitening is None:
         return
     net.eval()
+    cap = settings.train.whitening_photos
+    if len(inputs) > cap:  # N x K*D floats: a seeded sample bounds memory on big catalogues
+        pick = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(settings.train.seed))[:cap]
+        inputs = _Subset(inputs, sorted(pick.tolist()))
     vlad = embed_dataset(lambda x: net(x, whiten=False), inputs, settings.train.batch_size * 4,
                          settings.train.num_workers, device, "whitening")
     model.whitening.fit(vlad.to(device))
