@@ -433,16 +433,14 @@ def current_index_row(wh) -> dict | None:
 
 
 def current_index(settings) -> IndexInfo | None:
-    """The index searches use: the ``CURRENT`` pointer, repaired from the ``indexes`` table if missing."""
+    """The current index per the ``indexes`` table; the ``CURRENT`` pointer (the searches' fast path)
+    is rewritten when it is missing or names another index (a crash between commit and pointer write)."""
     pointer = settings.indexes_dir / POINTER
-    wh = open_warehouse(settings)
-    if pointer.exists():
-        index_id = pointer.read_text().strip()
-        return _row_to_info(settings, index_row(wh, index_id, "current"))
-    row = current_index_row(wh)
+    row = current_index_row(open_warehouse(settings))
     if row is None:
         return None
-    write_pointer(settings, row["index_id"])  # a crash between commit and pointer write
+    if not pointer.exists() or pointer.read_text().strip() != row["index_id"]:
+        write_pointer(settings, row["index_id"])
     return _row_to_info(settings, row)
 
 

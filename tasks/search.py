@@ -163,6 +163,10 @@ def current_index_id(settings) -> str | None:
 
 def get_searcher(settings) -> Searcher:
     """The searcher for the current index, loaded once per index per process."""
+    if str(settings.home) not in _SEARCHERS:  # first load: reconcile the pointer with the table
+        from tasks.index import current_index
+
+        current_index(settings)
     index_id = current_index_id(settings)
     if index_id is None:
         raise ShoesearchError("no index yet: run `shoesearch index` (or `shoesearch nightly`) first")

@@ -102,6 +102,10 @@ def test_rebuild_with_hnsw_records_recall_and_switches_atomically(indexed_settin
     assert not list(settings.indexes_dir.glob(".tmp-*"))
     switch_index(settings, new_id)
     assert current_index(settings).index_id == new_id
+    # A crash after the `current` row was committed but before the pointer moved: the table wins.
+    pointer = settings.indexes_dir / "CURRENT"
+    pointer.write_text(old.index_id + "\n")
+    assert current_index(settings).index_id == new_id and pointer.read_text().strip() == new_id
     with pytest.raises(ShoesearchError, match="no built index"):
         switch_index(settings, "index-does-not-exist")
 
