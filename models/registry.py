@@ -42,7 +42,8 @@ class ImageNetEmbedder(nn.Module):
         self.mean = backbone.mean
         self.std = backbone.std
         self.dim = backbone.out_channels
-        self.model_id = f"imagenet:{backbone.weights_id}:{pool.tag}"
+        # The input size is part of the id: vectors at another size are other vectors (re-embedded).
+        self.model_id = f"imagenet:{backbone.weights_id}:{pool.tag}:{image_size}px"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.backbone.features(x))
@@ -59,7 +60,8 @@ def register_resolver(prefix: str, resolver: Resolver) -> None:
 
 
 def _imagenet(rest: str, settings) -> Embedder:
-    head, _, pool_tag = rest.partition(":")
+    head, _, tail = rest.partition(":")
+    pool_tag, _, size_tag = tail.partition(":")
     name, _, weights_tag = head.partition("@")
     backbone = load_backbone(name or settings.embed.backbone, settings.embed.weights_path)
     pool = GlobalPool(settings.embed.pooling, settings.embed.gem_p)
@@ -69,6 +71,8 @@ def _imagenet(rest: str, settings) -> Embedder:
     if pool_tag and pool.tag != pool_tag:
         raise ShoesearchError(
             f"asked for pooling {pool_tag!r} but settings give {pool.tag!r} (embed.pooling / embed.gem_p)")
+    if size_tag and size_tag != f"{embedder.image_size}px":
+        raise ShoesearchError(f"asked for {size_tag} inputs but settings give {embedder.image_size}px (embed.image_size)")
     return embedder.eval()
 
 

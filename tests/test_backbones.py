@@ -90,7 +90,7 @@ def test_pooling_functions():
 
 def test_embedder_is_normalised_and_deterministic(small_settings):
     embedder = load_embedder(None, small_settings)
-    assert embedder.model_id == "imagenet:efficientnet_lite0@57934424:gem3"
+    assert embedder.model_id == "imagenet:efficientnet_lite0@57934424:gem3:128px"
     assert load_embedder(embedder.model_id, small_settings).model_id == embedder.model_id
     x = torch.randn(3, 3, 128, 128)
     with torch.inference_mode():

@@ -13,7 +13,7 @@ from models.transforms import preprocess_path
 from tasks.embed import embed_images, load_embeddings
 from warehouse import open_warehouse
 
-MODEL_ID = "imagenet:efficientnet_lite0@57934424:gem3"
+MODEL_ID = "imagenet:efficientnet_lite0@57934424:gem3:128px"
 
 
 def _distinct_ok_sha1(wh, image_ids=None) -> set[str]:
