@@ -36,7 +36,7 @@ from crawlers.jdsite import SiteMap
 from shoesearch.errors import ShoesearchError
 from warehouse import open_warehouse, start_run
 from warehouse.runs import code_version
-from warehouse.store import atomic_write_text
+from warehouse.store import atomic_write_text, file_lock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLEAN_REASONS = ("finished", "captcha", "login_wall", "shutdown")  # JOBDIR state is consistent after these
@@ -185,6 +185,16 @@ def crawl(settings, site: str | None = None, keywords: list[str] | None = None,
     """Crawl JD (or ``site``) into ``products``/``images``; returns the crawl's run id."""
     params = crawl_params(settings, site, keywords, categories, max_products, max_pages)
     job = CrawlJob(settings, params)
+    lock = job.dir.with_name(job.dir.name + ".lock")  # beside the job: it outlives job.finish()
+    try:
+        with file_lock(lock, blocking=False):
+            return _crawl_job(settings, params, job)
+    except BlockingIOError:
+        raise ShoesearchError(f"another crawl with the same parameters is running (job {job.dir.name}); "
+                              "wait for it to finish, or change --keyword/--category/--max-products") from None
+
+
+def _crawl_job(settings, params: dict, job: "CrawlJob") -> str:
     earlier = job.attempts()
     wh = open_warehouse(settings)
     with start_run(wh, step="crawl", params=params, inputs=earlier) as run:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tasks.crawl import CrawlJob, crawl, crawl_params, crawl_summary
 from warehouse import open_warehouse
@@ -163,3 +164,14 @@ def test_killed_crawl_resumes_without_duplicates(crawl_settings, make_shop):
     runs = {r["run_id"]: r for r in wh.query("SELECT run_id, status, input_run_ids FROM runs").to_pylist()}
     assert runs[killed[0]]["status"] == "failed" and runs[resumed]["input_run_ids"] == killed
     assert not CrawlJob(crawl_settings, params).dir.exists()  # finished: the job is closed
+
+
+def test_a_second_crawl_of_the_same_job_is_refused_while_one_runs(settings):
+    from shoesearch.errors import ShoesearchError
+    from warehouse.store import file_lock
+
+    site = "http://127.0.0.1:9"  # never contacted: the lock is checked first
+    job = CrawlJob(settings, crawl_params(settings, site, ["鞋"], [], 5, 1))
+    with file_lock(job.dir.with_name(job.dir.name + ".lock")):
+        with pytest.raises(ShoesearchError, match="another crawl with the same parameters"):
+            crawl(settings, site=site, keywords=["鞋"], categories=[], max_products=5, max_pages=1)

@@ -128,14 +128,20 @@ def _fsync(path: Path) -> None:
 
 
 @contextmanager
-def _staging_lock(staging_dir: Path):
-    """Serialise roll-forwards and recovery between processes sharing a data home."""
-    with open(staging_dir.parent / ".staging.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+def file_lock(path: Path, blocking: bool = True):
+    """An exclusive lock between processes (``flock`` on ``path``); non-blocking raises BlockingIOError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _staging_lock(staging_dir: Path):
+    """Serialise roll-forwards and recovery between processes sharing a data home."""
+    return file_lock(staging_dir.parent / ".staging.lock")
 
 
 def _pid_alive(pid: int) -> bool:
