@@ -77,8 +77,13 @@ def netvlad(
 
 
 def gem(x: torch.Tensor, p: float = 3.0, eps: float = EPS) -> torch.Tensor:
-    """Generalised-mean pooling of a feature map: B x D x H x W -> B x D."""
+    """Generalised-mean pooling of a feature map: B x D x H x W -> B x D (p=1 average, p->inf max)."""
     return x.clamp_min(eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+def avg(x: torch.Tensor) -> torch.Tensor:
+    """Average pooling of a feature map: B x D x H x W -> B x D."""
+    return x.mean(dim=(2, 3))
 
 
 def triplet_loss_min_positive(

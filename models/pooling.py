@@ -1,29 +1,13 @@
-"""Global descriptors from a local conv map: GeM / average pooling and L2 normalisation.
-
-Pure functions plus thin modules over them.
-"""
+"""Global descriptors from a local conv map: a thin module over GeM / average pooling + L2 norm."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-EPS = 1e-6  # keeps GeM's power defined on zero activations and l2n away from 0/0
+from models.functional import avg, gem, l2n  # the math lives in functional
 
-
-def l2n(x: torch.Tensor, dim: int = -1, eps: float = EPS) -> torch.Tensor:
-    """Scale vectors along ``dim`` to unit Euclidean length."""
-    return x / x.norm(p=2, dim=dim, keepdim=True).clamp_min(eps)
-
-
-def gem(x: torch.Tensor, p: float = 3.0, eps: float = EPS) -> torch.Tensor:
-    """Generalised mean pooling of B x C x h x w -> B x C: (mean x^p)^(1/p) (p=1 avg, p->inf max)."""
-    return x.clamp_min(eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
-
-
-def avg(x: torch.Tensor) -> torch.Tensor:
-    """Average pooling of B x C x h x w -> B x C."""
-    return x.mean(dim=(-2, -1))
+__all__ = ["GlobalPool", "avg", "gem", "l2n"]
 
 
 class GlobalPool(nn.Module):
