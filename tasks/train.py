@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 
 import torch
 from prefect import task
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from models import functional as LF
@@ -119,17 +119,6 @@ def frozen_cache(model: NetVLADModel, settings, photos: PhotoDataset, device: to
     return _Rows(embed_dataset(model.frozen_features, photos, cfg.batch_size * 4, cfg.num_workers, device, "frozen"))
 
 
-class _Subset(Dataset):
-    def __init__(self, base: Dataset, indices: list[int]):
-        self.base, self.indices = base, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.base[self.indices[i]]
-
-
 # --- one training step and the loop -------------------------------------------------------------
 def tuple_loss(model, batch: torch.Tensor, criterion, positives: int, device: torch.device) -> torch.Tensor:
     """Loss of a batch of tuples B x (1+P+N) x 3 x S x S."""
@@ -151,7 +140,7 @@ def mine_chunk(model, settings, photo_set: PhotoSet, photos: PhotoDataset, chunk
     pool = torch.randperm(len(photo_set), generator=gen)[: cfg.negatives_pool].tolist()
     needed = sorted(set(chunk) | set(pool))
     model.eval()
-    vecs = embed_dataset(_module(model), _Subset(photos, needed), cfg.batch_size * 4, cfg.num_workers, device, "cache")
+    vecs = embed_dataset(_module(model), Subset(photos, needed), cfg.batch_size * 4, cfg.num_workers, device, "cache")
     cache = dict(zip(needed, vecs))
     return mine_tuples(chunk, photo_set.product_ids, cache, pool, cfg.max_positives, cfg.hard_negatives, gen)
 
@@ -220,7 +209,7 @@ def fit_whitening(net, inputs: Dataset, settings, device: torch.device) -> None:
     cap = settings.train.whitening_photos
     if len(inputs) > cap:  # N x K*D floats: a seeded sample bounds memory on big catalogues
         pick = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(settings.train.seed))[:cap]
-        inputs = _Subset(inputs, sorted(pick.tolist()))
+        inputs = Subset(inputs, sorted(pick.tolist()))
     vlad = embed_dataset(lambda x: net(x, whiten=False), inputs, settings.train.batch_size * 4,
                          settings.train.num_workers, device, "whitening")
     model.whitening.fit(vlad.to(device))
