@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 # PIL's own decompression-bomb guard is replaced by our explicit pixel limit.
 Image.MAX_IMAGE_PIXELS = None
@@ -89,12 +89,3 @@ def store_image(data: bytes, images_dir: Path, limits: ImageLimits) -> StoredIma
         tmp.write_bytes(data)
         os.replace(tmp, target)
     return StoredImage("ok", None, info.sha1, rel, info.width, info.height, info.bytes)
-
-
-def open_image(path: str | Path, max_pixels: int = 40_000_000) -> Image.Image:
-    """Open a stored or uploaded photo as RGB, refusing decompression bombs."""
-    img = Image.open(path)
-    if img.size[0] * img.size[1] > max_pixels:
-        img.close()
-        raise ValueError(f"{path}: {img.size[0]}x{img.size[1]} pixels exceeds the {max_pixels} limit")
-    return ImageOps.exif_transpose(img).convert("RGB")  # phone photos are often stored rotated
