@@ -13,6 +13,8 @@ from scrapy.exceptions import DropItem
 from scrapy.pipelines.media import MediaPipeline
 
 from crawlers.config import crawl_settings_from
+from crawlers.outcome import crawl_failure, source_stat
+from shoesearch.errors import ShoesearchError
 from tasks.imagestore import ImageLimits, StoredImage, store_image
 from warehouse.store import atomic_write_text
 
@@ -122,6 +124,7 @@ class WarehousePipeline:
         self.progress_path = Path(progress) if progress else None
         self.products: list[dict] = []
         self.images: list[dict] = []
+        self.sources: list[str | None] = []  # per buffered product, the keyword/category that found it
         self.written = {"products": 0, "images": 0}
         self._last_progress = 0.0
         self._own_run = None
@@ -142,6 +145,7 @@ class WarehousePipeline:
     def process_item(self, item, spider=None):
         self.products.append(item.product_row())
         self.images.extend(item["images"])
+        self.sources.append(item.get("found_via"))
         if len(self.products) >= self.commit_every:
             self.flush()
         self._progress()
@@ -154,9 +158,11 @@ class WarehousePipeline:
         stats = self.crawler.stats
         stats.inc_value("shoesearch/products/written", len(self.products))
         stats.inc_value("shoesearch/images/written", len(self.images))
+        for source in filter(None, self.sources):
+            stats.inc_value(source_stat(source, "written"))
         self.written["products"] += len(self.products)
         self.written["images"] += len(self.images)
-        self.products, self.images = [], []
+        self.products, self.images, self.sources = [], [], []
 
     def _progress(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -174,4 +180,6 @@ class WarehousePipeline:
         self._progress(force=True)
         if self._own_run is not None:
             self._run.rows.update(self.written)
-            self._own_run.__exit__(None, None, None)
+            failure = crawl_failure(self.crawler.stats.get_stats())  # reached no site: the run failed
+            error = ShoesearchError(failure) if failure else None
+            self._own_run.__exit__(type(error) if error else None, error, None)

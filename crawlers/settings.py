@@ -10,6 +10,7 @@ from shoesearch.settings import Settings
 BOT_NAME = "shoesearch"
 SPIDER_MODULES = ["crawlers.spiders"]
 NEWSPIDER_MODULE = "crawlers.spiders"
+COMMANDS_MODULE = "crawlers.commands"  # `scrapy crawl` exits non-zero when it reached no site
 
 # USER_AGENT, ROBOTSTXT_OBEY, AUTOTHROTTLE_*, DOWNLOAD_DELAY, RETRY_*, ... (polite by default).
 globals().update(scrapy_settings(Settings.load()))

@@ -22,10 +22,13 @@ def publish_crawl_summary(settings: Settings, run_id: str) -> str:
     rows += [(f"photos: {k}", v) for k, v in sorted(s["images_by_status"].items())]
     rows += [(f"parse failures: {k}", v) for k, v in sorted(s["parse_failures"].items())]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    note = f"\n\n**Stopped:** {s['stop_message']}\n" if s.get("stop_message") else ""
+    from crawlers.outcome import shortfall_reason, sources_markdown
+
+    sources = f"\n\n## By keyword and category\n\n{sources_markdown(s)}" if s.get("sources") else ""
     create_markdown_artifact(
         key="crawl-summary", description=f"crawl {run_id}",
-        markdown=f"# Crawl {run_id}\n\nsite: `{s['params']['site'] or 'JD'}`\n\n| | |\n|---|---|\n{table}{note}",
+        markdown=(f"# Crawl {run_id}\n\nsite: `{s['params']['site'] or 'JD'}`\n\n**Outcome:** {shortfall_reason(s)}"
+                  f"\n\n| | |\n|---|---|\n{table}{sources}"),
     )
     return run_id
 

@@ -37,7 +37,8 @@ def nightly(site: str | None = None, crawl: bool = True, home: str | None = None
     steps: dict[str, str | None] = {}
     steps["crawl"] = crawl_task.with_options(**retry)(settings, site=site) if crawl else None
     steps["embed"] = embed_images_task.with_options(**retry)(settings, None)
-    steps["denoise"] = denoise_flow(home=str(settings.home), overrides=overrides, embed_run_id=steps["embed"])
+    steps["denoise"] = denoise_flow(home=str(settings.home), overrides=settings.as_overrides(),
+                                    embed_run_id=steps["embed"])
     steps["split"] = split_for_nightly_task(settings)
     warm = warm_start_model_task(settings)
     steps["train"] = finished_train_task(settings, steps["split"], warm)

@@ -32,9 +32,12 @@ def local_timezone() -> str:
     return time.tzname[0] if time.tzname[0] in ("UTC", "GMT") else "UTC"
 
 
-def deployments(settings) -> list:
-    """The two deployments, parameterised with this data home."""
-    params = {"home": str(settings.home)}
+def deployments(settings, overrides: dict | None = None) -> list:
+    """The two deployments, parameterised with this data home and the ``--set`` overrides given to
+    ``serve-flows``. Not every effective value: ``<home>/shoesearch.toml`` and the serving process's
+    environment are read again when each run starts, so editing the file takes effect without re-serving.
+    A manual run may add its own: ``-p overrides='{"denoise.threshold": 0.9}'``."""
+    params = {"home": str(settings.home), "overrides": dict(overrides or {})}
     return [
         nightly.to_deployment(name="nightly", parameters=params, schedule=Cron(
             settings.schedule.nightly_cron, timezone=settings.schedule.timezone or local_timezone())),
@@ -42,8 +45,8 @@ def deployments(settings) -> list:
     ]
 
 
-def serve_flows(settings) -> None:
+def serve_flows(settings, overrides: dict | None = None) -> None:
     """Serve both deployments until interrupted (schedules stay active after shutdown)."""
     print(f"serving 'nightly/nightly' (cron {settings.schedule.nightly_cron!r}, "
           f"{settings.schedule.timezone or local_timezone()}) and 'denoise/manual'; Ctrl-C to stop")
-    serve(*deployments(settings), pause_on_shutdown=False)
+    serve(*deployments(settings, overrides), pause_on_shutdown=False)

@@ -50,8 +50,11 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     from shoesearch.errors import ShoesearchError
+    from shoesearch.runtime import prepare_prefect_environment
     from shoesearch.settings import Settings
     from warehouse.store import SchemaError
+
+    prepare_prefect_environment()
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -41,11 +41,9 @@ DEMO_OVERRIDES = {
     "crawl.retry_backoff_s": 0.05,
     "crawl.commit_every": 10,
     "crawl.progress_every_s": 1.0,
-    # Small photos, no worker processes (their start-up costs more than they save on ~300 photos).
+    # Small photos (loader workers stay at their default: the demo runs what users run).
     "embed.image_size": DEMO_PHOTO_PX,
-    "embed.num_workers": 0,
     "train.image_size": DEMO_PHOTO_PX,
-    "train.num_workers": 0,
     # A small NetVLAD: K=16 clusters, 128-d output, 8 epochs (the frozen-stage cache makes them
     # cheap at 128 px), the paper's 10 hard negatives from a 200-photo pool, a faster learning rate.
     "train.clusters": 16,
@@ -104,13 +102,13 @@ def pick_query_product(wh, products: list[tuple[int, str]]) -> tuple[int, str]:
     return products[0]
 
 
-def run_demo(settings, cli_overrides: dict | None = None) -> int:
+def run_demo(settings, cli_overrides: dict | None = None, debug: bool = False) -> int:
     """The demo on ``settings.home``; ``cli_overrides`` (from ``--set``) win over ``DEMO_OVERRIDES``."""
     import pyarrow as pa
 
     from crawlers.demo_shop.server import DemoShop, load_catalog, synthetic_catalog
     from flows.nightly import nightly
-    from shoesearch.commands.search import settings_overrides
+    from shoesearch.runtime import run_flow
     from shoesearch.output import format_table
     from shoesearch.settings import Settings
     from tasks.crawl import crawl_params
@@ -138,7 +136,7 @@ def run_demo(settings, cli_overrides: dict | None = None) -> int:
 
         _say("2/4 nightly flow (Prefect): crawl -> embed -> denoise -> train -> evaluate -> index -> switch")
         t = time.monotonic()
-        result = nightly(site=shop.url, home=str(home), overrides=settings_overrides(settings))
+        result = run_flow(nightly, settings, debug, site=shop.url)
         print(f"    nightly finished in {time.monotonic() - t:.0f} s: index {result['index_id']} "
               f"{result['status']} ({result['note']})")
     finally:

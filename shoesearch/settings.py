@@ -6,7 +6,12 @@ resolved in this order (later wins):
 1. the defaults below;
 2. ``<home>/shoesearch.toml`` (sections named like the dataclasses: ``[denoise]``, ``[train]`` ...);
 3. environment variables ``SHOESEARCH_<SECTION>__<FIELD>`` (e.g. ``SHOESEARCH_TRAIN__EPOCHS=5``);
-4. explicit overrides from the CLI or a flow parameter.
+4. explicit overrides from the CLI (``--set section.field=value``) or a flow parameter.
+
+Text values (environment, ``--set``) are read as the field's type; a list is a JSON list
+(``SHOESEARCH_CRAWL__KEYWORDS='["鞋", "靴子"]'``) or ``;``-separated items (``鞋;靴子``).
+``Settings.as_overrides()`` is every effective value: the CLI hands it to each flow (and a flow to
+its DDP ranks), so every step runs with exactly the settings the command resolved.
 
 The data home defaults to ``./data`` and is overridden by ``SHOESEARCH_HOME`` or ``--home``;
 every path is derived from it.
@@ -30,8 +35,18 @@ ENV_PREFIX = "SHOESEARCH_"
 class CrawlSettings:
     # Real JD entry points; `--site` rewrites every host to one base URL (the demo shop).
     site: str = ""  # one base URL standing in for every JD host (the demo shop); "" = the real JD hosts
-    keywords: list[str] = field(default_factory=lambda: ["运动鞋"])
-    categories: list[str] = field(default_factory=lambda: ["1318,12099,9756"])  # 运动鞋包
+    # Footwear as a whole: men's, women's and sports shoes, boots, sandals. A category id prefix lists
+    # its whole subtree on JD (an item page's breadcrumb links 流行男鞋 as list.html?cat=11729,11730),
+    # so the two 鞋靴 (11729) branches are given at level 2; 运动鞋包 (1318,12099) also holds bags, so
+    # only its shoe leaf 跑步鞋 (9756) is listed and the other sports shoes come from "运动鞋".
+    # (Peers' scrapers list 流行男鞋 / 时尚女鞋 as the leaves 11729,11730,6907 / 11729,11731,6920, which
+    # hold one shoe type each.) "鞋" alone is left out: on JD it also finds shoe cabinets, polish, laces.
+    keywords: list[str] = field(default_factory=lambda: ["男鞋", "女鞋", "运动鞋", "靴子", "凉鞋"])
+    categories: list[str] = field(default_factory=lambda: [
+        "11729,11730",  # 鞋靴/流行男鞋 (休闲鞋 6908, 正装鞋 6906, 帆布鞋 9783, 男靴 6912, 凉鞋 ...)
+        "11729,11731",  # 鞋靴/时尚女鞋 (单鞋 6914, 休闲鞋 6916, 高跟鞋 9772, 女靴, 凉鞋 ...)
+        "1318,12099,9756",  # 运动户外/运动鞋包/跑步鞋
+    ])
     max_products: int = 200  # per crawl; nightly runs are incremental so small batches add up
     max_pages: int = 5  # logical result pages per keyword / category
     obey_robots: bool = True
@@ -253,8 +268,29 @@ class Settings:
         out["home"] = str(self.home)
         return out
 
+    def as_overrides(self) -> dict[str, Any]:
+        """Every setting as ``"section.field": value`` (JSON-able): what the CLI hands a flow, a deployment
+        run or a DDP rank, so that ``Settings.load(home, that)`` reproduces exactly these settings."""
+        return {f"{name}.{key}": list(value) if isinstance(value, tuple) else value
+                for name in SECTIONS for key, value in dataclasses.asdict(getattr(self, name)).items()}
+
     def section_json(self, name: str) -> str:
         return json.dumps(dataclasses.asdict(getattr(self, name)), sort_keys=True, default=str)
+
+
+def _list_items(value: str, name: str) -> list[str]:
+    """A list setting from text: a JSON list (``["鞋", "靴子"]``) or items separated by ``;``
+    (not ``,``: JD category ids such as ``1318,12099,9756`` contain commas). ``""`` is the empty list."""
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"setting {name}: {value!r} is not a JSON list ({exc.msg})") from exc
+        if not isinstance(items, list):
+            raise ValueError(f"setting {name}: {value!r} is not a JSON list")
+        return [str(v) for v in items]
+    return [v.strip() for v in text.split(";") if v.strip()]
 
 
 def _coerce(current: Any, value: Any, name: str) -> Any:
@@ -274,7 +310,7 @@ def _coerce(current: Any, value: Any, name: str) -> Any:
         if isinstance(current, float) or current is None:
             return float(value) if value.lower() not in ("", "none", "null") else None
         if isinstance(current, (list, tuple)):
-            items = [v.strip() for v in value.split(";") if v.strip()]  # ';' separates: ids hold ','
+            items = _list_items(value, name)
 
             if isinstance(current, tuple):
                 return tuple(type(current[0])(v) for v in items)

@@ -13,6 +13,11 @@ failed ("interrupted"), and the spider skips every SKU they already wrote, so no
 written twice. Scrapy's ``JOBDIR`` keeps the request queue across a clean stop (captcha, login
 wall, Ctrl-C); after a hard kill its files may be inconsistent, so it is discarded and the
 listings are re-walked (cheap) while the warehouse stays the record of what is done.
+
+Outcome: the stats file says per keyword/category what was listed, written, duplicated or failed,
+and why the crawl ended below ``--max-products`` (``crawlers/outcome.py``). A crawl that parsed no
+listing page at all (dead port, unknown host, no network) raises one line naming the cause (the run
+is recorded failed; the spider process exits 1 then, see ``crawlers/commands/crawl.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from prefect.cache_policies import NO_CACHE
 
 from crawlers.config import scrapy_settings
 from crawlers.jdsite import SiteMap
+from crawlers.outcome import shortfall_reason
 from shoesearch.errors import ShoesearchError
 from warehouse import open_warehouse, start_run
 from warehouse.runs import code_version
@@ -171,12 +177,15 @@ def _run_spider(settings, cmd: list[str], job: CrawlJob, run_id: str) -> dict:
                     proc.kill()
                     proc.wait()
     stats_path = job.stats_path(run_id)
-    if proc.returncode != 0 or not stats_path.exists():
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else None
+    if stats is not None and stats.get("failure"):
+        return stats  # the spider ran and says why it reached nothing (it exits 1 then)
+    if proc.returncode != 0 or stats is None:
         tail = (log_path.read_text(errors="replace") if log_path.exists() else "")[-LOG_TAIL_CHARS:]
         tail += (job.dir / f"output-{run_id}.txt").read_text(errors="replace")[-LOG_TAIL_CHARS:]
         raise ShoesearchError(f"the spider exited with code {proc.returncode} without finishing; "
                               f"log: {log_path}\n{tail}")
-    return json.loads(stats_path.read_text())
+    return stats
 
 
 def crawl(settings, site: str | None = None, keywords: list[str] | None = None,
@@ -210,11 +219,15 @@ def _crawl_job(settings, params: dict, job: "CrawlJob") -> str:
             f"{reason}: {stats['products_written']} products written, {stats['products_unchanged']} unchanged, "
             f"{stats['products_resumed']} done by earlier attempts; {stats['images_written']} photos"
             + (f" (refused: {json.dumps(bad, sort_keys=True)})" if bad else "")
-            + (f"; {stats['stop_message']}" if stats.get("stop_message") else "")
+            + (f"; {shortfall_reason(stats)}" if not stats.get("failure") else "")
         )
         summary_path = settings.crawl_dir / "runs" / f"{run.run_id}.json"
         atomic_write_text(summary_path, json.dumps({**stats, "run_id": run.run_id, "params": params,
                                                     "code_version": code_version()}, indent=1, ensure_ascii=False))
+        if stats.get("failure"):  # reached no site: the run is recorded failed with this one line
+            if not earlier:
+                job.finish()  # nothing was listed, nothing to resume: the next try starts afresh
+            raise ShoesearchError(stats["failure"])
     if reason == "finished":
         job.finish()
     else:

@@ -22,12 +22,12 @@ import pyarrow as pa
 import torch
 from prefect import task
 from prefect.cache_policies import NONE
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from models.registry import load_embedder
-from models.transforms import fit_square, preprocess_path
+from models.transforms import fit_square
 from shoesearch.errors import ShoesearchError
+from tasks.loading import PhotoBytes, PhotoTensors, batches, make_loader
 from warehouse import open_warehouse, start_run
 
 log = logging.getLogger(__name__)
@@ -45,38 +45,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ShoesearchError(f"device {name!r} asked for but CUDA is not available (set embed.device=auto or cpu)")
     return torch.device(name)
-
-
-class PhotoTensors(Dataset):
-    """(index, normalised tensor, ok) per photo file: decoded and resized in the worker (CPU path)."""
-
-    def __init__(self, paths: list[Path], size: int, mean, std, max_pixels: int):
-        self.paths, self.size, self.mean, self.std, self.max_pixels = paths, size, mean, std, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            return i, preprocess_path(self.paths[i], self.size, self.mean, self.std, self.max_pixels), True
-        except (OSError, ValueError, SyntaxError) as exc:
-            log.warning("cannot read %s: %s", self.paths[i], exc)
-            return i, torch.zeros(3, self.size, self.size), False
-
-
-class PhotoBytes(Dataset):
-    """(index, raw file bytes as uint8 tensor) per photo: decoded later on the GPU."""
-
-    def __init__(self, paths: list[Path]):
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        from torchvision.io import read_file
-
-        return i, read_file(str(self.paths[i]))
 
 
 def _collate_bytes(items):
@@ -115,13 +83,9 @@ def _loader(paths, embedder, settings, device: torch.device):
     gpu_decode = cuda and cfg.gpu_decode
     dataset = PhotoBytes(paths) if gpu_decode else PhotoTensors(
         paths, embedder.image_size, embedder.mean, embedder.std, settings.crawl.max_image_pixels)
-    if cuda and cfg.num_workers > 0:
-        torch.multiprocessing.set_sharing_strategy("file_system")  # default fd sharing hangs there
-    return DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
-        pin_memory=cuda and not gpu_decode, collate_fn=_collate_bytes if gpu_decode else None,
-        persistent_workers=False,
-    ), gpu_decode
+    loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, device, pin_memory=cuda and not gpu_decode,
+                         collate_fn=_collate_bytes if gpu_decode else None)
+    return loader, gpu_decode
 
 
 def _rows(image_ids: list[str], sha1s: list[str], vectors: np.ndarray, model_id: str) -> pa.Table:
@@ -174,7 +138,7 @@ def _embed_pending(run, todo: list[dict], embedder, settings, device: torch.devi
     started = time.perf_counter()
     bar = tqdm(total=len(todo), unit="img", desc=f"embed {embedder.model_id}", smoothing=0.1)
     try:
-        for batch in loader:
+        for batch in batches(loader):
             if gpu_decode:
                 index, datas = batch
                 x, ok = decode_on_gpu(datas, device, embedder.image_size, embedder.mean, embedder.std)

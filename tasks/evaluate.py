@@ -38,7 +38,7 @@ def score(embedder, settings, test: PhotoSet, protocol: str, device: torch.devic
     return LF.recall_and_map(desc, test.labels(), KS, **masks)
 
 
-def _variants(settings, wh, model_id: str, device):
+def variant_embedders(settings, wh, model_id: str, device):
     """(variant, photos, model_id, embedder factory) for (b) and (c) of one trained model."""
     row = wh.query("SELECT * FROM models WHERE model_id = ? AND kind = 'netvlad'", [model_id]).to_pylist()
     if not row:
@@ -63,9 +63,9 @@ def evaluate(settings, model_id: str, protocol: str = "all", compare: tuple[str,
         raise ShoesearchError(f"unknown protocol {protocol!r}; use {' or '.join(PROTOCOLS)}")
     wh = open_warehouse(settings)
     device = pick_device(settings.train.device)
-    main_row, main_params, variants = _variants(settings, wh, model_id, device)
+    main_row, main_params, variants = variant_embedders(settings, wh, model_id, device)
     for other in compare:
-        _, other_params, more = _variants(settings, wh, other, device)
+        _, other_params, more = variant_embedders(settings, wh, other, device)
         if other_params["split_run_id"] != main_params["split_run_id"]:
             raise ShoesearchError(f"{other} was trained on another split than {model_id}: not comparable")
         variants += more

@@ -179,11 +179,18 @@ def get_searcher(settings) -> Searcher:
     return searcher
 
 
+def check_k(settings, k: int | None) -> int:
+    """``k`` (default ``index.search_k``) if it is in 1..``api.max_k``, the HTTP API's bound; else a one-line error."""
+    if k is None:
+        k = settings.index.search_k
+    if not 1 <= k <= settings.api.max_k:
+        raise ShoesearchError(f"k must be between 1 and {settings.api.max_k} (api.max_k), got {k}")
+    return k
+
+
 def search(settings, photo: str | Path | bytes | Image.Image, k: int | None = None) -> list[SearchHit]:
     """The top ``k`` products (default ``index.search_k``) for a photo (path, bytes or PIL image)."""
-    k = k or settings.index.search_k
-    if k < 1:
-        raise ShoesearchError(f"k must be at least 1, got {k}")
+    k = check_k(settings, k)
     if isinstance(photo, (str, Path)):
         path = Path(photo)
         if not path.is_file():

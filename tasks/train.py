@@ -39,6 +39,7 @@ from models.loss import WeakTripletLoss
 from models.netvlad_model import FromFrozen, ModelConfig, NetVLADModel, load_checkpoint, save_checkpoint
 from shoesearch.errors import ShoesearchError
 from tasks.kmeans import model_of_run
+from tasks.loading import reads_files
 from tasks.train_data import PhotoDataset, PhotoSet, embed_dataset, load_photos, loader, pick_device
 from warehouse import latest_run, open_warehouse, start_run
 
@@ -86,6 +87,7 @@ class TupleDataset(Dataset):
 
     def __init__(self, photos: PhotoDataset, tuples: list[list[int]]):
         self.photos, self.tuples = photos, tuples
+        self.reads_files = reads_files(photos)  # photos: workers decode them; the frozen cache: in memory
 
     def __len__(self) -> int:
         return len(self.tuples)
@@ -332,6 +334,8 @@ def _train(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> str:
         if world > 1:
             net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
         criterion = WeakTripletLoss(cfg.margin)
+        overall = tqdm(total=cfg.epochs, initial=min(state["epoch"], cfg.epochs), unit="epoch", position=0,
+                       desc=f"train {model.config.backbone}", disable=rank != 0 or None)
         while not _rank0_says(state["epoch"] >= cfg.epochs or state["stale"] >= cfg.patience, world, device):
             t0 = time.perf_counter()
             loss, ips = train_epoch(net, optimizer, criterion, settings, train_set, photos_ds, state["epoch"], device, rank, world)
@@ -350,6 +354,9 @@ def _train(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> str:
                 "model_id": model_id, "epoch": state["epoch"], "loss": loss, "val_recall_at_1": val["recall_at_1"],
                 "val_recall_at_5": val["recall_at_5"], "images_per_s": ips, "seconds": time.perf_counter() - t0}])
             save_checkpoint(ckpt_dir / "last.pt", model, {"optimizer": optimizer.state_dict(), "state": state})
+            overall.update(1)
+            overall.set_postfix(loss=f"{loss:.4f}", val_r1=f"{r1:.3f}", best=f"{state['best']:.3f}")
+        overall.close()
         if rank != 0:
             return run.run_id
         best, _ = load_checkpoint(ckpt_dir / "best.pt")

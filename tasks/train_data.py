@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from models.transforms import preprocess_path
 from shoesearch.errors import ShoesearchError
+from tasks.loading import batches, make_loader, read_photo
 from warehouse import latest_run
 
 PHOTO_SETS = ("auto", "raw", "denoised")
@@ -84,6 +84,8 @@ def load_photos(wh, split_run_id: str, photos: str = "auto", splits: tuple[str, 
 class PhotoDataset(Dataset):
     """Decoded, resized, normalised photos by index into a list of paths."""
 
+    reads_files = True
+
     def __init__(self, settings, paths: list[str], image_size: int, mean, std):
         self.root = settings.images_dir
         self.paths = paths
@@ -95,7 +97,7 @@ class PhotoDataset(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         # The same preprocessing as embedding, indexing and search (long side scaled, padded square).
-        return preprocess_path(self.root / self.paths[i], self.image_size, self.mean, self.std, self.max_pixels)
+        return read_photo(self.root / self.paths[i], self.image_size, self.mean, self.std, self.max_pixels)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -108,11 +110,9 @@ def pick_device(requested: str) -> torch.device:
 
 
 def loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device, shuffle: bool = False):
-    """A DataLoader with pinned memory on GPU (fast host-to-device copies)."""
-    if num_workers and device.type == "cuda":
-        torch.multiprocessing.set_sharing_strategy("file_system")  # see ecosystem notes: fd sharing hangs there
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", persistent_workers=False)
+    """The shared DataLoader (forkserver workers for photo files, pinned memory on GPU), iterated with
+    worker failures reported as one line."""
+    return batches(make_loader(dataset, batch_size, num_workers, device, shuffle=shuffle))
 
 
 @torch.no_grad()
@@ -120,7 +120,8 @@ def embed_dataset(fn, dataset: Dataset, batch_size: int, num_workers: int, devic
                   desc: str = "embed") -> torch.Tensor:
     """Apply ``fn`` (images -> B x D) to every photo of ``dataset``: N x D float32 on the CPU."""
     out = []
-    for x in tqdm(loader(dataset, batch_size, num_workers, device), desc=desc, leave=False):
+    photos = make_loader(dataset, batch_size, num_workers, device)
+    for x in tqdm(batches(photos), total=len(photos), desc=desc, leave=False):
         x = x.to(device, non_blocking=True)
         if device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -21,7 +21,7 @@ from shoesearch.errors import ShoesearchError
 def launch(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> str:
     """Run ``tasks.train._train`` on every GPU through torchrun; returns rank 0's run id."""
     args = {"split_run_id": split_run_id, "init_model_id": init_model_id, "kmeans_run_id": kmeans_run_id,
-            "photos": photos, "overrides": {f"train.{k}": v for k, v in json.loads(settings.section_json("train")).items()}}
+            "photos": photos, "overrides": settings.as_overrides()}  # every rank runs with exactly these settings
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run_id"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",

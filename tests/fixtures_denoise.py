@@ -10,7 +10,7 @@ import pytest
 from tests.fixtures_catalog import writable_copy
 
 EMBED_TEST_OVERRIDES = {  # small and fast: the catalogue photos are 128 px
-    "embed.image_size": 128, "embed.batch_size": 16, "embed.num_workers": 0,
+    "embed.image_size": 128, "embed.batch_size": 16,  # loader workers: the default (2)
 }
 
 

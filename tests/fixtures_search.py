@@ -18,7 +18,6 @@ SEARCH_TEST_TOML = """\
 [embed]
 image_size = 96
 batch_size = 16
-num_workers = 0
 
 [index]
 index_all_photos = true

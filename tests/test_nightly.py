@@ -13,11 +13,11 @@ NIGHTLY_IMAGE_SIZE = 64  # tiny photos: the wiring, not the pixels, is under tes
 NIGHTLY_SETTINGS = {
     **FAST_CRAWL,
     "crawl.keywords": "鞋", "crawl.categories": "",
-    "embed.image_size": NIGHTLY_IMAGE_SIZE, "embed.num_workers": 0, "embed.batch_size": 32,
+    "embed.image_size": NIGHTLY_IMAGE_SIZE, "embed.batch_size": 32,  # loader workers: the default (2)
     "train.image_size": NIGHTLY_IMAGE_SIZE, "train.clusters": 4, "train.descriptor_dim": 16,
     "train.kmeans_descriptors": 200, "train.kmeans_images": 20, "train.kmeans_iterations": 3,
     "train.epochs": 1, "train.batch_size": 8, "train.negatives_pool": 8, "train.hard_negatives": 2,
-    "train.max_positives": 2, "train.cache_refresh_queries": 64, "train.num_workers": 0, "train.device": "cpu",
+    "train.max_positives": 2, "train.cache_refresh_queries": 64, "train.device": "cpu",
     "schedule.task_retries": 0, "schedule.retry_delay_s": 0,
 }
 TABLES = ["products", "images", "embeddings", "denoise", "splits", "models", "train_metrics", "evaluations",

@@ -12,6 +12,7 @@ from PIL import Image
 from crawlers import jdsite
 from crawlers.demo_shop.server import DemoShop, Faults, load_catalog
 from shoesearch.errors import ShoesearchError
+from shoesearch.settings import CrawlSettings
 
 
 @pytest.fixture
@@ -105,3 +106,51 @@ def test_plain_catalog_noise_injection_and_bad_input(tmp_path):
     with DemoShop(products) as shop:
         manifest = httpx.get(f"{shop.url}/_shop/manifest.json").json()
         assert sum(g["is_noise"] for p in manifest["products"] for g in p["gallery"]) == 6
+
+
+def _listed(client, site, keyword=None, category=None) -> list[str]:
+    """SKUs of the first result page, both halves (search) or the list page (category)."""
+    if keyword is None:
+        return [e.sku for e in jdsite.parse_listing(client.get(site.list_url(category, 1)).text)]
+    url = site.search_url(keyword, 1)
+    first = [e.sku for e in jdsite.parse_listing(client.get(url).text)]
+    if not first:  # like the spider: no lazy half to ask for
+        return []
+    lazy = client.get(site.lazy_url(keyword, 1, first), headers={"X-Requested-With": "XMLHttpRequest", "Referer": url})
+    return first + [e.sku for e in jdsite.parse_listing(lazy.text) or []]  # an empty half is an empty body
+
+
+def test_default_keywords_and_categories_list_products_the_way_jd_would(make_shop, client, tmp_path):
+    shop = make_shop(n=12)
+    site = jdsite.SiteMap(shop.url)
+    products = client.get(f"{shop.url}/_shop/manifest.json").json()["products"]
+    defaults = CrawlSettings()
+    by_keyword = {k: _listed(client, site, keyword=k) for k in defaults.keywords}
+    by_category = {c: _listed(client, site, category=c) for c in defaults.categories}
+    for p in products:  # footwear as a whole: every product is found by a default keyword and a category
+        assert any(p["sku"] in v for v in by_keyword.values()) and any(p["sku"] in v for v in by_category.values())
+
+    def where(test):
+        return [p["sku"] for p in products if test(p)]
+
+    assert by_keyword["男鞋"] == where(lambda p: "/流行男鞋/" in p["category"])  # JD also searches category names
+    assert by_keyword["女鞋"] == where(lambda p: "/时尚女鞋/" in p["category"])
+    assert by_keyword["靴子"] == where(lambda p: p["category"].endswith("靴")) != []  # not every 鞋靴 product
+    assert by_keyword["凉鞋"] == []  # the synthetic shop sells no sandals
+    assert all(("男款" if "/流行男鞋/" in p["category"] else "女款") in p["title"]
+               for p in products if p["category"].startswith("鞋靴/"))  # titles agree with the category
+    # A category id prefix lists its whole subtree; a leaf only itself.
+    assert by_category["11729,11730"] == where(lambda p: p["category_ids"].startswith("11729,11730,"))
+    leaf = products[1]["category_ids"]
+    assert _listed(client, site, category=leaf) == where(lambda p: p["category_ids"] == leaf)
+    assert "<title>鞋靴/流行男鞋 - " in client.get(site.list_url("11729,11730", 1)).text
+    # A --catalog folder without products.json: made-up 运动鞋 products, listed like JD's running shoes.
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (40, 40), (90, 90, 30)).save(tmp_path / name / "0.png")
+    with DemoShop(load_catalog(tmp_path), page_size=10) as plain:
+        plain_site = jdsite.SiteMap(plain.url)
+        skus = sorted(p.sku for p in plain.state.products)
+        assert sorted(_listed(client, plain_site, keyword="运动鞋")) == skus
+        assert sorted(_listed(client, plain_site, category="1318,12099,9756")) == skus
+        assert _listed(client, plain_site, keyword="女鞋") == []

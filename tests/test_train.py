@@ -19,8 +19,7 @@ SMALL = {  # tiny but real: every code path of the defaults runs
     "train.kmeans_descriptors": 360, "train.kmeans_images": 40, "train.kmeans_iterations": 10,
     "train.epochs": 3, "train.batch_size": 4, "train.lr": 1e-3, "train.negatives_pool": 64,
     "train.hard_negatives": 4, "train.max_positives": 2, "train.cache_refresh_queries": 64,
-    "train.num_workers": 0, "train.device": "cpu", "embed.image_size": TRAIN_IMAGE_SIZE,
-    "embed.num_workers": 0,
+    "train.device": "cpu", "embed.image_size": TRAIN_IMAGE_SIZE,  # loader workers: the default (2)
 }
 SHORT = {**SMALL, "train.epochs": 2, "train.queries_per_epoch": 16}  # the extra runs: two quick epochs
 

@@ -1,5 +1,6 @@
 """Parquet + DuckDB warehouse: schemas declared once, atomic commits, lineage in ``runs``."""
 
+from shoesearch.errors import ShoesearchError
 from warehouse.runs import Run, latest_run, lineage, start_run, upstream_of
 from warehouse.schemas import TABLES
 from warehouse.store import (
@@ -8,17 +9,43 @@ from warehouse.store import (
 
 __all__ = [
     "TABLES", "Run", "SchemaError", "Transaction", "Warehouse", "atomic_write_bytes", "atomic_write_text",
-    "conform", "key_of", "latest_run", "lineage", "open_warehouse", "start_run", "upstream_of",
+    "MissingHome", "conform", "key_of", "latest_run", "lineage", "open_warehouse", "require_home", "start_run",
+    "upstream_of",
 ]
 
 
-def open_warehouse(settings) -> Warehouse:
-    """The warehouse of ``settings.home``; writes the DuckDB catalog file on first use."""
+class MissingHome(ShoesearchError):
+    """A data home with no warehouse in it: usually a mistyped ``--home`` (or ``$SHOESEARCH_HOME``)."""
+
+    def __init__(self, home):
+        super().__init__(f"no shoesearch home at {home}: run `shoesearch ingest DIR` or `shoesearch crawl` "
+                         "first, or check --home")
+        self.home = home
+
+
+def require_home(settings) -> None:
+    """Refuse, creating nothing, a home whose ``warehouse/`` does not exist (read-only commands call this).
+
+    Writers (crawl, ingest, embed, ...) create the home instead; readers must not, or a typo in
+    ``--home`` would leave an empty home behind and answer as if the catalogue were empty.
+    """
+    if not settings.warehouse_dir.is_dir():
+        raise MissingHome(settings.home)
+
+
+def open_warehouse(settings, must_exist: bool = False) -> Warehouse:
+    """The warehouse of ``settings.home``; writes the DuckDB catalog file on first use.
+
+    A missing home is created, unless ``must_exist`` (read-only commands): then :class:`MissingHome`.
+    """
     from warehouse.catalog import write_catalog
 
+    if must_exist:
+        require_home(settings)
     wh = Warehouse(settings.warehouse_dir)
     sql_path = settings.home / "catalog.sql"
     stale = not sql_path.exists() or wh.glob("runs") not in sql_path.read_text(encoding="utf-8")
     if stale or not settings.catalog_path.exists():  # missing, or the home was moved / copied
         write_catalog(wh, settings.catalog_path, sql_path)
+    wh.effective_settings = settings.as_overrides()
     return wh

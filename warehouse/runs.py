@@ -9,6 +9,8 @@ Use :func:`start_run` around a step::
 On success the staged rows and the ``success`` row of ``runs`` are committed in one transaction;
 on an exception nothing staged becomes visible and a ``failed`` row records the error.
 Long steps call ``run.commit_chunk`` to make finished work durable so that a rerun resumes.
+Every run's ``parameters`` also hold ``settings``: every effective setting the step ran with
+(``Settings.as_overrides()``, recorded by ``open_warehouse``), so a figure can be traced to them.
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ class Run:
             "status": status,
             "started_at": self.started_at,
             "finished_at": None if status == "running" else now(),
-            "parameters": json.dumps(self.params, sort_keys=True, default=str),
+            "parameters": json.dumps({**self.params, "settings": self.wh.effective_settings}, sort_keys=True,
+                                     default=str),
             "code_version": code_version(),
             "input_run_ids": self.inputs,
             "output_rows": json.dumps(self.rows, sort_keys=True),

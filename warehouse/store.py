@@ -218,6 +218,7 @@ class Warehouse:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
+        self.effective_settings: dict | None = None  # recorded in every run's parameters (open_warehouse)
         self.staging_dir = self.root / "_staging"
         self.root.mkdir(parents=True, exist_ok=True)
         self.staging_dir.mkdir(exist_ok=True)

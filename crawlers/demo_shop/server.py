@@ -256,12 +256,14 @@ class ShopState:
 
     # --- queries ---
     def search(self, keyword: str) -> list[ShopProduct]:
+        """Products whose title, brand or category path holds every term (JD also searches category
+        names: 男鞋 finds 鞋靴/流行男鞋/...). As JD's segmenter does, a trailing 子 is optional in the
+        title and the leaf category (靴子 finds 男靴, not every 鞋靴 product; 鞋子 finds 跑步鞋)."""
         tokens = [t.lower() for t in keyword.split() if t]
-        def text(p):
-            return " ".join(str(p.meta.get(k) or "") for k in ("title", "brand", "category")).lower()
-        return [p for p in self.products if tokens and all(t in text(p) for t in tokens)]
+        return [p for p in self.products if tokens and all(_search_hit(t, p.meta) for t in tokens)]
 
     def category(self, cat: str) -> list[ShopProduct]:
+        """Products in category ``cat`` or below it: like JD, ``a,b`` lists the whole ``a,b,*`` subtree."""
         want = [c.strip() for c in cat.split(",") if c.strip()]
         return [p for p in self.products if str(p.meta.get("category_ids") or "").split(",")[: len(want)] == want]
 
@@ -278,6 +280,14 @@ class ShopState:
                              "layout_fault": p.layout_fault, "gallery": gallery})
         return {"source": self.source, "page_size": self.page_size, "faults": self.faults.values,
                 "products": products}
+
+
+def _search_hit(term: str, meta: dict) -> bool:
+    title, category = str(meta.get("title") or "").lower(), str(meta.get("category") or "").lower()
+    if term in f"{title} {str(meta.get('brand') or '').lower()} {category}":
+        return True
+    stem = term[:-1] if len(term) > 1 and term.endswith("子") else ""
+    return bool(stem) and (stem in title or stem in category.rsplit("/", 1)[-1])
 
 
 @lru_cache(maxsize=100_000)
@@ -464,9 +474,8 @@ class ShopHandler(BaseHTTPRequestHandler):
                          for n in range(1, total + 1))
         if page < total:
             pager += f' <a class="pn-next" href="/list.html?cat={quote(cat)}&amp;page={page + 1}"><em>下一页</em></a>'
-        names = ""
-        if found:
-            names = str(found[0].meta.get("category") or "")
+        depth = len([c for c in cat.split(",") if c.strip()])
+        names = "/".join(str(found[0].meta.get("category") or "").split("/")[:depth]) if found else ""
         body = _template("list.html").substitute(category_name=_e(names), items=listing_items(items, eager=True),
                                                  pager=pager)
         st.count("list_pages")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: titles' 男款/女款 agree with the category (search for 女鞋 finds 女款 only)
 SUPERSAMPLE = 2  # drawn at 2x then downsampled: anti-aliased edges
 JPEG_QUALITY = 90
 GENUINE_VIEWS = ("side", "mirror", "three_quarter", "pair", "detail", "far", "tilted", "back_light")
@@ -41,6 +41,7 @@ CATEGORIES = [  # (kind, JD category path, cat ids)
     ("loafer", "鞋靴/流行男鞋/正装鞋", "11729,11730,6906"),
     ("canvas", "鞋靴/流行男鞋/帆布鞋", "11729,11730,9783"),
 ]
+GENDER_OF_CATEGORY = {"流行男鞋": "男款", "时尚女鞋": "女款"}  # level-2 category -> the title's fit
 COLOURS = {
     "黑色": (25, 25, 28), "白色": (236, 236, 232), "红色": (190, 30, 40), "蓝色": (30, 70, 170),
     "灰色": (128, 128, 132), "绿色": (40, 130, 70), "棕色": (120, 75, 40), "米色": (215, 195, 160),
@@ -308,9 +309,11 @@ def product_metadata(index: int, d: ShoeDesign) -> dict:
     leaf = category.rsplit("/", 1)[1]
     price = round(rng.uniform(79, 1299), 0) - 0.01
     sku = str(100_012_000_000 + index * 7919)
+    fit = rng.choice(["男款", "女款", "情侣款"])
+    fit = GENDER_OF_CATEGORY.get(category.split("/")[1], fit)  # a 流行男鞋 product is not sold as 女款
     return {
         "sku": sku,
-        "title": f"{brand} {d.colour_name}{leaf} {rng.choice(['男款', '女款', '情侣款'])} {rng.choice(['透气', '轻便', '防滑', '减震'])}款 {2024 + index % 3}新款",
+        "title": f"{brand} {d.colour_name}{leaf} {fit} {rng.choice(['透气', '轻便', '防滑', '减震'])}款 {2024 + index % 3}新款",
         "brand": brand,
         "brand_id": brand_id,
         "category": category,

@@ -3,6 +3,10 @@
 Selectors and URL rules live in :mod:`crawlers.jdsite`. Run by ``shoesearch crawl`` (a subprocess
 of the crawl task) or by hand: ``scrapy crawl jd -s SHOESEARCH_HOME=data`` from the repository root.
 
+Every request carries its source (the keyword or category it came from, for item and price requests
+the source that listed the product first) and an errback, so the stats say per keyword/category what
+was listed, written, duplicated or failed, and by cause why requests failed (:mod:`crawlers.outcome`).
+
 Incremental: a product whose parsed content (fields, price, gallery URLs) hashes to the value of
 its current row, and whose photos were all stored, is not yielded (its photos are not fetched).
 Resume: SKUs already written by the earlier, interrupted attempts of the same crawl job
@@ -23,12 +27,11 @@ from scrapy.exceptions import CloseSpider
 from crawlers import jdsite
 from crawlers.config import crawl_settings_from
 from crawlers.items import ProductItem
+from crawlers.outcome import FAILED_PREFIX, classify_failure, source_label, source_stat
 
 XHR_HEADERS = {"X-Requested-With": "XMLHttpRequest"}
-
-
-
 TRANSIENT_PHOTO_STATUSES = ("http_error", "timeout", "download_failed")  # worth a retry next crawl
+
 
 class JdSpider(scrapy.Spider):
     name = "jd"
@@ -48,6 +51,8 @@ class JdSpider(scrapy.Spider):
         spider.scheduled: set[str] = set()  # SKUs whose item page was requested
         spider.fetched: set[str] = set()  # SKUs whose item page was parsed
         spider.priced: set[str] = set()  # SKUs whose price answer was handled
+        spider.listed: set[str] = set()  # SKUs seen on any listing (also those over the limit)
+        spider.origin: dict[str, str] = {}  # SKU -> the source (keyword/category) that listed it first
         spider.stop_reason = None
         spider.stop_message = None
         spider._load_known()
@@ -85,68 +90,97 @@ class JdSpider(scrapy.Spider):
         if not self.keywords and not self.categories:
             raise CloseSpider("no keywords or categories to start from")
         for keyword in self.keywords:
-            yield scrapy.Request(self.site.search_url(keyword, 1), callback=self.parse_search,
-                                 cb_kwargs={"keyword": keyword, "page": 1}, dont_filter=True)
+            yield self._request(self.site.search_url(keyword, 1), self.parse_search, keyword=keyword, page=1)
         for category in self.categories:
-            yield scrapy.Request(self.site.list_url(category, 1), callback=self.parse_list,
-                                 cb_kwargs={"category": category, "page": 1}, dont_filter=True)
+            yield self._request(self.site.list_url(category, 1), self.parse_list, category=category, page=1)
+
+    def _request(self, url: str, callback, headers: dict | None = None, **cb_kwargs) -> scrapy.Request:
+        return scrapy.Request(url, callback=callback, errback=self.request_failed, headers=headers,
+                              cb_kwargs=cb_kwargs, dont_filter=True)
+
+    def _source(self, cb_kwargs: dict) -> str | None:
+        """The keyword/category a request works for (for an item or price: the one that listed it)."""
+        if "keyword" in cb_kwargs:
+            return source_label("keyword", cb_kwargs["keyword"])
+        if "category" in cb_kwargs:
+            return source_label("category", cb_kwargs["category"])
+        page = cb_kwargs.get("page")
+        sku = cb_kwargs.get("sku") or getattr(page, "sku", None)
+        return self.origin.get(sku) if sku else None
+
+    def _count(self, source: str | None, counter: str, n: int = 1) -> None:
+        if source:
+            self.crawler.stats.inc_value(source_stat(source, counter), n)
 
     # --- listings ---
     def parse_search(self, response, keyword: str, page: int):
-        entries = self._listing(response, "search")
+        source = source_label("keyword", keyword)
+        entries = self._listing(response, "search", source)
         first_half = [e.sku for e in entries]
-        yield from self._items(entries)
+        yield from self._items(entries, source)
         if first_half:
-            yield scrapy.Request(
-                self.site.lazy_url(keyword, page, first_half), callback=self.parse_lazy,
-                headers={**XHR_HEADERS, "Referer": response.url}, cb_kwargs={"keyword": keyword, "page": page},
-                dont_filter=True,
-            )
+            yield self._request(self.site.lazy_url(keyword, page, first_half), self.parse_lazy,
+                                headers={**XHR_HEADERS, "Referer": response.url}, keyword=keyword, page=page)
         if page == 1:
-            total = min(jdsite.search_total_pages(response.text), self.max_pages)
-            for n in range(2, total + 1):
-                yield scrapy.Request(self.site.search_url(keyword, n), callback=self.parse_search,
-                                     cb_kwargs={"keyword": keyword, "page": n}, dont_filter=True)
+            total = jdsite.search_total_pages(response.text)
+            if total > self.max_pages:
+                self.crawler.stats.set_value(source_stat(source, "more_pages"), 1)
+            for n in range(2, min(total, self.max_pages) + 1):
+                yield self._request(self.site.search_url(keyword, n), self.parse_search, keyword=keyword, page=n)
 
     def parse_lazy(self, response, keyword: str, page: int):
         self._check_wall(response)
+        source = source_label("keyword", keyword)
         entries = jdsite.parse_listing(response.text) if response.text.strip() else []
         if entries is None:
-            self._parse_failed("lazy", response)
+            self._parse_failed("lazy", response, source)
             return
-        self.crawler.stats.inc_value("shoesearch/pages/lazy")
-        yield from self._items(entries)
+        self.crawler.stats.inc_value("shoesearch/pages/lazy")  # a half of a page: not in the source's pages
+        yield from self._items(entries, source)
 
     def parse_list(self, response, category: str, page: int):
-        entries = self._listing(response, "list")
-        yield from self._items(entries)
+        source = source_label("category", category)
+        entries = self._listing(response, "list", source)
+        yield from self._items(entries, source)
         next_href = jdsite.list_next_page(response.text)
-        if next_href and page < self.max_pages:
-            yield scrapy.Request(self.site.absolute(response.urljoin(next_href)), callback=self.parse_list,
-                                 cb_kwargs={"category": category, "page": page + 1}, dont_filter=True)
+        if next_href and page >= self.max_pages:
+            self.crawler.stats.set_value(source_stat(source, "more_pages"), 1)
+        elif next_href:
+            yield self._request(self.site.absolute(response.urljoin(next_href)), self.parse_list,
+                                category=category, page=page + 1)
 
-    def _listing(self, response, kind: str) -> list[jdsite.ListingEntry]:
+    def _listing(self, response, kind: str, source: str) -> list[jdsite.ListingEntry]:
         self._check_wall(response)
         entries = jdsite.parse_listing(response.text)
         if entries is None:
-            self._parse_failed(kind, response)
+            self._parse_failed(kind, response, source)
             return []
         self.crawler.stats.inc_value(f"shoesearch/pages/{kind}")
+        self._count(source, "pages")
         return entries
 
-    def _items(self, entries):
+    def _items(self, entries, source: str):
+        stats = self.crawler.stats
         for entry in entries:
+            self._count(source, "listed")
+            self.listed.add(entry.sku)
+            stats.set_value("shoesearch/products/listed", len(self.listed))
             if entry.sku in self.scheduled:
+                self._count(source, "duplicates")
                 continue
             if len(self.scheduled) >= self.max_products:
-                self.crawler.stats.inc_value("shoesearch/products/over_limit")
+                stats.inc_value("shoesearch/products/over_limit")
+                self._count(source, "over_limit")
                 continue
             self.scheduled.add(entry.sku)
+            self.origin[entry.sku] = source
+            self._count(source, "new")
             if entry.sku in self.done_skus:
-                self.crawler.stats.inc_value("shoesearch/products/already_done")
+                stats.inc_value("shoesearch/products/already_done")
+                self._count(source, "resumed")
                 continue
             url = self.site.absolute(entry.url) if entry.url else self.site.item_url(entry.sku)
-            yield scrapy.Request(url, callback=self.parse_item, cb_kwargs={"sku": entry.sku}, dont_filter=True)
+            yield self._request(url, self.parse_item, sku=entry.sku)
 
     # --- item page + price ---
     def parse_item(self, response, sku: str):
@@ -157,19 +191,19 @@ class JdSpider(scrapy.Spider):
         self.crawler.stats.inc_value("shoesearch/pages/item")
         page = jdsite.parse_item(response.text, sku_hint=sku)
         if page is None or not page.gallery:
-            self._parse_failed("item", response)
+            self._parse_failed("item", response, self.origin.get(sku))
             return
         if page.layout != "pageConfig":
             self.crawler.stats.inc_value(f"shoesearch/layout/{page.layout}")
-        yield scrapy.Request(self.site.price_url([page.sku]), callback=self.parse_price,
-                             cb_kwargs={"page": page, "item_url": response.url}, dont_filter=True)
+        self.origin.setdefault(page.sku, self.origin.get(sku))
+        yield self._request(self.site.price_url([page.sku]), self.parse_price, page=page, item_url=response.url)
 
     def parse_price(self, response, page: jdsite.ItemPage, item_url: str):
         self._check_wall(response)
         try:
             prices = jdsite.parse_prices(response.text)
         except (json.JSONDecodeError, AttributeError):
-            self._parse_failed("price", response)
+            self._parse_failed("price", response, self.origin.get(page.sku))
             prices = {}
         if jdsite.is_captcha(prices):
             self._stop("captcha", f"JD answered the price API with a captcha ({response.url}); "
@@ -189,12 +223,13 @@ class JdSpider(scrapy.Spider):
         content_hash = hashlib.sha1(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         if self.known_hashes.get(product_id) == content_hash and product_id not in self.incomplete:
             self.crawler.stats.inc_value("shoesearch/products/unchanged")
+            self._count(self.origin.get(page.sku), "unchanged")
             return
         fields.pop("gallery")
         yield ProductItem(
             product_id=product_id, source="jd", url=item_url,
             n_images=len(gallery), content_hash=content_hash, crawled_at=datetime.now(timezone.utc),
-            gallery=gallery, layout=page.layout, **fields,
+            gallery=gallery, layout=page.layout, found_via=self.origin.get(page.sku), **fields,
         )
 
     # --- walls and failures ---
@@ -210,6 +245,15 @@ class JdSpider(scrapy.Spider):
             self.logger.error(message)
         raise CloseSpider(reason)
 
-    def _parse_failed(self, kind: str, response) -> None:
+    def _parse_failed(self, kind: str, response, source: str | None) -> None:
         self.crawler.stats.inc_value(f"shoesearch/parse_failed/{kind}")
+        self._count(source, "parse_failed")
         self.logger.error("page no longer matches the JD %s layout (see crawlers/jdsite.py): %s", kind, response.url)
+
+    def request_failed(self, failure) -> None:
+        """Errback of every request (after retries): count it by cause and for its keyword/category."""
+        request = failure.request
+        group, cause = classify_failure(failure.value, request.url)
+        self.crawler.stats.inc_value(f"{FAILED_PREFIX}{group}/{cause}")
+        self._count(self._source(request.cb_kwargs), "refused")
+        self.logger.warning("request failed (%s): %s %s", group, cause, request.url)

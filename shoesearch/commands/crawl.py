@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 
 
@@ -65,19 +64,29 @@ def cmd_shop_serve(args, settings) -> int:
 
 def cmd_crawl(args, settings) -> int:
     from flows.crawl import crawl_flow
+    from shoesearch.runtime import run_flow
     from tasks.crawl import crawl_params, crawl_summary
 
     # Validate before starting Prefect (a bad argument should not cost a server start).
     params = crawl_params(settings, args.site, args.keyword, args.category, args.max_products, args.max_pages)
-    overrides = {f"crawl.{f.name}": getattr(settings.crawl, f.name) for f in dataclasses.fields(settings.crawl)}
-    run_id = crawl_flow(home=str(settings.home), overrides=overrides, **params)
+    run_id = run_flow(crawl_flow, settings, args.debug, **params)
     s = crawl_summary(settings, run_id)
     print(f"crawl run {run_id}: {s['finish_reason']}; {s['products_written']} products written, "
           f"{s['products_unchanged']} unchanged, {s['images_written']} photos {s['images_by_status']}")
+    _print_outcome(s)
     if s.get("stop_message"):
-        print(f"stopped early: {s['stop_message']}\nrun the same command again to resume.")
+        print("run the same command again to resume.")
         return 3
     return 0
+
+
+def _print_outcome(s: dict) -> None:
+    """Per keyword/category counts, then one line saying why the crawl ended where it did."""
+    from crawlers.outcome import shortfall_reason, sources_table
+
+    if s.get("sources"):
+        print(sources_table(s))
+    print(shortfall_reason(s))
 
 
 def cmd_ingest(args, settings) -> int:

@@ -37,21 +37,13 @@ def cmd_denoise(args, settings) -> int:
     from tasks.denoise import choose_threshold
     from warehouse import open_warehouse
 
+    from shoesearch.runtime import run_flow
+
     choose_threshold(settings, args.threshold, args.drop_rate)  # bad values fail before Prefect starts
-    overrides = settings_overrides(settings)
-    run_id = denoise_flow(threshold=args.threshold, drop_rate=args.drop_rate, backbone=args.backbone,
-                          home=str(settings.home), overrides=overrides)
+    run_id = run_flow(denoise_flow, settings, args.debug, threshold=args.threshold, drop_rate=args.drop_rate,
+                      backbone=args.backbone)
     row = open_warehouse(settings).query("SELECT message FROM runs WHERE run_id = ?", [run_id]).to_pylist()
     print(f"{run_id}: {row[0]['message'] if row else ''}")
     print(f"report: {settings.reports_dir / f'denoise-{run_id}'}")
     return 0
 
-
-def settings_overrides(settings) -> dict:
-    """Every setting as "section.field": value, so a flow sees exactly the CLI's settings."""
-    import dataclasses
-
-    from shoesearch.settings import SECTIONS
-
-    return {f"{name}.{key}": value for name in SECTIONS
-            for key, value in dataclasses.asdict(getattr(settings, name)).items()}

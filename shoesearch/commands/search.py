@@ -11,7 +11,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("search", help="the products that best match a photo")
     p.add_argument("photo", help="a photo file (JPEG, PNG, WebP ...)")
-    p.add_argument("-k", type=int, default=None, help="products returned (default: index.search_k)")
+    p.add_argument("-k", type=int, default=None, help="products returned, 1..api.max_k (default: index.search_k)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=cmd_search)
 
@@ -44,9 +44,12 @@ def cmd_search(args, settings) -> int:
     import pyarrow as pa
 
     from shoesearch.output import format_table
-    from tasks.search import search
+    from tasks.search import check_k, search
+    from warehouse import require_home
 
-    hits = search(settings, args.photo, args.k)
+    k = check_k(settings, args.k)  # refused as the HTTP API refuses it, before anything is loaded
+    require_home(settings)  # read-only: a mistyped --home is reported, never created
+    hits = search(settings, args.photo, k)
     cols = ["rank", "score", "product_id", "title", "brand", "price", "url", "photo_file"]
     table = pa.Table.from_pylist([{c: getattr(h, c) for c in cols} for h in hits])
     print(format_table(table, args.format) if hits else "no products found")
@@ -64,31 +67,25 @@ def cmd_api(args, settings) -> int:
 
 def cmd_nightly(args, settings) -> int:
     from flows.nightly import nightly
+    from shoesearch.runtime import run_flow
 
-    result = nightly(site=args.site, crawl=not args.no_crawl, home=str(settings.home),
-                     overrides=settings_overrides(settings))
+    result = run_flow(nightly, settings, args.debug, site=args.site, crawl=not args.no_crawl)
     print(result["summary"])
     return 0
-
-
-def settings_overrides(settings) -> dict:
-    """Every setting as ``section.field`` -> value, so a flow run sees exactly these settings."""
-    from shoesearch.settings import SECTIONS
-
-    data = settings.as_dict()
-    return {f"{s}.{k}": v for s in SECTIONS for k, v in data[s].items()}
 
 
 def cmd_demo(args, settings) -> int:
     from shoesearch.cli import _overrides
     from shoesearch.demo import run_demo
 
-    return run_demo(settings, cli_overrides=_overrides(args.set))
+    return run_demo(settings, cli_overrides=_overrides(args.set), debug=args.debug)
 
 
 def cmd_serve_flows(args, settings) -> int:
     from flows.serve import serve_flows
 
-    serve_flows(settings)
+    from shoesearch.cli import _overrides
+
+    serve_flows(settings, _overrides(args.set))
     return 0
 

@@ -24,13 +24,13 @@ def register(sub) -> None:
 
 def cmd_train(args, settings) -> int:
     from flows.train import train_flow
+    from shoesearch.runtime import run_flow
 
-    overrides = {"train.backbone": args.backbone, "train.epochs": args.epochs, "train.device": args.device}
-    for key, value in overrides.items():
+    options = {"train.backbone": args.backbone, "train.epochs": args.epochs, "train.device": args.device}
+    for key, value in options.items():  # the command's own options are --set shorthands
         if value is not None:
             settings.set(key, value)
-    result = train_flow(home=str(settings.home), overrides={k: v for k, v in overrides.items() if v is not None},
-                        photos=args.photos)
+    result = run_flow(train_flow, settings, args.debug, photos=args.photos)
     _print_report(settings, result["evaluate"])
     print(f"model {result['model_id']} (train run {result['train']})")
     return 0

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 from shoesearch.errors import ShoesearchError
+
+# Statements `shoesearch sql` runs. DESCRIBE, SHOW, SUMMARIZE, FROM-first, VALUES, TABLE and UNPIVOT
+# all parse as SELECT; EXPLAIN is let through only around a SELECT (EXPLAIN ANALYZE executes it).
+READ_ONLY_HINT = "use SELECT / WITH / FROM / DESCRIBE / SHOW / SUMMARIZE / PIVOT / VALUES / EXPLAIN"
+_LEADING_NOISE = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|\()*", re.S)
+_EXPLAIN = re.compile(r"^EXPLAIN\b(?:\s+ANALY[SZ]E\b)?\s*(?:\([^)]*\))?", re.I)
 
 
 def register(sub) -> None:
@@ -40,7 +47,7 @@ def cmd_tables(args, settings) -> int:
     from shoesearch.output import format_table
     from warehouse import TABLES, open_warehouse
 
-    wh = open_warehouse(settings)
+    wh = open_warehouse(settings, must_exist=True)
     parts = [
         f"""SELECT '{t}' AS table_name, (SELECT count(*) FROM {'runs_log' if t == 'runs' else t}) AS rows,
                    (SELECT r.run_id FROM runs r WHERE r.run_id IN (SELECT run_id FROM {'runs_log' if t == 'runs' else t})
@@ -52,28 +59,83 @@ def cmd_tables(args, settings) -> int:
     return 0
 
 
+def one_line(exc: Exception) -> str:
+    """DuckDB's message on one line: its text and hints, without the ``LINE n:`` excerpt and caret."""
+    lines = []
+    for line in str(exc).splitlines():
+        if line.startswith("LINE "):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    return " ".join(lines)
+
+
+def parse_read_only(query: str):
+    """The one read-only statement in ``query``; a syntax error or anything else is refused.
+
+    Parsing (``duckdb.extract_statements``) comes first, so a typo is reported as DuckDB's syntax
+    error, not as a write. Exactly one statement: ``SELECT 1; COPY ... TO 'file'`` would otherwise run both.
+    """
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise ShoesearchError(f"query does not parse: {one_line(exc).removeprefix('Parser Error: ')}") from None
+    if not statements:
+        raise ShoesearchError("no query given: " + READ_ONLY_HINT.replace("use ", "write a ", 1))
+    if _is_pivot(statements):  # PIVOT parses as CREATE TYPE (its ON values) + SELECT, both generated
+        return query
+    if len(statements) > 1:
+        raise ShoesearchError(f"shoesearch sql runs one query at a time; got {len(statements)} statements")
+    statement = statements[0]
+    kind = statement.type
+    if kind == duckdb.StatementType.EXPLAIN:
+        kind = _explained_type(statement.query)
+    if kind != duckdb.StatementType.SELECT:
+        raise ShoesearchError(f"shoesearch sql is read-only ({kind.name} refused): {READ_ONLY_HINT} queries")
+    return statement
+
+
+def _is_pivot(statements) -> bool:
+    import duckdb
+
+    *prefix, last = statements
+    return bool(prefix) and last.type == duckdb.StatementType.SELECT and not last.query and all(
+        s.type == duckdb.StatementType.CREATE and not s.query for s in prefix)
+
+
+def _explained_type(text: str):
+    """The type of the statement an EXPLAIN [ANALYZE] [(options)] wraps (INVALID when unclear)."""
+    import duckdb
+
+    body = _LEADING_NOISE.sub("", text, count=1)
+    match = _EXPLAIN.match(body)
+    try:
+        inner = duckdb.extract_statements(body[match.end():]) if match else []
+    except duckdb.Error:
+        inner = []
+    return inner[0].type if len(inner) == 1 else duckdb.StatementType.INVALID
+
+
 def cmd_sql(args, settings) -> int:
     import duckdb
 
     from shoesearch.output import format_table
     from warehouse import open_warehouse
 
-    wh = open_warehouse(settings)
+    statement = parse_read_only(args.query)  # before touching the home: a bad query changes nothing
+    wh = open_warehouse(settings, must_exist=True)
     if args.snapshot:
         if not settings.snapshot_path.exists():
             raise ShoesearchError("no snapshot yet: run `shoesearch catalog --snapshot` first")
         con = duckdb.connect(str(settings.snapshot_path), read_only=True)
     else:
-        con = wh.connect()
+        con = wh.connect()  # in-memory: nothing it does persists
     try:
-        # Read-only: the connection is in-memory (nothing persists) and only queries are let through.
-        stripped = args.query.strip().rstrip(";").lstrip("(").lower()
-        if not stripped.startswith(("select", "with", "from", "describe", "show", "summarize", "pivot", "values", "explain", "table")):
-            raise ShoesearchError("shoesearch sql is read-only: use SELECT / WITH / DESCRIBE / SHOW queries")
-        try:
-            result = con.execute(args.query).fetch_arrow_table()
-        except duckdb.Error as exc:
-            raise ShoesearchError(f"query failed: {exc}") from None
+        result = con.execute(statement).fetch_arrow_table()
+    except duckdb.Error as exc:
+        raise ShoesearchError(f"query failed: {one_line(exc)}") from None
     finally:
         con.close()
     print(format_table(result, args.format, args.max_rows if args.format == "table" else None))
@@ -86,7 +148,7 @@ def cmd_lineage(args, settings) -> int:
     from shoesearch.output import format_table
     from warehouse import lineage, open_warehouse, upstream_of
 
-    wh = open_warehouse(settings)
+    wh = open_warehouse(settings, must_exist=True)
     try:
         if args.index:
             rows = upstream_of(wh, "indexes", "index_id", args.index)
@@ -108,7 +170,7 @@ def cmd_catalog(args, settings) -> int:
     from warehouse import open_warehouse
     from warehouse.catalog import write_catalog
 
-    wh = open_warehouse(settings)
+    wh = open_warehouse(settings, must_exist=True)  # writes inside a home, never creates one
     path = write_catalog(wh, settings.catalog_path, settings.home / "catalog.sql")
     print(f"wrote {path} (views over the live Parquet files) and {settings.home / 'catalog.sql'}")
     print(f"open it with:  duckdb -readonly {path}")

@@ -1,0 +1,133 @@
+"""Photo datasets and the one DataLoader builder every step uses (embed, train, evaluate, index).
+
+Worker processes are started by a *forkserver*, never by forking the step's own process: a Prefect
+flow runs an event loop, API-client and logging threads, and a DataLoader worker forked from that
+process dies at exit (``exited unexpectedly with exit code 1``), which is what broke every flow with
+the default ``num_workers``. The forkserver is a clean single-threaded process that imports torch and
+this module once (``set_forkserver_preload``), so each worker starts in milliseconds, and on CUDA it
+also avoids forking an initialised CUDA context.
+
+Datasets held in memory (the frozen-stage cache) are read in the main process: workers would only
+copy the tensors through pickling. A photo that cannot be read names the file and the cause;
+:func:`batches` turns a worker's wrapped error into one line (no worker traceback wall).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from models.transforms import preprocess_path
+from shoesearch.errors import ShoesearchError
+
+log = logging.getLogger(__name__)
+
+UNREADABLE = (OSError, ValueError, SyntaxError)  # PIL's errors for broken / truncated / bomb photos
+_PRELOAD = ["torch", "torchvision", "PIL.Image", "models.transforms", "tasks.loading"]
+
+
+class PhotoError(ShoesearchError):
+    """A photo file could not be turned into a tensor: the message names the file and the cause."""
+
+
+def read_photo(path: Path, size: int, mean, std, max_pixels: int) -> torch.Tensor:
+    """One photo file -> normalised tensor, or :class:`PhotoError` naming the file and the cause."""
+    try:
+        return preprocess_path(path, size, mean, std, max_pixels)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure becomes a named, one-line error
+        raise PhotoError(f"cannot read photo {path}: {type(exc).__name__}: {exc}") from exc
+
+
+class PhotoTensors(Dataset):
+    """(index, normalised tensor, ok) per photo file; an unreadable photo is marked, not fatal (embed)."""
+
+    reads_files = True
+
+    def __init__(self, paths: list[Path], size: int, mean, std, max_pixels: int):
+        self.paths, self.size, self.mean, self.std, self.max_pixels = paths, size, mean, std, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, read_photo(self.paths[i], self.size, self.mean, self.std, self.max_pixels), True
+        except PhotoError as exc:
+            log.warning("%s", exc)
+            return i, torch.zeros(3, self.size, self.size), False
+
+
+class PhotoBytes(Dataset):
+    """(index, raw file bytes as uint8 tensor) per photo: decoded later on the GPU."""
+
+    reads_files = True
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from torchvision.io import read_file
+
+        try:
+            return i, read_file(str(self.paths[i]))
+        except RuntimeError as exc:
+            raise PhotoError(f"cannot read photo {self.paths[i]}: {exc}") from exc
+
+
+def reads_files(dataset: Dataset) -> bool:
+    """Whether items are decoded from files (worth worker processes) rather than held in memory."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return bool(getattr(dataset, "reads_files", False))
+
+
+def _context():
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device, *,
+                shuffle: bool = False, collate_fn=None, pin_memory: bool | None = None) -> DataLoader:
+    """The DataLoader for ``dataset``: forkserver workers for file datasets, pinned memory on CUDA."""
+    cuda = device.type == "cuda"
+    workers = num_workers if reads_files(dataset) else 0
+    extra = {}
+    if workers:
+        if cuda:  # see the ecosystem notes: fd sharing hangs on the GPU hosts
+            torch.multiprocessing.set_sharing_strategy("file_system")
+        extra = {"multiprocessing_context": _context(), "prefetch_factor": 4}
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                      pin_memory=cuda if pin_memory is None else pin_memory, collate_fn=collate_fn,
+                      persistent_workers=False, **extra)
+
+
+def batches(loader: Iterable) -> Iterator:
+    """Iterate ``loader``; a worker's failure becomes one :class:`ShoesearchError` line with its cause."""
+    try:
+        yield from loader
+    except Exception as exc:  # noqa: BLE001 - re-raised below with the worker's real cause
+        cause = worker_cause(exc)
+        if cause is None:
+            raise
+        raise ShoesearchError(cause) from exc
+
+
+def worker_cause(exc: Exception) -> str | None:
+    """One line for a DataLoader worker failure, or None when ``exc`` is not one."""
+    text = str(exc)
+    if text.startswith("Caught "):  # torch's ExceptionWrapper: the last line is "Type: message"
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        return f"photo loader worker failed: {last.strip()}"
+    if "DataLoader worker" in text and ("exited unexpectedly" in text or "killed by signal" in text):
+        return (f"photo loader worker died ({text.split('. ')[0]}): out of memory, or a crashing decoder? "
+                "Rerun with --set embed.num_workers=0 --set train.num_workers=0 to see the cause in-process")
+    return None
