@@ -76,6 +76,11 @@ def main() -> None:
     ap.add_argument("--noise-rate", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    names = args.datasets.split(",")
+    missing = [n for n in names if not (Path(args.data) / n).is_dir()]
+    if missing:
+        print(f"denoise_threshold: skipped, no {', '.join(missing)} under {args.data} (../shared/data is not here)")
+        return
     settings = Settings.load(home=Path("/tmp/shoesearch-threshold-study"))
     results = [study(Path(args.data) / name, args.views, args.noise_rate, args.seed, settings)
                for name in args.datasets.split(",")]

@@ -7,7 +7,7 @@ step scores, on the same test photos (all test photos, raw), (a) the off-the-she
 descriptor, (b) NetVLAD at k-means init, (c) trained NetVLAD, (b)/(c) for both photo sets.
 
 CPU-sized by default (128 px, 4 epochs, K=32, 256-d); every choice is a flag and printed. Prints a
-table per dataset and writes bench/results/quality.json. A dataset takes ~5-15 min on 2 CPU cores.
+table per dataset and writes bench/results/quality-<dataset>.json. A dataset takes ~5-15 min on 2 CPU cores.
 
     .venv/bin/python bench/quality.py [--datasets eth80 coil100] [--epochs 4] [--image-size 128]
 """
@@ -112,7 +112,10 @@ def main() -> None:
     config["backbone"] = "efficientnet_lite0 (train.backbone default; last block trained, rest frozen)"
     config["threads"] = torch.get_num_threads()
     print("config: " + ", ".join(f"{k}={v}" for k, v in config.items()))
-    out = Path(__file__).resolve().parent / "results" / "quality.json"
+    missing = [name for name in args.datasets if not (DATA / name).is_dir()]
+    if missing:
+        print(f"quality: skipped, no {', '.join(missing)} under {DATA} (../shared/data is not on this machine)")
+        return
     for name in args.datasets:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"quality-{name}-") as tmp:
@@ -120,11 +123,12 @@ def main() -> None:
         result["config"], result["total_s"] = config, round(time.perf_counter() - started, 1)
         print(table(result))
         print(f"total {result['total_s']} s\n")
-        results = json.loads(out.read_text())["results"] if out.exists() else {}  # other datasets' runs kept
-        results[name] = result
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps({"results": results}, indent=2, default=str))
-    print(f"wrote {out}")
+        out = Path(__file__).resolve().parent / "results" / f"quality-{name}.json"  # one file per dataset run:
+        out.parent.mkdir(exist_ok=True)  # no read-modify-write of a shared file (two runs would race)
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"dataset": name, "result": result}, indent=2, default=str))
+        tmp.replace(out)
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from scrapy import signals
 
-from crawlers.outcome import FAILURE_STAT, crawl_failure, shortfall_reason, source_rows, sources_table
+from crawlers.outcome import FAILURE_STAT, OFFSITE_PREFIX, crawl_failure, shortfall_reason, source_rows, sources_table
 from warehouse.store import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class CrawlStatsFile:
                                  if k.startswith("shoesearch/images/status/")},
             "parse_failures": {k.rsplit("/", 1)[1]: v for k, v in raw.items()
                                if k.startswith("shoesearch/parse_failed/")},
+            "offsite_refused": {k[len(OFFSITE_PREFIX):]: v for k, v in raw.items() if k.startswith(OFFSITE_PREFIX)},
             "requests_failed": {group: {k.split("/", 3)[3]: v for k, v in raw.items()
                                         if k.startswith(f"shoesearch/request_failed/{group}/")}
                                 for group in ("unreachable", "refused")},

@@ -4,6 +4,9 @@ JD changes its pages often. When a page stops matching, the parse functions here
 ``None`` / empty results and the spider records a ``parse_failed`` stat and logs the URL, so
 a layout change is loud. The demo shop (``crawlers/demo_shop``) renders pages that match
 these rules; nothing else in the project knows JD's markup.
+
+What may be fetched at all is decided here too (``SiteMap.refusal``, ``SiteMap.photo_path``): http(s)
+on JD's hosts, or with ``--site`` that one ``host:port``; ``crawlers/middlewares.py`` enforces it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from parsel import Selector
+
+from crawlers.jsliteral import balanced, js_literal
 
 # --- hosts -------------------------------------------------------------------------------
 # Role -> real JD host. ``SiteMap(site=...)`` points every role at one base URL (the demo shop).
@@ -90,10 +95,56 @@ class SiteMap:
                 return urlunsplit((base.scheme, base.netloc, parts.path, parts.query, ""))
         return url
 
+    # --- what may be fetched ---
+    def refusal(self, url: str) -> str | None:
+        """Why ``url`` must not be fetched, or None when it is on the site.
+
+        On the site: an http(s) URL on one of JD's hosts (``HOST_ROLES``, subdomains included, default
+        port), or, with ``site``, on exactly the site's ``host:port``. Everything else (``file:``,
+        ``data:``, other hosts, another port of the same address) is off the site.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            return f"{parts.scheme}: URLs are never fetched" if parts.scheme else "a URL without a scheme"
+        netloc = _netloc(parts)
+        if self.site:
+            site = _netloc(urlsplit(self.site))
+            return None if netloc == site else f"{netloc} is not the site {site}"
+        default_port = netloc.endswith(":443" if parts.scheme == "https" else ":80")
+        return None if _role(parts.hostname or "") and default_port else f"{netloc} is not a JD host"
+
+    def photo_path(self, entry: str) -> str | None:
+        """The jfs path of a gallery entry: a bare ``jfs/...`` path, or a URL on the image CDN (the site)."""
+        text = entry.strip()
+        if not (text.startswith("//") or "://" in text):
+            return jfs_path(text)  # a path on the CDN, as pageConfig's imageList has them
+        url = self.absolute(text)
+        if self.refusal(url) or (not self.site and _role(urlsplit(url).hostname or "") != "image"):
+            return None
+        return jfs_path(url)
+
     def full_size(self, image_url: str, size_code: str = "n1") -> str:
         """Any gallery/list image URL (``n5/``, ``n7/``, ``s450x450_`` ...) as the full-size CDN URL."""
         jfs = jfs_path(image_url)
         return self.image_url(jfs, size_code) if jfs else self.absolute(image_url)
+
+
+def _netloc(parts) -> str:
+    """``host:port`` with the scheme's default port spelled out (``Example.COM`` == ``example.com:80``)."""
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:  # a port that is not a number
+        return parts.netloc.lower()
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+def _role(host: str) -> str | None:
+    """The JD role of a host name (``img13.360buyimg.com`` -> ``image``), None for other hosts."""
+    host = host.lower()
+    for suffix, role in HOST_ROLES:
+        if host == suffix or host.endswith("." + suffix):
+            return role
+    return None
 
 
 def jfs_path(url_or_path: str) -> str | None:
@@ -167,10 +218,31 @@ class ItemPage:
     variants: list[str] = field(default_factory=list)
     gallery: list[str] = field(default_factory=list)  # jfs paths, position 0 = front view
     layout: str = "pageConfig"  # pageConfig | dom (the fallback)
+    refused_photos: list[str] = field(default_factory=list)  # gallery entries off the image CDN, left out
 
 
-def parse_item(html: str, sku_hint: str | None = None) -> ItemPage | None:
-    """Parse an item page from its inline ``pageConfig``, else from the DOM; None if neither matches."""
+def _gallery(entries: list[str], site: SiteMap) -> tuple[list[str], list[str]]:
+    """``(jfs paths, refused entries)``: an entry naming a host off the image CDN is left out."""
+    paths, refused = [], []
+    for entry in entries:
+        if not isinstance(entry, str) or not entry.strip():
+            continue
+        path = site.photo_path(entry)
+        if path:
+            paths.append(path)
+        elif "//" in entry:
+            refused.append(entry)
+    return paths, refused
+
+
+def parse_item(html: str, sku_hint: str | None = None, site: SiteMap | None = None) -> ItemPage | None:
+    """Parse an item page from its inline ``pageConfig``, else from the DOM; None if neither matches.
+
+    ``site`` (default: the real JD hosts) decides which photo URLs are on the image CDN. The page's
+    own SKU is returned as found (``skuid``, body class ``item-<sku>``); ``sku_hint`` only fills in
+    when the page names none: the caller checks that it is the SKU it asked for.
+    """
+    site = site or SiteMap()
     sel = Selector(text=html)
     product = _page_config_product(html)
     crumbs = [t.strip() for t in sel.css("#crumb-wrap .crumb .item a::text").getall() if t.strip()]
@@ -182,7 +254,7 @@ def parse_item(html: str, sku_hint: str | None = None) -> ItemPage | None:
     m = re.search(r"index-(\d+)\.html", shop_href)
     dom_shop_id = m.group(1) if m else None
     if product is not None:
-        gallery = [jfs_path(p) for p in product.get("imageList") or []]
+        gallery, refused = _gallery(product.get("imageList") or [], site)
         cat = product.get("cat") or []
         variants = [str(v.get("skuId")) for v in product.get("colorSize") or [] if isinstance(v, dict) and v.get("skuId")]
         sku = str(product.get("skuid") or sku_hint or "")
@@ -196,15 +268,15 @@ def parse_item(html: str, sku_hint: str | None = None) -> ItemPage | None:
             shop_id=str(product.get("shopId") or dom_shop_id or "") or None,
             shop_name=shop_name or None,
             variants=[v for v in variants if v != sku],
-            gallery=[g for g in gallery if g],
+            gallery=gallery,
             layout="pageConfig",
+            refused_photos=refused,
         )
     # DOM fallback (a page without pageConfig).
-    gallery = [jfs_path(u) for u in sel.css("#spec-list ul.lh li img::attr(data-url)").getall()]
+    gallery, refused = _gallery(sel.css("#spec-list ul.lh li img::attr(data-url)").getall(), site)
     main = sel.css("#spec-n1 img#spec-img::attr(data-origin)").get()
-    gallery = [g for g in gallery if g]
-    if not gallery and main and jfs_path(main):
-        gallery = [jfs_path(main)]
+    if not gallery and main and site.photo_path(main):
+        gallery = [site.photo_path(main)]
     title = " ".join(t.strip() for t in sel.css("div.sku-name ::text").getall() if t.strip())
     body = sel.css("body::attr(class)").get() or ""
     cats = [re.search(rf"\bcat-{i}-(\d+)\b", body) for i in (1, 2, 3)]
@@ -218,6 +290,7 @@ def parse_item(html: str, sku_hint: str | None = None) -> ItemPage | None:
         sku=sku, title=title, brand=brand or None, brand_id=brand_id_m.group(1) if brand_id_m else None,
         category=category, category_ids=",".join(c.group(1) for c in cats if c) or None,
         shop_id=dom_shop_id, shop_name=shop_name or None, variants=variants, gallery=gallery, layout="dom",
+        refused_photos=refused,
     )
 
 
@@ -245,7 +318,7 @@ def _page_config_product(html: str) -> dict | None:
     m = re.search(r"var\s+pageConfig\s*=\s*\{", html)
     if not m:
         return None
-    text = _balanced(html, m.end() - 1)
+    text = balanced(html, m.end() - 1)
     if text is None:
         return None
     try:
@@ -254,85 +327,3 @@ def _page_config_product(html: str) -> dict | None:
         return None
     product = config.get("product") if isinstance(config, dict) else None
     return product if isinstance(product, dict) else None
-
-
-def _balanced(text: str, start: int) -> str | None:
-    """The ``{...}`` starting at ``start``, honouring quoted strings."""
-    depth, quote, i = 0, None, start
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = None
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "{" or ch == "[":
-            depth += 1
-        elif ch == "}" or ch == "]":
-            depth -= 1
-            if depth == 0:
-                return text[start: i + 1]
-        i += 1
-    return None
-
-
-_TOKEN = re.compile(r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<punct>[{}\[\]:,])|(?P<word>[^\s{}\[\]:,'"]+))""", re.S)
-
-
-def js_literal(text: str):
-    """Read a JavaScript object literal (single quotes, bare keys, trailing commas) as Python data."""
-    tokens = []
-    pos = 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if not m or m.end() == pos:
-            if text[pos:].strip() == "":
-                break
-            raise ValueError(f"unreadable JavaScript near {text[pos:pos + 30]!r}")
-        pos = m.end()
-        if m.group("str") is not None:
-            raw = m.group("str")
-            body = raw[1:-1]
-            if raw[0] == "'":
-                body = body.replace("\\'", "'").replace('"', '\\"')
-            tokens.append(("value", json.loads('"' + body + '"')))
-        elif m.group("punct") is not None:
-            tokens.append(("punct", m.group("punct")))
-        else:
-            word = m.group("word")
-            if word in ("true", "false", "null"):
-                tokens.append(("value", {"true": True, "false": False, "null": None}[word]))
-            else:
-                try:
-                    tokens.append(("value", json.loads(word)))
-                except json.JSONDecodeError:
-                    tokens.append(("value", word))  # a bare key or identifier
-    value, end = _read(tokens, 0)
-    return value
-
-
-def _read(tokens, i):
-    kind, tok = tokens[i]
-    if kind == "value":
-        return tok, i + 1
-    if tok == "{":
-        out, i = {}, i + 1
-        while tokens[i] != ("punct", "}"):
-            key, i = _read(tokens, i)
-            if tokens[i] != ("punct", ":"):
-                raise ValueError("expected ':' in object literal")
-            out[str(key)], i = _read(tokens, i + 1)
-            if tokens[i] == ("punct", ","):
-                i += 1
-        return out, i + 1
-    if tok == "[":
-        out, i = [], i + 1
-        while tokens[i] != ("punct", "]"):
-            item, i = _read(tokens, i)
-            out.append(item)
-            if tokens[i] == ("punct", ","):
-                i += 1
-        return out, i + 1
-    raise ValueError(f"unexpected {tok!r} in object literal")

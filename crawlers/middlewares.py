@@ -1,10 +1,25 @@
-"""Downloader middlewares: retries with exponential backoff."""
+"""Downloader middlewares: what may be fetched at all, robots.txt per RFC 9309, retries with backoff.
+
+- :class:`SiteOnlyMiddleware` (in the slot of Scrapy's ``OffsiteMiddleware``) refuses every download
+  that is not an http(s) URL on JD's hosts (or, with ``--site``, on that one ``host:port``): redirect
+  targets, photos, anything. The rule is ``SiteMap.refusal`` (``crawlers/jdsite.py``).
+- :class:`Rfc9309RobotsTxtMiddleware` (in the slot of Scrapy's ``RobotsTxtMiddleware``): a robots.txt
+  answering 5xx (after retries) or not answering at all means "disallow everything" (RFC 9309 2.3.1.4):
+  the host's requests are refused and the crawl stops cleanly; 4xx means no rules (2.3.1.3).
+"""
 
 from __future__ import annotations
 
 import asyncio
 
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
+from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
+from scrapy.exceptions import IgnoreRequest
+from scrapy.utils.defer import deferred_from_coro
+from scrapy.utils.httpobj import urlparse_cached
+from twisted.internet.defer import Deferred
+
+from crawlers.outcome import OFFSITE_PREFIX, classify_failure
 
 BACKOFF_META = "shoesearch_backoff_s"
 
@@ -28,3 +43,93 @@ class BackoffRetryMiddleware(RetryMiddleware):
             attempt = retry.meta.get("retry_times", 1)
             retry.meta[BACKOFF_META] = self.backoff_s * 2 ** (attempt - 1)
         return retry
+
+
+class RefusedRequest(IgnoreRequest):
+    """A request refused before it was sent; ``group``/``cause`` say why (``crawlers.outcome``)."""
+
+    def __init__(self, group: str, cause: str):
+        super().__init__(cause)
+        self.group, self.cause = group, cause
+
+
+class SiteOnlyMiddleware:
+    """Refuses downloads off the site, counted as ``shoesearch/offsite/redirect`` (a redirect that
+    leaves the site: dropped) or ``shoesearch/offsite/request``.
+
+    Scrapy's own ``OffsiteMiddleware`` is not enough here: it lets every ``dont_filter`` request
+    through (all of the spider's are, for resume), matches host names without the port (``--site``
+    is one ``host:port``) and does not look at the scheme.
+    """
+
+    def __init__(self, crawler):
+        self.crawler = crawler
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler)
+
+    def process_request(self, request, spider=None):
+        site = getattr(self.crawler.spider, "site", None)
+        why = site.refusal(request.url) if site is not None else None
+        if why is None:
+            return None
+        kind = "redirect" if request.meta.get("redirect_urls") else "request"
+        self.crawler.stats.inc_value(f"{OFFSITE_PREFIX}{kind}")
+        self.crawler.spider.logger.warning("refused off-site %s: %s (%s)", kind, request.url, why)
+        raise RefusedRequest("refused", f"off the site ({kind}): {why}")
+
+
+class Rfc9309RobotsTxtMiddleware(RobotsTxtMiddleware):
+    """Scrapy's robots.txt middleware (which treats any failure as "allow all") made to follow RFC 9309.
+
+    Relies on Scrapy's ``_parse_robots`` / ``_robots_error`` hooks (Scrapy 2.19); ``tests/test_crawl_outcome.py``
+    checks the behaviour end to end.
+    """
+
+    def __init__(self, crawler):
+        super().__init__(crawler)
+        self._schemes: dict[str, str] = {}
+
+    async def robot_parser(self, request):
+        parts = urlparse_cached(request)
+        self._schemes.setdefault(parts.netloc, parts.scheme)
+        return await super().robot_parser(request)
+
+    def process_request_2(self, rp, request) -> None:
+        if isinstance(rp, RefusedRequest):
+            self._stats.inc_value("shoesearch/robots/refused")
+            raise RefusedRequest(rp.group, rp.cause)
+        super().process_request_2(rp, request)
+
+    async def _parse_robots(self, response, netloc: str, request) -> None:
+        if response.status >= 500:
+            self._stats.inc_value(f"robotstxt/response_status_count/{response.status}")
+            message = f"robots.txt of {netloc} answered {response.status}"
+            self._disallow_all(netloc, "refused", f"{message} (RFC 9309: disallow all)", message)
+            return
+        if response.status >= 400:  # RFC 9309 2.3.1.3: no robots.txt, no rules (not the error page's text)
+            response = response.replace(body=b"")
+        await super()._parse_robots(response, netloc, request)
+
+    def _robots_error(self, exc: Exception, netloc: str) -> None:
+        url = f"{self._schemes.get(netloc, 'https')}://{netloc}/robots.txt"
+        self._stats.inc_value(f"robotstxt/exception_count/{type(exc)}")
+        group, cause = classify_failure(exc, url)
+        if group != "unreachable":  # refused before it was sent (e.g. a redirect off the site)
+            group, cause = "refused", f"robots.txt of {netloc} could not be read: {cause}"
+        self._disallow_all(netloc, group, cause, f"robots.txt of {netloc} unreachable ({cause})")
+
+    def _disallow_all(self, netloc: str, group: str, cause: str, message: str) -> None:
+        """Refuse every request to ``netloc`` from now on, and stop the crawl cleanly."""
+        blocked = RefusedRequest(group, cause)
+        waiting = self._parsers.get(netloc)
+        self._parsers[netloc] = blocked  # type: ignore[assignment] - process_request_2 knows it
+        if isinstance(waiting, Deferred):
+            waiting.callback(blocked)
+        reason = "robots_unreachable" if group == "unreachable" else "robots_5xx"
+        stop = getattr(self.crawler.spider, "stop_cleanly", None)
+        if stop is not None:
+            stop(reason, f"{message}: RFC 9309 says treat as disallow; crawl stopped")
+        else:
+            deferred_from_coro(self.crawler.engine.close_spider_async(reason=reason))

@@ -14,6 +14,12 @@ The spider counts per source (a keyword or a category id) under Scrapy stats nam
 - ``refused``: its requests that got no usable answer (HTTP error, robots.txt, connection error);
 - ``more_pages``: 1 when ``--max-pages`` cut its listing short.
 
+Requests off the site are refused and counted under ``shoesearch/offsite/<kind>`` (``link``: a page
+linked off the site, the canonical JD URL was requested instead; ``redirect``: a redirect leaving the
+site, dropped; ``request``: any other download; ``image``: a gallery photo off the image CDN, left
+out). A stop by robots.txt (RFC 9309: 5xx or no answer = disallow all) is ``shoesearch/stopped/robots_5xx``
+or ``robots_unreachable`` (the latter only once a page was parsed: before that, the crawl reached no site).
+
 A failed request is also counted by cause, ``shoesearch/request_failed/<group>/<cause>`` (group
 ``unreachable`` for network errors, ``refused`` for answers that were errors). A crawl that parsed no
 listing page at all has failed; :func:`crawl_failure` says why in one line. The stats file
@@ -30,6 +36,7 @@ from urllib.parse import urlsplit
 
 SOURCE_PREFIX = "shoesearch/source/"
 FAILED_PREFIX = "shoesearch/request_failed/"
+OFFSITE_PREFIX = "shoesearch/offsite/"
 FAILURE_STAT = "shoesearch/failure"  # the one-line failure, read by ``crawlers/commands/crawl.py``
 COUNTERS = ("pages", "listed", "new", "written", "unchanged", "resumed", "duplicates", "over_limit",
             "parse_failed", "refused")
@@ -79,6 +86,8 @@ def classify_failure(exc: BaseException, url: str) -> tuple[str, str]:
     def wrapped(*names):
         return tuple(getattr(scrapy_errors, n) for n in names if hasattr(scrapy_errors, n))
 
+    if isinstance(getattr(exc, "group", None), str) and isinstance(getattr(exc, "cause", None), str):
+        return exc.group, exc.cause  # refused before it was sent (crawlers/middlewares.py says why)
     host, host_port = _host_port(url)
     if isinstance(exc, HttpError):
         return "refused", f"HTTP {exc.response.status} from {host_port}"
@@ -169,6 +178,10 @@ def _accounting(s: dict) -> str:
     parts += [f"{s['products_unchanged']} unchanged since the last crawl"] if s["products_unchanged"] else []
     parts += [f"{resumed} written by an earlier attempt"] if resumed else []
     parts += [f"{lost} not written (parse failures or refused requests, see the table)"] if lost > 0 else []
+    offsite = s.get("offsite_refused") or {}
+    if offsite:
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(offsite.items()))
+        parts += [f"{sum(offsite.values())} off-site URLs refused ({kinds})"]
     return ", ".join(parts)
 
 

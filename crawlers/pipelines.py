@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from scrapy import Request
-from scrapy.exceptions import DropItem
+from scrapy.exceptions import DropItem, IgnoreRequest
 from scrapy.pipelines.media import MediaPipeline
 
 from crawlers.config import crawl_settings_from
@@ -35,8 +35,8 @@ def _failure_status(exc: BaseException) -> tuple[str, str]:
         return "too_large", f"download cancelled: {exc or name}"
     if "Timeout" in name:
         return "timeout", f"{name}: {exc}"
-    if name == "IgnoreRequest":
-        return "refused", f"request ignored (robots.txt or offsite): {exc}"
+    if isinstance(exc, IgnoreRequest):
+        return "refused", f"request refused (robots.txt or off the site): {exc}"
     return "download_failed", f"{name}: {exc}"
 
 

@@ -16,6 +16,10 @@ COMMANDS_MODULE = "crawlers.commands"  # `scrapy crawl` exits non-zero when it r
 globals().update(scrapy_settings(Settings.load()))
 
 DOWNLOADER_MIDDLEWARES = {
+    "scrapy.downloadermiddlewares.offsite.OffsiteMiddleware": None,
+    "crawlers.middlewares.SiteOnlyMiddleware": 50,  # nothing off the site (its slot: before robots.txt)
+    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "crawlers.middlewares.Rfc9309RobotsTxtMiddleware": 100,  # robots.txt 5xx/unreachable = disallow all
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "crawlers.middlewares.BackoffRetryMiddleware": 550,  # Scrapy's retry slot, with backoff
 }

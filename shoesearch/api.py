@@ -3,17 +3,31 @@
 ``POST /search`` (multipart field ``photo``, query ``k``) -> JSON products; ``GET /`` an upload page;
 ``POST /`` the same page with results; ``GET /photos/<path>`` stored photos; ``GET /health``.
 Bad uploads get a 4xx with a clear message; nothing a client sends can stop the server.
+
+What one client can hold is bounded (``api.*`` settings): a request body is counted as it streams,
+whatever its framing, and refused past the upload limit before the form parser spools it
+(:class:`BodyGuard`); a request head and a body must arrive in time (:func:`head_deadline_protocol`,
+:class:`BodyGuard`); idle keep-alive connections close; open connections are capped (503 beyond).
+Responses name no server paths: photos are ``/photos/<relative path>`` URLs, non-web product URLs
+(``file://`` of an ingested folder) are left out, error messages have paths replaced.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
+import logging
+import re
+from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from shoesearch.errors import ShoesearchError
-from tasks.search import BadPhoto, decode_photo, get_searcher, upload_limits
+from tasks.search import BadPhoto, check_photo, get_searcher, upload_limits
+
+log = logging.getLogger(__name__)
 
 # Image-store verdicts -> HTTP status of the refusal.
 STATUS_FOR = {
@@ -21,9 +35,137 @@ STATUS_FOR = {
     "not_image": 415, "too_large": 413, "bomb": 413,
 }
 READ_CHUNK = 1 << 20
-
-
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # form framing allowed on top of the photo itself
+MAX_PHOTO_PATH = 1024  # longest /photos/ path served (stored photos are "aa/<sha1>.ext", 47 characters)
+HIT_FIELDS = ("rank", "product_id", "score", "title", "brand", "price", "url", "image_id", "photo_path")
+ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/[^\s'\"]+")  # a server path in a message (not a URL's path)
+
+
+class BodyRefused(HTTPException):
+    """A request body refused while it streams (413 over the limit, 408 too slow); the connection closes."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(status, detail, headers={"Connection": "close"})
+
+
+class BodyGuard:
+    """ASGI middleware bounding every request body as it streams, whatever its framing (Content-Length or
+    chunked): past ``photo_limit`` + :data:`MULTIPART_OVERHEAD_BYTES` bytes -> 413, not complete
+    ``timeout_s`` after the request head -> 408 (uvicorn has no read timeout), both with ``Connection:
+    close``, so the rest of the body is never read. A declared Content-Length over the limit is refused
+    before any of the body is read."""
+
+    def __init__(self, app, photo_limit: int, timeout_s: float):
+        self.app, self.photo_limit, self.timeout_s = app, photo_limit, timeout_s
+        self.limit = photo_limit + MULTIPART_OVERHEAD_BYTES
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            refusal = BodyRefused(413, f"too_large: request of {int(length)} bytes > the "
+                                       f"{self.photo_limit}-byte photo limit")
+            return await _refuse(refusal, scope, receive, send)
+        started = False
+
+        async def sending(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, self._guarded(receive), sending)
+        except BodyRefused as exc:  # raised where no handler turned it into a response
+            if started:
+                raise
+            await _refuse(exc, scope, receive, send)
+
+    def _guarded(self, receive):
+        """``receive`` counting body bytes against the limit and waiting no longer than the body deadline."""
+        loop = asyncio.get_running_loop()
+        deadline, received, done = loop.time() + self.timeout_s, 0, False
+
+        async def guarded():
+            nonlocal received, done
+            if done:  # the body is in: later receives wait for a disconnect, for as long as it takes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
+            except asyncio.TimeoutError:
+                raise BodyRefused(408, f"timeout: the request body did not arrive in {self.timeout_s:g} s") from None
+            if message["type"] != "http.request":
+                done = True
+                return message
+            received += len(message.get("body", b""))
+            done = not message.get("more_body", False)
+            if received > self.limit:
+                raise BodyRefused(413, f"too_large: request body over the {self.photo_limit}-byte photo limit")
+            return message
+
+        return guarded
+
+
+async def _refuse(exc: HTTPException, scope, receive, send) -> None:
+    await JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)(scope, receive, send)
+
+
+def head_deadline_protocol(timeout_s: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request head (request line and headers) is not
+    complete ``timeout_s`` after the connection opened or after the head's first byte arrived. uvicorn
+    has no such deadline (its keep-alive timer, which closes idle connections between requests, stops at
+    the first byte received), so a client sending half a head, or nothing, would otherwise hold the
+    connection (and a ``limit_concurrency`` slot) for ever."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadlineProtocol(H11Protocol):
+        head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self.head_timer is None and self._between_requests():  # the first byte of a new head
+                self._arm()
+            super().data_received(data)
+
+        def handle_events(self) -> None:
+            cycle = self.cycle
+            super().handle_events()
+            if self.cycle is not cycle:  # a head arrived: the app has the request (BodyGuard times its body)
+                self._disarm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self.head_timer = self.loop.call_later(timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def _between_requests(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _expire(self) -> None:
+            self.head_timer = None
+            if self._between_requests() and not self.transport.is_closing():
+                self.logger.info("closing a connection from %s: no complete request head within %g s",
+                                 self.client and self.client[0], timeout_s)
+                try:
+                    self.conn.send(h11.ConnectionClosed())
+                except h11.LocalProtocolError:
+                    pass
+                self.transport.close()
+
+    return HeadDeadlineProtocol
+
 
 def _read_limited(upload: UploadFile, limit: int) -> bytes:
     """The upload's bytes, refusing (413) as soon as it exceeds ``limit`` without reading the rest."""
@@ -36,45 +178,73 @@ def _read_limited(upload: UploadFile, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def public_message(message: str, home: Path) -> str:
+    """``message`` without server paths (the data home, then any other absolute path)."""
+    return ABSOLUTE_PATH.sub("<path>", message.replace(str(home), "<home>"))
+
+
+def public_hit(hit) -> dict:
+    """A search hit as the API shows it: the served photo URL, and the product URL only if it is a web URL."""
+    out = {name: getattr(hit, name) for name in HIT_FIELDS}
+    if not (out["url"] or "").startswith(("http://", "https://")):
+        out["url"] = None  # a file:// URL of an ingested folder names a server path and opens nothing
+    out["photo_url"] = "/photos/" + quote(hit.photo_path)
+    return out
+
+
+def photo_target(root: Path, path: str) -> Path | None:
+    """The stored photo that a ``/photos/`` path names, or None (absolute, ``..``, NUL or control
+    characters, over-long, outside the images directory, missing): the filesystem is asked nothing
+    about a malformed name, and nothing it answers becomes a 500."""
+    parts = path.split("/")
+    if (len(path) > MAX_PHOTO_PATH or "\\" in path
+            or any(p in ("", ".", "..") or len(p.encode()) > 255 or not p.isprintable() for p in parts)):
+        return None
+    try:
+        target = (root / path).resolve()
+        return target if target.is_relative_to(root) and target.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def search_upload(settings, limits, upload: UploadFile | None, k: int) -> dict:
+    """The JSON answer for an uploaded photo: checked from its header, then decoded once (at most
+    ``api.max_decodes`` at a time) and searched; refusals are HTTP errors without server paths."""
+    if upload is None:
+        raise HTTPException(400, "send the photo as multipart form field 'photo'")
+    if not 1 <= k <= settings.api.max_k:
+        raise HTTPException(422, f"k must be between 1 and {settings.api.max_k}")
+    data = _read_limited(upload, limits.max_bytes)
+    try:
+        check_photo(data, limits)
+        try:
+            searcher = get_searcher(settings)
+        except ShoesearchError as exc:
+            log.warning("search unavailable: %s", exc)
+            raise HTTPException(503, public_message(str(exc), settings.home)) from None
+        query = searcher.photo_tensor(data, limits, settings.api.max_decodes)
+    except BadPhoto as exc:
+        raise HTTPException(STATUS_FOR.get(exc.status, 400), f"{exc.status}: {exc.reason}") from None
+    hits = searcher.search(query, k)
+    return {"index_id": searcher.index_id, "model_id": searcher.model_id, "results": [public_hit(h) for h in hits]}
+
+
 def create_app(settings) -> FastAPI:
     """The API for one data home; the index and model are loaded on the first search."""
     app = FastAPI(title="shoesearch", description="Search shoe products by photo.")
     limits = upload_limits(settings)
+    app.add_middleware(BodyGuard, photo_limit=limits.max_bytes, timeout_s=settings.api.body_timeout_s)
+    images_root = settings.images_dir.resolve()
 
     def run_search(upload: UploadFile | None, k: int) -> dict:
-        if upload is None:
-            raise HTTPException(400, "send the photo as multipart form field 'photo'")
-        if not 1 <= k <= settings.api.max_k:
-            raise HTTPException(422, f"k must be between 1 and {settings.api.max_k}")
-        data = _read_limited(upload, limits.max_bytes)
-        try:
-            image = decode_photo(data, limits)
-        except BadPhoto as exc:
-            raise HTTPException(STATUS_FOR.get(exc.status, 400), f"{exc.status}: {exc.reason}") from None
-        try:
-            searcher = get_searcher(settings)
-        except ShoesearchError as exc:
-            raise HTTPException(503, str(exc)) from None
-        hits = searcher.search(image, k)
-        return {
-            "index_id": searcher.index_id,
-            "model_id": searcher.model_id,
-            "results": [{**h.as_dict(), "photo_url": f"/photos/{h.photo_path}"} for h in hits],
-        }
-
-    @app.middleware("http")
-    async def refuse_oversized_bodies(request: Request, call_next):
-        length = request.headers.get("content-length", "")
-        if request.method == "POST" and length.isdigit() and int(length) > limits.max_bytes + MULTIPART_OVERHEAD_BYTES:
-            return JSONResponse({"error": f"too_large: request of {length} bytes > the {limits.max_bytes}-byte photo limit"},
-                                status_code=413)
-        return await call_next(request)
+        return search_upload(settings, limits, upload, k)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         if request.url.path == "/" and request.method == "POST":
-            return HTMLResponse(_page(error=str(exc.detail)), status_code=exc.status_code)
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+            return HTMLResponse(_page(error=str(exc.detail)), status_code=exc.status_code,
+                                headers=exc.headers)
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/health")
     def health() -> dict:
@@ -96,10 +266,9 @@ def create_app(settings) -> FastAPI:
 
     @app.get("/photos/{path:path}")
     def photo_file(path: str) -> FileResponse:
-        root = settings.images_dir.resolve()
-        target = (root / path).resolve()
-        if not target.is_relative_to(root) or not target.is_file():
-            raise HTTPException(404, f"no photo {path!r}")
+        target = photo_target(images_root, path)
+        if target is None:
+            raise HTTPException(404, "no such photo")
         return FileResponse(target)
 
     return app
@@ -142,9 +311,19 @@ body {{ font-family: sans-serif; margin: 2em; max-width: 70em; }}
 </body></html>"""
 
 
+def server_config(settings, host: str | None = None, port: int | None = None, **extra):
+    """The uvicorn configuration the API runs with (also what the tests serve): keep-alive, connection
+    cap and request-head deadline from ``api.*``; ``extra`` goes to ``uvicorn.Config`` (e.g. log_level)."""
+    import uvicorn
+
+    a = settings.api
+    return uvicorn.Config(create_app(settings), host=host or a.host, port=port or a.port,
+                          http=head_deadline_protocol(a.header_timeout_s), timeout_keep_alive=a.keep_alive_s,
+                          limit_concurrency=a.max_connections, **{"log_level": "info", **extra})
+
+
 def serve(settings, host: str | None = None, port: int | None = None) -> None:
     """Run the API with uvicorn until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host or settings.api.host, port=port or settings.api.port,
-                log_level="info")
+    uvicorn.Server(server_config(settings, host, port)).run()

@@ -160,6 +160,17 @@ class ApiSettings:
     max_upload_pixels: int = 40_000_000  # decompression-bomb guard
     min_upload_side: int = 16  # smaller is not a photo of anything
     max_k: int = 100  # largest k a client may ask for
+    # What one client can hold (README "Search by photo"). A request body is counted as it streams, whatever
+    # its framing (Content-Length or chunked), and refused with 413 past max_upload_bytes + 64 KiB of form
+    # framing, before the form parser spools it to temporary files.
+    header_timeout_s: float = 10.0  # a request line + headers must be complete this long after the connection
+    # opened or the head's first byte, else the connection closes (idle between requests: keep_alive_s)
+    body_timeout_s: float = 60.0  # the whole body must arrive within this, else 408 (10 MB at 2 Mbit/s takes 40 s)
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this (uvicorn timeout_keep_alive)
+    max_connections: int = 32  # a request arriving with this many connections open gets 503 (uvicorn
+    # limit_concurrency): bounds the uploads held at once (32 x 10 MB in memory + 32 x 10 MB spooled)
+    max_decodes: int = 2  # query photos decoded at once; each holds its decoded frame until it is reduced
+    # (Pillow keeps RGB at 4 bytes/pixel: 160 MB at 40 Mpx; RGBA twice that); more would only queue on 2 cores
 
 
 @dataclass

@@ -45,7 +45,8 @@ from warehouse.runs import code_version
 from warehouse.store import atomic_write_text, file_lock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CLEAN_REASONS = ("finished", "captcha", "login_wall", "shutdown")  # JOBDIR state is consistent after these
+# JOBDIR state is consistent after these (a clean stop: the same crawl resumes from it)
+CLEAN_REASONS = ("finished", "captcha", "login_wall", "robots_5xx", "robots_unreachable", "shutdown")
 CHILD_STOP_TIMEOUT_S = 30  # grace for the spider to close cleanly before it is killed
 LOG_TAIL_CHARS = 3000  # of the spider's log, quoted when it fails
 
@@ -60,12 +61,19 @@ def _logger():
 
 
 def crawl_params(settings, site=None, keywords=None, categories=None, max_products=None, max_pages=None) -> dict:
-    """The crawl's effective parameters (arguments win over ``settings.crawl``), validated."""
+    """The crawl's effective parameters (arguments win over ``settings.crawl``), validated.
+
+    What to crawl is all or nothing: given ``keywords`` and/or ``categories`` (not None) are the whole
+    crawl (``--keyword K`` alone crawls only K); ``crawl.keywords``/``crawl.categories`` apply only when
+    neither is given.
+    """
     c = settings.crawl
+    if keywords is None and categories is None:
+        keywords, categories = c.keywords, c.categories
     params = {
         "site": (site if site is not None else c.site) or "",
-        "keywords": [k.strip() for k in (keywords if keywords is not None else c.keywords) if k.strip()],
-        "categories": [k.strip() for k in (categories if categories is not None else c.categories) if k.strip()],
+        "keywords": [k.strip() for k in keywords or [] if k.strip()],
+        "categories": [k.strip() for k in categories or [] if k.strip()],
         "max_products": int(max_products if max_products is not None else c.max_products),
         "max_pages": int(max_pages if max_pages is not None else c.max_pages),
     }

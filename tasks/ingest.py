@@ -21,6 +21,7 @@ from tqdm import tqdm
 from shoesearch.errors import ShoesearchError
 from tasks.imagestore import ImageLimits, store_image
 from warehouse import open_warehouse, start_run
+from warehouse.locks import step_lock
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 ROWS_PER_PART = 20_000  # images staged per Parquet part: bounded memory on big catalogues
@@ -71,9 +72,18 @@ def catalog_name(catalog_dir: Path, name: str | None) -> str:
 
 
 def ingest_catalog(settings, catalog_dir: str | Path, name: str | None = None) -> str:
-    """Load ``catalog_dir`` into products/images; returns the run id (the dataset version)."""
+    """Load ``catalog_dir`` into products/images; returns the run id (the dataset version).
+
+    One ingest at a time per home: a second one waits for the first, then finds what it loaded
+    unchanged (two at once would each write every product they both saw as new).
+    """
     catalog_dir = Path(catalog_dir)
-    products = catalog_products(catalog_dir)
+    products = catalog_products(catalog_dir)  # bad input is refused before the home is touched
+    with step_lock(settings.warehouse_dir, "ingest"):
+        return _ingest_locked(settings, catalog_dir, products, name)
+
+
+def _ingest_locked(settings, catalog_dir: Path, products: list[tuple[str, list[Path]]], name: str | None) -> str:
     labels = read_labels(catalog_dir)
     meta_path = catalog_dir / "products.json"
     metadata = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}

@@ -7,7 +7,8 @@ the default ``num_workers``. The forkserver is a clean single-threaded process t
 this module once (``set_forkserver_preload``), so each worker starts in milliseconds, and on CUDA it
 also avoids forking an initialised CUDA context.
 
-Datasets held in memory (the frozen-stage cache) are read in the main process: workers would only
+Every dataset a worker unpickles lives here (workers import only this light module, preloaded into the
+forkserver, not the task modules with Prefect and the warehouse). Datasets held in memory (the frozen-stage cache) are read in the main process: workers would only
 copy the tensors through pickling. A photo that cannot be read names the file and the cause;
 :func:`batches` turns a worker's wrapped error into one line (no worker traceback wall).
 """
@@ -80,6 +81,39 @@ class PhotoBytes(Dataset):
             return i, read_file(str(self.paths[i]))
         except RuntimeError as exc:
             raise PhotoError(f"cannot read photo {self.paths[i]}: {exc}") from exc
+
+
+class PhotoDataset(Dataset):
+    """Decoded, resized, normalised photos by index into a list of paths."""
+
+    reads_files = True
+
+    def __init__(self, settings, paths: list[str], image_size: int, mean, std):
+        self.root = settings.images_dir
+        self.paths = paths
+        self.max_pixels = settings.crawl.max_image_pixels
+        self.image_size, self.mean, self.std = image_size, mean, std
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        # The same preprocessing as embedding, indexing and search (long side scaled, padded square).
+        return read_photo(self.root / self.paths[i], self.image_size, self.mean, self.std, self.max_pixels)
+
+
+class TupleDataset(Dataset):
+    """The images of one mined tuple, stacked: (1 + P + N) x 3 x S x S."""
+
+    def __init__(self, photos: Dataset, tuples: list[list[int]]):
+        self.photos, self.tuples = photos, tuples
+        self.reads_files = reads_files(photos)  # photos: workers decode them; the frozen cache: in memory
+
+    def __len__(self) -> int:
+        return len(self.tuples)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.stack([self.photos[j] for j in self.tuples[i]])
 
 
 def reads_files(dataset: Dataset) -> bool:

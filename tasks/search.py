@@ -3,6 +3,10 @@
 The current index and its model are loaded once per process and reloaded only when the
 ``indexes/CURRENT`` pointer names another index, so a switch takes effect on the next query and a
 search never sees a half-built index (it holds the one it loaded).
+
+A query photo is preprocessed exactly as a catalogue photo is (``models.transforms.preprocess_path``,
+from its bytes: one decode, reduced while decoding, EXIF orientation applied), after a header-only
+check of its size, format and pixel count; at most ``api.max_decodes`` query photos decode at once.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from shoesearch.errors import ShoesearchError
-from tasks.imagestore import ImageLimits, inspect_image
+from tasks.imagestore import FORMATS, ImageLimits
 from tasks.index import INDEX_FILE, MAPPING_FILE, META_FILE, POINTER, PRODUCTS_FILE
 
 
@@ -34,8 +38,7 @@ class SearchHit:
     price: float | None
     url: str | None
     image_id: str
-    photo_path: str  # relative to the images directory
-    photo_file: str  # absolute path of that photo
+    photo_path: str  # relative to the images directory (the file is settings.images_dir / photo_path)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -46,13 +49,54 @@ def upload_limits(settings) -> ImageLimits:
     return ImageLimits(max_bytes=a.max_upload_bytes, max_pixels=a.max_upload_pixels, min_side=a.min_upload_side)
 
 
-def decode_photo(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Validate uploaded bytes (size, format, pixel count, completeness) and decode them as RGB."""
-    info = inspect_image(data, limits)
-    if info.status != "ok":
-        raise BadPhoto(info.status, info.reason or info.status)
-    with Image.open(io.BytesIO(data)) as img:
-        return img.convert("RGB")
+def check_photo(data: bytes, limits: ImageLimits) -> None:
+    """Refuse (:class:`BadPhoto`) what cannot be searched, from the size and the image header alone
+    (nothing is decoded): empty, too large, not an image we read, a decompression bomb, too small."""
+    n = len(data)
+    if n == 0:
+        raise BadPhoto("empty", "zero-byte upload")
+    if n > limits.max_bytes:
+        raise BadPhoto("too_large", f"{n} bytes > limit {limits.max_bytes}")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (w, h) = img.format, img.size
+    except UnidentifiedImageError:
+        head = data[:64].lstrip().lower()
+        raise BadPhoto("not_image", "content is HTML" if head.startswith((b"<!doctype", b"<html")) else
+                       "content is not an image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadPhoto("corrupt", f"does not decode: {exc}") from None
+    if fmt not in FORMATS:
+        raise BadPhoto("not_image", f"unsupported image format {fmt}")
+    if w * h > limits.max_pixels:
+        raise BadPhoto("bomb", f"{w}x{h} pixels > limit {limits.max_pixels}")
+    if min(w, h) < limits.min_side:
+        raise BadPhoto("too_small", f"{w}x{h} < {limits.min_side} px")
+
+
+_DECODE_SLOTS: dict[int, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def decode_slots(n: int) -> threading.BoundedSemaphore:
+    """The process-wide semaphore allowing ``n`` query decodes in flight (one per distinct ``n``)."""
+    with _SLOTS_LOCK:
+        return _DECODE_SLOTS.setdefault(max(1, n), threading.BoundedSemaphore(max(1, n)))
+
+
+def photo_tensor(data: bytes, limits: ImageLimits, size: int, mean, std, slots: int):
+    """Checked photo bytes -> the normalised 3 x size x size tensor, by the catalogue's own preprocessing
+    (``models.transforms.preprocess_path``), waiting while ``slots`` other decodes are in flight: a
+    decode holds up to the full frame (3-4 bytes per pixel) until it is reduced."""
+    from models import transforms
+
+    with decode_slots(slots):
+        try:
+            return transforms.preprocess_path(data, size, mean, std, limits.max_pixels)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is the photo's fault: one line
+            raise BadPhoto("corrupt", f"does not decode: {type(exc).__name__}: {exc}") from None
 
 
 class BadPhoto(ShoesearchError):
@@ -102,10 +146,21 @@ class Searcher:
         from models.transforms import preprocess
 
         e = self.embedder
-        batch = torch.stack([preprocess(img.convert("RGB"), e.image_size, e.mean, e.std) for img in images])
+        return self.embed_tensors(torch.stack([preprocess(img.convert("RGB"), e.image_size, e.mean, e.std)
+                                               for img in images]))
+
+    def embed_tensors(self, batch) -> np.ndarray:
+        """L2-normalised descriptors (n x d float32) of a batch of preprocessed photos (n x 3 x s x s)."""
+        import torch
+
         with self._lock, torch.inference_mode():
-            out = e(batch.to(self.device))
+            out = self.embedder(batch.to(self.device))
         return np.ascontiguousarray(out.float().cpu().numpy(), dtype=np.float32)
+
+    def photo_tensor(self, data: bytes, limits: ImageLimits, slots: int):
+        """Checked query photo bytes -> this model's input tensor (see :func:`photo_tensor`)."""
+        e = self.embedder
+        return photo_tensor(data, limits, e.image_size, e.mean, e.std, slots)
 
     def search_vectors(self, queries: np.ndarray, k: int) -> list[list[SearchHit]]:
         """Top-``k`` products per query vector, deduplicated by product (best photo's score)."""
@@ -119,7 +174,6 @@ class Searcher:
             fetch = min(fetch * 4, self.index.ntotal)  # many photos per product: look deeper
 
     def _top_products(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[list[SearchHit]]:
-        images_dir = self.settings.images_dir
         results = []
         for score_row, id_row in zip(scores, rows):
             hits, seen = [], set()
@@ -135,15 +189,17 @@ class Searcher:
                     rank=len(hits) + 1, product_id=product_id, score=float(score),
                     title=product.get("title"), brand=product.get("brand"), price=product.get("price"),
                     url=product.get("url"), image_id=self.image_ids[row], photo_path=self.paths[row],
-                    photo_file=str(images_dir / self.paths[row]),
                 ))
                 if len(hits) == k:
                     break
             results.append(hits)
         return results
 
-    def search(self, photo: Image.Image, k: int) -> list[SearchHit]:
-        return self.search_vectors(self.embed([photo]), k)[0]
+    def search(self, photo, k: int) -> list[SearchHit]:
+        """The top ``k`` products for a PIL image or a tensor from :meth:`photo_tensor`."""
+        if isinstance(photo, Image.Image):
+            return self.search_vectors(self.embed([photo]), k)[0]
+        return self.search_vectors(self.embed_tensors(photo.unsqueeze(0)), k)[0]
 
 
 _SEARCHERS: dict[str, Searcher] = {}
@@ -189,13 +245,17 @@ def check_k(settings, k: int | None) -> int:
 
 
 def search(settings, photo: str | Path | bytes | Image.Image, k: int | None = None) -> list[SearchHit]:
-    """The top ``k`` products (default ``index.search_k``) for a photo (path, bytes or PIL image)."""
+    """The top ``k`` products (default ``index.search_k``) for a photo (path, bytes or PIL image); a file or
+    bytes are checked and preprocessed as the HTTP API does it (:func:`check_photo`, :func:`photo_tensor`)."""
     k = check_k(settings, k)
     if isinstance(photo, (str, Path)):
         path = Path(photo)
         if not path.is_file():
             raise ShoesearchError(f"no such photo: {path}")
         photo = path.read_bytes()
-    if isinstance(photo, bytes):
-        photo = decode_photo(photo, upload_limits(settings))
-    return get_searcher(settings).search(photo, k)
+    if isinstance(photo, Image.Image):
+        return get_searcher(settings).search(photo, k)
+    limits = upload_limits(settings)
+    check_photo(photo, limits)
+    searcher = get_searcher(settings)
+    return searcher.search(searcher.photo_tensor(photo, limits, settings.api.max_decodes), k)

@@ -39,7 +39,7 @@ from models.loss import WeakTripletLoss
 from models.netvlad_model import FromFrozen, ModelConfig, NetVLADModel, load_checkpoint, save_checkpoint
 from shoesearch.errors import ShoesearchError
 from tasks.kmeans import model_of_run
-from tasks.loading import reads_files
+from tasks.loading import TupleDataset
 from tasks.train_data import PhotoDataset, PhotoSet, embed_dataset, load_photos, loader, pick_device
 from warehouse import latest_run, open_warehouse, start_run
 
@@ -80,20 +80,6 @@ def mine_tuples(queries: list[int], products: list[str], cache: dict[int, torch.
         negatives = [hardest[j % len(hardest)] for j in range(hard_negatives)]
         tuples.append([q, *positives, *negatives])
     return tuples
-
-
-class TupleDataset(Dataset):
-    """The images of one mined tuple, stacked: (1 + P + N) x 3 x S x S."""
-
-    def __init__(self, photos: PhotoDataset, tuples: list[list[int]]):
-        self.photos, self.tuples = photos, tuples
-        self.reads_files = reads_files(photos)  # photos: workers decode them; the frozen cache: in memory
-
-    def __len__(self) -> int:
-        return len(self.tuples)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.stack([self.photos[j] for j in self.tuples[i]])
 
 
 class _Rows(Dataset):

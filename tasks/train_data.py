@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from shoesearch.errors import ShoesearchError
-from tasks.loading import batches, make_loader, read_photo
+from tasks.loading import PhotoDataset, batches, make_loader  # noqa: F401 - PhotoDataset is used from here
 from warehouse import latest_run
 
 PHOTO_SETS = ("auto", "raw", "denoised")
@@ -79,25 +79,6 @@ def load_photos(wh, split_run_id: str, photos: str = "auto", splits: tuple[str, 
                     used, denoise_run)
 
 
-
-
-class PhotoDataset(Dataset):
-    """Decoded, resized, normalised photos by index into a list of paths."""
-
-    reads_files = True
-
-    def __init__(self, settings, paths: list[str], image_size: int, mean, std):
-        self.root = settings.images_dir
-        self.paths = paths
-        self.max_pixels = settings.crawl.max_image_pixels
-        self.image_size, self.mean, self.std = image_size, mean, std
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        # The same preprocessing as embedding, indexing and search (long side scaled, padded square).
-        return read_photo(self.root / self.paths[i], self.image_size, self.mean, self.std, self.max_pixels)
 
 
 def pick_device(requested: str) -> torch.device:

@@ -2,6 +2,7 @@
 
 * a missing (mistyped) home is refused with one line and is not created; writers still create it,
 * ``sql`` reports a syntax error as one, and refuses anything but one read-only query,
+* ``sql`` reads no file outside the warehouse and cannot forge a batch inside it (live or ``--snapshot``),
 * ``search -k`` is bounded like the HTTP API (1..``api.max_k``).
 """
 
@@ -153,10 +154,104 @@ def test_sql_refuses_anything_but_one_read_only_query(query, message, empty_home
     "SELECT 1 AS n", "WITH x AS (SELECT 1 AS n) SELECT n FROM x", "FROM products", "DESCRIBE products",
     "SHOW TABLES", "SUMMARIZE runs", "VALUES (1)", "TABLE products", "(SELECT 1)", "EXPLAIN SELECT 1",
     "EXPLAIN ANALYZE SELECT count(*) FROM images", "-- why\nSELECT 1;", "PIVOT (VALUES ('a', 1)) t(k, v) ON k",
+    # the README's analyst queries (the connection is confined to the warehouse: the views still read it)
+    "SELECT p.brand, count(*) AS photos, round(avg(d.kept::INT), 3) AS kept_rate FROM images_current i "
+    "JOIN denoise_current d USING (image_key) JOIN products_current p ON p.product_key = i.product_key "
+    "GROUP BY 1 ORDER BY 2 DESC",
+    "SELECT * FROM runs ORDER BY started_at DESC LIMIT 5", "SELECT step, status, count(*) FROM runs GROUP BY ALL",
+    "SELECT count(*) FROM glob('{warehouse}/products/*')",
 ])
 def test_sql_runs_read_only_queries(query, empty_home, tmp_path):
+    query = query.replace("{warehouse}", str(empty_home / "warehouse"))
     res = run_cli("sql", query, "--format", "csv", cwd=tmp_path, home=empty_home)
     assert res.returncode == 0 and res.stdout.strip(), (query, res.stderr)
+
+
+@pytest.fixture
+def snapshot_home(empty_home, tmp_path) -> Path:
+    res = run_cli("catalog", "--snapshot", cwd=tmp_path, home=empty_home)
+    assert res.returncode == 0, res.stderr
+    return empty_home
+
+
+def outside_files(tmp_path: Path) -> dict[str, Path]:
+    """Files a query must not read: outside the home, and inside the home but outside its warehouse."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir(exist_ok=True)
+    secret.write_text("password=hunter2\n")
+    pq.write_table(pa.table({"password": ["hunter2"]}), secret.with_suffix(".parquet"))
+    return {"secret": secret, "parquet": secret.with_suffix(".parquet")}
+
+
+FILE_READS = [
+    "SELECT * FROM read_csv('/etc/passwd', sep=':')",
+    "SELECT * FROM read_text('/etc/passwd')",
+    "SELECT * FROM glob('/root/**')",
+    "SELECT * FROM read_text('{secret}')",
+    "SELECT * FROM read_blob('{secret}')",
+    "SELECT * FROM read_parquet('{parquet}')",
+    "FROM '{parquet}'",
+    "SELECT * FROM glob('{secret_dir}/*')",
+    "SELECT * FROM read_text('{home}/catalog.sql')",  # in the home, not in its warehouse
+    "SELECT * FROM read_text('{home}/warehouse/../catalog.sql')",
+    "SELECT * FROM read_csv('https://example.com/x.csv')",
+]
+
+
+@pytest.mark.parametrize("snapshot", [False, True], ids=["live", "snapshot"])
+@pytest.mark.parametrize("query", FILE_READS)
+def test_sql_reads_no_file_outside_the_warehouse(query, snapshot, snapshot_home, tmp_path):
+    files = outside_files(tmp_path)
+    query = query.format(secret=files["secret"], parquet=files["parquet"], secret_dir=files["secret"].parent,
+                         home=snapshot_home)
+    argv = ["sql", *(["--snapshot"] if snapshot else []), query]
+    error = one_line_error(run_cli(*argv, cwd=tmp_path, home=snapshot_home))
+    assert error.startswith("query failed: Permission Error: "), error
+    assert "shoesearch sql reads " in error and "hunter2" not in error and "root:" not in error
+
+
+def test_sql_connection_cannot_lift_its_confinement(empty_home):
+    """Engine level, beneath the parser check: the settings are locked once the views exist."""
+    import duckdb
+
+    from shoesearch.settings import Settings
+    from warehouse import open_warehouse
+
+    con = open_warehouse(Settings.load(home=empty_home)).connect(confined=True)
+    for setting in ("SET enable_external_access = true", "SET allowed_directories = ['/']",
+                    "SET lock_configuration = false", "RESET enable_external_access"):
+        with pytest.raises(duckdb.Error, match="locked"):
+            con.execute(setting)
+    with pytest.raises(duckdb.PermissionException):
+        con.execute("SELECT * FROM read_text('/etc/passwd')")
+    assert con.execute("SELECT count(*) FROM products_current").fetchone() == (0,)
+
+
+FORGERIES = [  # each would add a batch of products if it ran
+    "COPY (SELECT 'forged:1' AS product_id, 'catalog' AS source) TO '{batch}/part-0.parquet' (FORMAT parquet)",
+    "SELECT 1; COPY (SELECT 'forged:1' AS product_id) TO '{batch}/part-0.parquet' (FORMAT parquet)",
+    "EXPLAIN ANALYZE COPY (SELECT 'forged:1' AS product_id) TO '{batch}/part-0.parquet' (FORMAT parquet)",
+    "COPY (SELECT 'forged:1' AS product_id) TO '{batch}' (FORMAT parquet, PARTITION_BY (product_id))",
+    "SELECT 1; ATTACH '{batch}.duckdb' AS forged; CREATE TABLE forged.t AS SELECT 1",
+    "EXPORT DATABASE '{batch}' (FORMAT parquet)",
+]
+
+
+@pytest.mark.parametrize("snapshot", [False, True], ids=["live", "snapshot"])
+@pytest.mark.parametrize("query", FORGERIES)
+def test_sql_cannot_forge_a_batch(query, snapshot, snapshot_home, tmp_path):
+    products = snapshot_home / "warehouse" / "products"
+    before = sorted(p.name for p in products.iterdir())
+    argv = ["sql", *(["--snapshot"] if snapshot else []), query.format(batch=products / "batch-zz")]
+    error = one_line_error(run_cli(*argv, cwd=tmp_path, home=snapshot_home))
+    assert "read-only" in error or "one query at a time" in error, error
+    assert sorted(p.name for p in products.iterdir()) == before
+    counted = run_cli("sql", "SELECT count(*) AS n FROM products", "--format", "csv", cwd=tmp_path,
+                      home=snapshot_home)
+    assert counted.stdout.split() == ["n", "0"], counted.stderr
 
 
 def test_sql_empty_query_is_refused(empty_home, tmp_path):

@@ -175,3 +175,33 @@ def test_a_second_crawl_of_the_same_job_is_refused_while_one_runs(settings):
     with file_lock(job.dir.with_name(job.dir.name + ".lock")):
         with pytest.raises(ShoesearchError, match="another crawl with the same parameters"):
             crawl(settings, site=site, keywords=["鞋"], categories=[], max_products=5, max_pages=1)
+
+
+def test_crawl_fetches_nothing_off_the_site(crawl_settings, make_shop):
+    """Links to a local file or another host, a redirect off the site, an item page naming another SKU and
+    a photo on another host (the shop's escape faults): nothing of them becomes a product or a photo, the
+    other host is never contacted, and each is counted. "Another host" is another port of 127.0.0.1:
+    with --site the site is one host:port."""
+    from collections import Counter
+
+    from crawlers.outcome import shortfall_reason
+
+    shop = make_shop(faults="file_link=6,offsite_link=6,offsite_redirect=6,sku_swap=6,offsite_image=6", n=12)
+    manifest = _manifest(shop)
+    s = crawl_summary(crawl_settings, crawl(crawl_settings, site=shop.url, keywords=["鞋"], categories=[]))
+    wh = open_warehouse(crawl_settings)
+    expected = {p["sku"]: [(g["position"], g["sha1"], "ok") for g in p["gallery"]]
+                for p in manifest["products"] if p["expected"] == "written"}
+    assert _galleries(wh) == expected  # no decoy jd:7007, nothing under a swapped SKU, no photo off the CDN
+    titles = [r["title"] for r in wh.query("SELECT title FROM products").to_pylist()]
+    assert not [t for t in titles if t.startswith(("[offsite]", "[local file]"))]
+    assert "offsite_requests" not in httpx.get(f"{shop.url}/_shop/stats.json").json()  # never contacted
+    n = Counter(p["escape"] for p in manifest["products"])
+    assert s["offsite_refused"] == {"link": n["file_link"] + n["offsite_link"], "redirect": n["offsite_redirect"],
+                                    "image": n["offsite_image"]}
+    assert s["parse_failures"] == {"sku_mismatch": n["sku_swap"]}
+    assert s["products_written"] == len(expected) == 12 - n["offsite_redirect"] - n["sku_swap"]
+    row = s["sources"][0]
+    assert (row["refused"], row["parse_failed"]) == (n["offsite_redirect"], n["sku_swap"])
+    refused = sum(s["offsite_refused"].values())
+    assert f"{refused} off-site URLs refused (image: 2, link: 4, redirect: 2)" in shortfall_reason(s)

@@ -212,3 +212,60 @@ def test_failed_requests_are_named_by_cause():
         "unreachable", "no network: 10.1.2.3:80 is unreachable")
     group, cause = classify_failure(CannotResolveHostError("no results"), "http://no-such-host.invalid/")
     assert group == "unreachable" and cause.startswith("DNS lookup failed for no-such-host.invalid: ")
+
+
+def test_robots_txt_answering_5xx_stops_the_crawl_and_4xx_allows(tmp_path, make_shop, crawl_settings):
+    """RFC 9309: a robots.txt answering 5xx (after retries) means "disallow all": `shoesearch crawl` fetches
+    nothing but robots.txt, says why and exits non-zero (3: stopped early, resumable). 4xx: no rules."""
+    shop = make_shop(n=4, faults="robots5xx")
+    home = tmp_path / "cli-home"
+    res = _shoesearch(tmp_path, home, "crawl", "--site", shop.url, "--keyword", "鞋")
+    assert res.returncode == 3, res.stderr
+    host = shop.url.split("//", 1)[1]
+    message = f"robots.txt of {host} answered 503: RFC 9309 says treat as disallow; crawl stopped"
+    assert f"stopped early: {message}" in res.stdout
+    asked = httpx.get(f"{shop.url}/_shop/stats.json").json()
+    assert asked["robots_errors"] == 1 + DEFAULTS.retry_times  # retried first, like any 5xx
+    assert set(asked) == {"requests", "robots_errors"}  # nothing but robots.txt was fetched (no page)
+    wh = open_warehouse(Settings.load(home))
+    assert wh.query("SELECT count(*) n FROM products").to_pylist()[0]["n"] == 0
+    run = wh.query("SELECT status, message FROM runs").to_pylist()[0]
+    assert run["status"] == "success" and message in run["message"]
+    # 404: there is no robots.txt, so there are no rules (its error page is not read as rules).
+    shop = make_shop(n=4, faults="robots4xx")
+    s = crawl_summary(crawl_settings, crawl(crawl_settings, site=shop.url, keywords=["鞋"], categories=[]))
+    assert s["finish_reason"] == "finished" and s["products_written"] == 4 and not s["stop_message"]
+    assert httpx.get(f"{shop.url}/_shop/stats.json").json()["robots_errors"] == 1
+
+
+def test_keyword_alone_crawls_only_that_keyword(tmp_path, make_shop, monkeypatch):
+    """`--keyword K` alone crawls K only (no category); `--category C` alone C only; both: both. The
+    settings' keywords/categories (here from the home's shoesearch.toml) apply only when neither is given."""
+    from tasks.crawl import crawl_params
+
+    shop = make_shop(n=12)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "shoesearch.toml").write_text('[crawl]\nkeywords = ["男鞋"]\ncategories = ["11729,11731"]\n')
+    res = _shoesearch(tmp_path, home, "crawl", "--site", shop.url, "--keyword", "靴子")
+    assert res.returncode == 0, res.stderr
+    rows = [line.split()[:2] for line in res.stdout.splitlines() if line.startswith(("keyword ", "category "))]
+    assert rows == [["keyword", "靴子"]]
+    assert "across 1 keyword and 0 categories" in res.stdout
+    wh = open_warehouse(Settings.load(home))
+    written = {r["sku"] for r in wh.query("SELECT sku FROM products").to_pylist()}
+    assert written == {p.sku for p in shop.state.search("靴子")} and len(written) == 2
+    monkeypatch.delenv("SHOESEARCH_HOME", raising=False)
+    settings = Settings.load(home)
+
+    def what(**kw):
+        params = crawl_params(settings, site=shop.url, **kw)
+        return params["keywords"], params["categories"]
+
+    assert what() == (["男鞋"], ["11729,11731"])  # neither flag: the settings
+    assert what(keywords=["靴子"]) == (["靴子"], [])
+    assert what(categories=["1318,12099,9756"]) == ([], ["1318,12099,9756"])
+    assert what(keywords=["靴子"], categories=["1318"]) == (["靴子"], ["1318"])
+    helptext = subprocess.run([str(BIN / "shoesearch"), "crawl", "--help"], capture_output=True, text=True,
+                              env=_env(tmp_path), cwd=tmp_path, timeout=120).stdout
+    assert "--keyword alone crawls no category" in " ".join(helptext.split())

@@ -187,3 +187,23 @@ def _assert_flow_runs_in_server(wh) -> None:
             return {(await client.read_flow((await client.read_flow_run(i)).flow_id)).name for i in ids}
 
     assert asyncio.run(names()) == {"denoise", "train"}  # the commands that run flows (embed/evaluate/index: none)
+
+
+def test_nightly_command_carries_set_into_every_step(tmp_path, make_shop, prefect_api_url):
+    """``shoesearch nightly --site`` with ``--set``: crawl (a subprocess of its own), embed, denoise
+    (a subflow), split, k-means, train, evaluate and index all ran with the values given, at the
+    default loader workers; Prefect's INFO lines stay off the terminal."""
+    from tests.fixtures_crawl import FAST_CRAWL
+
+    shop = make_shop(n=12)
+    home = tmp_path / "home"
+    fast = [f"{k}={v}" for k, v in FAST_CRAWL.items()]
+    done = shoesearch(*_sets(*fast, *SMALL_TRAIN, "train.epochs=1", "crawl.max_pages=2", "schedule.task_retries=0"),
+                      "nightly", "--site", shop.url, home=home, env={"PREFECT_API_URL": prefect_api_url})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| INFO" not in done.stderr and "| INFO" not in done.stdout
+    runs = _runs_since(home, set())
+    assert {"crawl", "embed", "denoise", "split", "kmeans", "train", "evaluate", "index"} <= {r["step"] for r in runs}
+    for run in runs:
+        recorded = json.loads(run["parameters"])["settings"]
+        assert (recorded["crawl.max_pages"], recorded["train.epochs"], recorded["embed.num_workers"]) == (2, 1, 2), run

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -154,3 +156,51 @@ def test_default_keywords_and_categories_list_products_the_way_jd_would(make_sho
         assert sorted(_listed(client, plain_site, keyword="运动鞋")) == skus
         assert sorted(_listed(client, plain_site, category="1318,12099,9756")) == skus
         assert _listed(client, plain_site, keyword="女鞋") == []
+
+
+ESCAPES = "file_link=6,offsite_link=6,offsite_redirect=6,sku_swap=6,offsite_image=6"
+
+
+def test_escape_and_robots_faults_over_http(make_shop, client):
+    """The faults that try to lead a crawler off the site, and robots.txt answering 5xx / 4xx."""
+    shop = make_shop(faults=ESCAPES, n=12)
+    site = jdsite.SiteMap(shop.url)
+    manifest = client.get(f"{shop.url}/_shop/manifest.json").json()
+    offsite = manifest["offsite_url"]
+    first = {}
+    for p in manifest["products"]:
+        first.setdefault(p["escape"], p)
+    assert [first[k]["expected"] for k in ("file_link", "offsite_link", "offsite_redirect", "sku_swap",
+                                           "offsite_image", None)] == [
+        "written", "written", "refused", "parse_failed", "written", "written"]
+    url = site.search_url("鞋", 1)
+    html = client.get(url).text
+    lazy = client.get(site.lazy_url("鞋", 1, [e.sku for e in jdsite.parse_listing(html)]),
+                      headers={"X-Requested-With": "XMLHttpRequest", "Referer": url}).text
+    href = {e.sku: e.url for e in jdsite.parse_listing(html) + jdsite.parse_listing(lazy)}
+    decoy = href[first["file_link"]["sku"]]
+    assert decoy.startswith("file://") and jdsite.parse_item(Path(urlsplit(decoy).path).read_bytes().decode("gbk")
+                                                             ).sku == manifest["decoy_sku"]
+    assert href[first["offsite_link"]["sku"]] == f"{offsite}/{first['offsite_link']['sku']}.html"
+    moved = client.get(site.item_url(first["offsite_redirect"]["sku"]))
+    assert moved.status_code == 302 and moved.headers["location"].startswith(offsite)
+    swapped = first["sku_swap"]
+    page = jdsite.parse_item(client.get(site.item_url(swapped["sku"])).content.decode("gbk"), swapped["sku"])
+    assert page.sku == swapped["claims_sku"] != swapped["sku"]
+    extra = first["offsite_image"]
+    page = jdsite.parse_item(client.get(site.item_url(extra["sku"])).content.decode("gbk"), extra["sku"], site)
+    assert page.gallery == [g["jfs"] for g in extra["gallery"]] and len(page.refused_photos) == 1
+    assert page.refused_photos[0].startswith(offsite)
+    assert client.get(f"{offsite}/{extra['sku']}.html").content.decode("gbk").count("[offsite] ") >= 1
+    assert client.get(f"{shop.url}/_shop/stats.json").json()["offsite_requests"] == 1  # the other host counts
+    # What is on the site: http(s) on JD's hosts (default port), or exactly the --site host:port.
+    jd = jdsite.SiteMap()
+    assert jd.refusal("https://img13.360buyimg.com/n1/jfs/t1/a.jpg") is None
+    assert jd.refusal("http://item.jd.com/1.html") is None
+    assert jd.refusal("file:///etc/passwd") and jd.refusal("https://item.jd.com:8443/1.html")
+    assert jd.refusal("https://jd.com.evil.example/1.html") and site.refusal("https://item.jd.com/1.html")
+    assert site.refusal(f"{shop.url}/1.html") is None and site.refusal(f"{offsite}/1.html")
+    for fault, status in (("robots5xx", 503), ("robots5xx=502", 502), ("robots4xx", 404)):
+        assert client.get(f"{make_shop(faults=fault, n=2).url}/robots.txt").status_code == status
+    with pytest.raises(ShoesearchError, match="an HTTP status in 500..599"):
+        Faults.parse("robots5xx=404")

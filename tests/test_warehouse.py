@@ -60,7 +60,7 @@ CRASH_SCRIPT = textwrap.dedent(
     txn.write("products", [{"product_id": "c:new", "source": "catalog"}])
     if sys.argv[2] == "after-commit-marker":
         # The COMMIT marker is written, the renames are not: recovery must roll forward.
-        W._roll_forward = lambda self, staged: None
+        W._roll_forward = lambda self, staged: os._exit(17)
         txn.commit()
     os._exit(17)  # a crash: no cleanup, no exception handling
     """

@@ -4,13 +4,13 @@ from shoesearch.errors import ShoesearchError
 from warehouse.runs import Run, latest_run, lineage, start_run, upstream_of
 from warehouse.schemas import TABLES
 from warehouse.store import (
-    SchemaError, Transaction, Warehouse, atomic_write_bytes, atomic_write_text, conform, key_of,
+    SchemaError, Transaction, TransactionLost, Warehouse, atomic_write_bytes, atomic_write_text, conform, key_of,
 )
 
 __all__ = [
-    "TABLES", "Run", "SchemaError", "Transaction", "Warehouse", "atomic_write_bytes", "atomic_write_text",
-    "MissingHome", "conform", "key_of", "latest_run", "lineage", "open_warehouse", "require_home", "start_run",
-    "upstream_of",
+    "TABLES", "Run", "SchemaError", "Transaction", "TransactionLost", "Warehouse", "atomic_write_bytes",
+    "atomic_write_text", "MissingHome", "conform", "key_of", "latest_run", "lineage", "open_warehouse", "require_home",
+    "start_run", "upstream_of",
 ]
 
 
@@ -45,7 +45,7 @@ def open_warehouse(settings, must_exist: bool = False) -> Warehouse:
     wh = Warehouse(settings.warehouse_dir)
     sql_path = settings.home / "catalog.sql"
     stale = not sql_path.exists() or wh.glob("runs") not in sql_path.read_text(encoding="utf-8")
-    if stale or not settings.catalog_path.exists():  # missing, or the home was moved / copied
+    if stale or wh.migrated or not settings.catalog_path.exists():  # missing, moved / copied, or upgraded
         write_catalog(wh, settings.catalog_path, sql_path)
     wh.effective_settings = settings.as_overrides()
     return wh

@@ -9,6 +9,7 @@ writer never holds a lock that an analyst would trip over.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -67,6 +68,25 @@ def view_statements(warehouse, materialize: bool = False) -> list[str]:
     for name, body in DERIVED_VIEWS.items():  # a snapshot stores these too: no work left at query time
         stmts.append(f"CREATE OR REPLACE {kind} {name} AS {' '.join(body.split())}")
     return stmts
+
+
+def confine(con, directories: list[Path]) -> None:
+    """Let ``con`` touch files only under ``directories`` (none: no files at all), for good.
+
+    ``enable_external_access = false`` stops every file, network and extension access; DuckDB's
+    ``allowed_directories`` (plus its own temp directory, set here to a private one under the system
+    temp folder) are the exceptions. The views read the tables at query time, so the warehouse
+    directory stays allowed; ``read_csv('/etc/passwd')``, ``read_text``, ``glob`` elsewhere fail with
+    a Permission Error. ``lock_configuration`` then makes any later ``SET`` fail: a query cannot undo it.
+    Writes are refused before this, by ``shoesearch sql``'s parser check (one SELECT-type statement).
+    """
+    spill = Path(tempfile.gettempdir()) / f"shoesearch-duckdb-{uuid.uuid4().hex[:12]}"
+    con.execute(f"SET temp_directory = {_sql_string(str(spill))}")
+    if directories:
+        listed = ", ".join(_sql_string(str(Path(d).resolve()).rstrip("/") + "/") for d in directories)
+        con.execute(f"SET allowed_directories = [{listed}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 def view_names() -> list[str]:

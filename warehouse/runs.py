@@ -9,6 +9,9 @@ Use :func:`start_run` around a step::
 On success the staged rows and the ``success`` row of ``runs`` are committed in one transaction;
 on an exception nothing staged becomes visible and a ``failed`` row records the error.
 Long steps call ``run.commit_chunk`` to make finished work durable so that a rerun resumes.
+While a run is ``running`` its process holds a lock on ``<warehouse>/_locks/run-<run_id>.lock``; the
+next run of any step but crawl (whose resume closes its own attempts) marks each ``running`` run whose
+lock it can take, i.e. whose process is gone (killed, out of memory, power loss), as ``failed``.
 Every run's ``parameters`` also hold ``settings``: every effective setting the step ran with
 (``Settings.as_overrides()``, recorded by ``open_warehouse``), so a figure can be traced to them.
 """
@@ -24,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from warehouse.locks import LOCKS_DIR, HeldLock, take_if_abandoned
 from warehouse.store import Warehouse
 
 _CODE_VERSION: str | None = None
@@ -91,6 +95,7 @@ class Run:
         self.started_at = now()
         self.message: str | None = None
         self.rows: dict[str, int] = {}
+        self._lock = HeldLock(run_lock_path(wh, self.run_id))  # held until the outcome is recorded
         self._txn = wh.begin(self.run_id)
 
     def add_inputs(self, *run_ids: str | None) -> None:
@@ -128,12 +133,54 @@ class Run:
         }
 
     def _finish(self, status: str, message: str | None) -> None:
-        if status == "success":
-            self._txn.write("runs", [self._row(status, message)])
-            self._txn.commit()
-        else:
-            self._txn.abort()
-            self.wh.write(self.run_id, {"runs": [self._row(status, message)]})
+        try:
+            if status == "success":
+                try:
+                    self._txn.write("runs", [self._row(status, message)])
+                    self._txn.commit()
+                    return
+                except Exception as exc:  # the commit itself failed (e.g. TransactionLost): say so in runs
+                    self._record_failed("".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000])
+                    raise
+            self._record_failed(message)
+        finally:
+            self._lock.release()  # after the outcome is committed: see mark_dead_runs
+
+    def _record_failed(self, message: str | None) -> None:
+        self._txn.abort()
+        self.wh.write(self.run_id, {"runs": [self._row("failed", message)]})
+
+
+def run_lock_path(wh: Warehouse, run_id: str) -> Path:
+    return wh.root / LOCKS_DIR / f"run-{run_id}.lock"
+
+
+def mark_dead_runs(wh: Warehouse, found_by: str, skip_steps: tuple[str, ...] = ("crawl",)) -> list[str]:
+    """Record as ``failed`` every ``running`` run whose process is gone (its lock can be taken).
+
+    Each is checked again once its lock is held: a run that finished meanwhile committed its outcome
+    before it let go of the lock. ``crawl`` is skipped: a resumed crawl closes its earlier attempts itself.
+    """
+    sql = "SELECT * FROM runs WHERE status = 'running'"
+    if skip_steps:
+        sql += f" AND step NOT IN ({','.join('?' for _ in skip_steps)})"
+    marked = []
+    for row in wh.query(sql, list(skip_steps)).to_pylist():
+        lock = take_if_abandoned(run_lock_path(wh, row["run_id"]))
+        if lock is None:  # its process holds it: still running
+            continue
+        try:
+            still = wh.query("SELECT status FROM runs WHERE run_id = ?", [row["run_id"]]).to_pylist()
+            if still and still[0]["status"] == "running":
+                stamp = now()
+                row.update(status="failed", finished_at=stamp, recorded_at=stamp,
+                           message=f"interrupted: its process ended without recording an outcome "
+                                   f"(found by {found_by}); only chunks it had committed are kept")
+                wh.write(row["run_id"], {"runs": [row]})
+                marked.append(row["run_id"])
+        finally:
+            lock.release()
+    return marked
 
 
 @contextmanager
@@ -145,7 +192,13 @@ def start_run(
     flow: str | None = None,
 ) -> Iterator[Run]:
     run = Run(wh, step, dict(params or {}), list(inputs), flow)
-    wh.write(run.run_id, {"runs": [run._row("running", None)]})
+    try:
+        mark_dead_runs(wh, run.run_id)
+        wh.write(run.run_id, {"runs": [run._row("running", None)]})
+    except BaseException:
+        run._txn.abort()
+        run._lock.release()
+        raise
     try:
         yield run
     except BaseException as exc:

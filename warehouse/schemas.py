@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
-# Integer surrogate keys, filled in automatically from the id they name (see ``store.key_of``):
+# Integer surrogate keys, filled in automatically from the id they name (see ``conform.key_of``):
 # joins on 64-bit integers are several times cheaper than on strings at catalogue scale.
 KEY_SOURCES = {"product_key": "product_id", "image_key": "image_id"}
 JSON = pa.string()  # JSON documents are stored as text; DuckDB's json functions read them

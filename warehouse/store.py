@@ -6,99 +6,39 @@ Layout under the warehouse directory::
     <table>/batch-0-schema/part-00000.parquet        an empty file: the glob never matches nothing
     _staging/<txn>/<table>/part-*.parquet             a transaction being written (invisible)
     _staging/<txn>/COMMIT                             written atomically once every part is on disk
+    _staging/<txn>.lock                               flock-ed by the writer for the transaction's life
 
 A transaction writes its parts into staging, then writes ``COMMIT`` (temp file + rename), then
 renames each staged table directory into place (one ``rename`` each). Opening the warehouse
 recovers: a staged transaction with ``COMMIT`` is rolled forward, one without it whose writer
-process is gone is rolled back. A crash therefore never leaves half a batch visible, and readers
-(which only list ``batch-*`` directories) never see a partial file.
+is gone (its lock can be taken: see :mod:`warehouse.locks`) is rolled back. A crash therefore never
+leaves half a batch visible, and readers (which only list ``batch-*`` directories) never see a
+partial file. A commit that finds a staged part missing raises :class:`TransactionLost` rather
+than report success. Opening also upgrades a home written by an older version (:mod:`warehouse.migrate`).
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import shutil
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.schemas import KEY_SOURCES, TABLES
+from shoesearch.errors import ShoesearchError
+from warehouse.conform import SchemaError, conform, key_of  # noqa: F401 - re-exported (cli, crawlers)
+from warehouse.locks import HeldLock, file_lock, pid_alive, take_if_abandoned  # noqa: F401 - file_lock re-exported
+from warehouse.schemas import TABLES
 
 SCHEMA_BATCH = "batch-0-schema"
 
 
-class SchemaError(ValueError):
-    """Rows that do not fit a table's declared schema."""
-
-
-def key_of(identifier: str) -> int:
-    """The stable signed 64-bit key of an id (first 8 bytes of its BLAKE2b digest)."""
-    digest = hashlib.blake2b(identifier.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
-
-
-def _keys_for(values) -> list:
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        values = values.to_pylist()
-    return [None if v is None else key_of(str(v)) for v in values]
-
-
-def conform(table: str, data: Any, run_id: str | None = None) -> pa.Table:
-    """Return ``data`` (pa.Table, list of dicts or dict of lists) cast to ``table``'s schema.
-
-    A missing ``run_id`` column is filled with ``run_id`` when given.
-
-    Unknown columns, missing required columns, nulls in required columns and values that do
-    not convert are rejected with a :class:`SchemaError` naming the table and column.
-    """
-    if table not in TABLES:
-        raise SchemaError(f"unknown table {table!r}; tables are: {', '.join(TABLES)}")
-    schema = TABLES[table]
-    if isinstance(data, pa.Table):
-        columns = {name: data.column(name) for name in data.column_names}
-    elif isinstance(data, Mapping):
-        columns = dict(data)
-    else:
-        rows = list(data)
-        names = sorted({k for row in rows for k in row})
-        columns = {n: [row.get(n) for row in rows] for n in names}
-    unknown = [c for c in columns if schema.get_field_index(c) < 0]
-    if unknown:
-        raise SchemaError(f"table {table!r}: unknown column(s) {', '.join(map(repr, unknown))}")
-    n_rows = len(next(iter(columns.values()))) if columns else 0
-    if run_id is not None and "run_id" not in columns:
-        columns["run_id"] = [run_id] * n_rows
-    for key, source in KEY_SOURCES.items():
-        if schema.get_field_index(key) >= 0 and key not in columns and source in columns:
-            columns[key] = _keys_for(columns[source])
-    arrays = []
-    for fld in schema:
-        if fld.name not in columns:
-            if not fld.nullable and n_rows:
-                raise SchemaError(f"table {table!r}: required column {fld.name!r} is missing")
-            arrays.append(pa.nulls(n_rows, type=fld.type))
-            continue
-        values = columns[fld.name]
-        try:
-            if isinstance(values, (pa.Array, pa.ChunkedArray)):
-                arr = values.cast(fld.type)
-            else:
-                arr = pa.array(values, type=fld.type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:
-            raise SchemaError(
-                f"table {table!r}: column {fld.name!r} does not convert to {fld.type}: {exc}"
-            ) from None
-        if not fld.nullable and arr.null_count:
-            raise SchemaError(f"table {table!r}: column {fld.name!r} may not be null ({arr.null_count} nulls)")
-        arrays.append(arr)
-    return pa.Table.from_arrays(arrays, schema=schema)
+class TransactionLost(ShoesearchError):
+    """A transaction's staged parts vanished before its commit: nothing of it was committed."""
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -127,41 +67,29 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-@contextmanager
-def file_lock(path: Path, blocking: bool = True):
-    """An exclusive lock between processes (``flock`` on ``path``); non-blocking raises BlockingIOError."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _staging_lock(staging_dir: Path):
     """Serialise roll-forwards and recovery between processes sharing a data home."""
     return file_lock(staging_dir.parent / ".staging.lock")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _txn_lock_path(staged: Path) -> Path:
+    return staged.with_name(staged.name + ".lock")
 
 
 class Transaction:
-    """Parts staged for one or more tables, made visible together by :meth:`commit`."""
+    """Parts staged for one or more tables, made visible together by :meth:`commit`.
+
+    The transaction holds an exclusive lock on ``_staging/<txn>.lock`` from its start to its end
+    (taken before its directory exists): :meth:`Warehouse.recover` in any process, in any PID
+    namespace, rolls the staging back only once it can take that lock, i.e. once this process is gone.
+    """
 
     def __init__(self, warehouse: "Warehouse", run_id: str):
         self.warehouse = warehouse
         self.run_id = run_id
         self.txn_id = f"{os.getpid()}-{uuid.uuid4().hex[:10]}"
         self.dir = warehouse.staging_dir / self.txn_id
+        self._lock = HeldLock(_txn_lock_path(self.dir))
         self.rows: dict[str, int] = {}
         self._parts: dict[str, int] = {}
         self.closed = False
@@ -183,23 +111,44 @@ class Transaction:
         self.rows[table] = self.rows.get(table, 0) + tbl.num_rows
         return tbl.num_rows
 
+    def _missing_parts(self) -> list[str]:
+        return [f"{t}/part-{i:05d}.parquet" for t, n in self._parts.items() for i in range(n)
+                if not (self.dir / t / f"part-{i:05d}.parquet").is_file()]
+
+    def _lost(self, what: list[str]) -> TransactionLost:
+        shown = ", ".join(what[:3]) + (f" and {len(what) - 3} more" if len(what) > 3 else "")
+        return TransactionLost(f"run {self.run_id}: staged data of transaction {self.txn_id} vanished before "
+                               f"its commit ({shown}); nothing of it was committed")
+
     def commit(self) -> dict[str, int]:
+        """Make every staged part visible at once; :class:`TransactionLost` if any part is missing."""
         if self.closed:
             raise RuntimeError("transaction already closed")
         self.closed = True
-        if not self.rows:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            return {}
-        # Children before parents, runs last: once a new product version is visible, so are its photos.
-        order = sorted(self.rows, key=lambda t: COMMIT_ORDER.get(t, 0))
-        plan = {t: f"batch-{self.run_id}-{self.txn_id.split('-')[1]}" for t in order}
-        atomic_write_text(self.dir / "COMMIT", json.dumps(plan))
-        self.warehouse._roll_forward(self.dir)
-        return dict(self.rows)
+        try:
+            if not self.rows:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                return {}
+            missing = self._missing_parts()
+            if missing:  # never write COMMIT over a gap: it would report success for rows that are gone
+                shutil.rmtree(self.dir, ignore_errors=True)
+                raise self._lost(missing)
+            # Children before parents, runs last: once a new product version is visible, so are its photos.
+            order = sorted(self.rows, key=lambda t: COMMIT_ORDER.get(t, 0))
+            plan = {t: f"batch-{self.run_id}-{self.txn_id.split('-')[1]}" for t in order}
+            atomic_write_text(self.dir / "COMMIT", json.dumps(plan))
+            self.warehouse._roll_forward(self.dir)
+            lost = [f"{t}/{b}" for t, b in plan.items() if not (self.warehouse.root / t / b).is_dir()]
+            if lost:
+                raise self._lost(lost)
+            return dict(self.rows)
+        finally:
+            self._lock.release()
 
     def abort(self) -> None:
         self.closed = True
         shutil.rmtree(self.dir, ignore_errors=True)
+        self._lock.release()
 
     def __enter__(self) -> "Transaction":
         return self
@@ -211,6 +160,22 @@ class Transaction:
             self.commit()
         else:
             self.abort()
+
+
+def _writer_gone(staged: Path) -> tuple[bool, HeldLock | None]:
+    """Whether the writer of ``staged`` is gone, and (if so) its lock, taken, for the caller to release."""
+    path = _txn_lock_path(staged)
+    if not path.exists():  # staged by a version before lock files, which named the writer by PID only
+        pid = staged.name.split("-")[0]
+        return pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)), None
+    lock = take_if_abandoned(path)
+    return lock is not None, lock
+
+
+def _drop_lock_if_abandoned(path: Path) -> None:
+    lock = take_if_abandoned(path) if path.exists() else None
+    if lock is not None:
+        lock.release()
 
 
 class Warehouse:
@@ -230,6 +195,9 @@ class Warehouse:
                 pq.write_table(schema.empty_table(), tmp)
                 os.replace(tmp, marker)
         self.recover()
+        from warehouse.migrate import migrate
+
+        self.migrated = migrate(self.root, _staging_lock(self.staging_dir))  # files of an older home upgraded
 
     @classmethod
     def from_settings(cls, settings) -> "Warehouse":
@@ -263,18 +231,28 @@ class Warehouse:
         shutil.rmtree(staged, ignore_errors=True)
 
     def recover(self) -> list[str]:
-        """Finish committed transactions and drop abandoned ones. Returns what it did."""
+        """Finish committed transactions and drop abandoned ones. Returns what it did.
+
+        A staged transaction without ``COMMIT`` is abandoned once its lock can be taken (its writer
+        is gone, whatever PID namespace either process runs in); while the writer lives it is kept.
+        """
         done = []
         with _staging_lock(self.staging_dir):
             for staged in sorted(p for p in self.staging_dir.iterdir() if p.is_dir()):
                 if (staged / "COMMIT").exists():
                     self._roll_forward_locked(staged)
                     done.append(f"rolled forward {staged.name}")
+                    _drop_lock_if_abandoned(_txn_lock_path(staged))
                     continue
-                pid = int(staged.name.split("-")[0]) if staged.name.split("-")[0].isdigit() else -1
-                if pid != os.getpid() and not _pid_alive(pid):
+                gone, lock = _writer_gone(staged)
+                if gone:
                     shutil.rmtree(staged, ignore_errors=True)
                     done.append(f"rolled back {staged.name}")
+                if lock is not None:
+                    lock.release()  # deletes the lock file: the transaction is finished
+            for path in self.staging_dir.glob("*.lock"):  # left by a writer killed after its cleanup
+                if not path.with_suffix("").exists():
+                    _drop_lock_if_abandoned(path)
         return done
 
     # --- reading -------------------------------------------------------------------------
@@ -283,15 +261,21 @@ class Warehouse:
             raise SchemaError(f"unknown table {table!r}; tables are: {', '.join(TABLES)}")
         return str(self.root / table / "batch-*" / "*.parquet")
 
-    def connect(self):
-        """A fresh in-memory DuckDB connection with every table (and ``*_current``) as a view."""
+    def connect(self, confined: bool = False):
+        """A fresh in-memory DuckDB connection with every table (and ``*_current``) as a view.
+
+        ``confined`` (for SQL typed by a user): the connection reads files under the warehouse
+        directory only, and its settings are locked so a query cannot lift that (see ``catalog.confine``).
+        """
         import duckdb
 
-        from warehouse.catalog import view_statements
+        from warehouse.catalog import confine, view_statements
 
         con = duckdb.connect(":memory:")
         for stmt in view_statements(self):
             con.execute(stmt)
+        if confined:
+            confine(con, [self.root])
         return con
 
     def query(self, sql: str, params: Iterable[Any] | None = None) -> pa.Table:

@@ -5,231 +5,46 @@ half is lazy-loaded from ``s_new.php`` (only with Referer + XHR headers), catego
 with ``a.pn-next`` pagination, GBK item pages with an inline ``pageConfig`` and the DOM gallery,
 CDN image paths with size codes (``n1/`` original bytes, ``n5/`` ``n7/`` ``s450x450_`` resized),
 the price API and robots.txt. All JD hosts live on this one server (``crawl --site URL``).
+The catalogue is read by ``catalog.py``, pages are rendered by ``render.py``.
 
-Fault modes (``--faults captcha=5,login=2,5xx=2,slow=0.05,corrupt=3,not_image=3,bomb=3,missing=3,layout=2``)
-make it misbehave deterministically; ``/_shop/manifest.json`` holds the ground truth: every
-product, its ordered gallery (which photos are injected noise) and which photo got which fault.
+Fault modes (``--faults captcha=5,login=2,5xx=2,slow=0.05,corrupt=3,not_image=3,bomb=3,missing=3,layout=2``,
+the escape faults ``file_link``, ``offsite_link``, ``offsite_redirect``, ``sku_swap``, ``offsite_image`` and
+``robots5xx``/``robots4xx``; see ``faults.py``) make it misbehave deterministically; ``/_shop/manifest.json``
+holds the ground truth: every product, its ordered gallery (which photos are injected noise), which
+photo got which fault, and what a correct crawler makes of each escape fault.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import html
-import io
 import json
-import random
 import re
 import threading
 import time
-import zlib
-from dataclasses import dataclass, field
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from string import Template
 from urllib.parse import parse_qs, quote, urlsplit
 
-from PIL import Image
-
 from crawlers import jdsite
+from crawlers.demo_shop.catalog import Photo, ShopProduct, jfs_for, load_catalog, synth_metadata  # noqa: F401
+from crawlers.demo_shop.faults import (ESCAPE_FAULTS, FAULT_DEFAULTS, FAULT_HELP, IMAGE_FAULTS,  # noqa: F401
+                                      Escapes, Faults)
+from crawlers.demo_shop.render import bomb_png, esc, item_page, listing_items, resized, template
 from shoesearch.errors import ShoesearchError
 
-TEMPLATES = Path(__file__).with_name("templates")
-HOVER = ' class="img-hover"'
 CURR = ' class="curr"'
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                  ".bmp": "image/bmp", ".gif": "image/gif"}
 SIZE_CODES = {"n5": 54, "n7": 220, "n2": 160, "n3": 130, "n4": 100}  # JD CDN thumbnail sizes (px)
-EAGER_IMAGES = 10  # like JD, only the first items of a listing carry a real ``src``
-BOMB_SIDE = 7000  # a 49-megapixel PNG of a few KB: past the crawler's pixel limit
 ROBOTS_TXT = "User-agent: *\nDisallow: /?*\nDisallow: /pop/*.html\nDisallow: /pinpai/*.html?*\n"
-DEFAULT_CATEGORY = ("运动户外/运动鞋包/跑步鞋", "1318,12099,9756")
-FALLBACK_BRANDS = [("Nike", "8557"), ("adidas", "8528"), ("李宁", "5993"), ("安踏", "14026"), ("回力", "18455")]
-
-IMAGE_FAULTS = {"corrupt": "corrupt", "not_image": "not_image", "bomb": "bomb", "missing": "missing"}
-FAULT_DEFAULTS = {"captcha": 5, "login": 2, "5xx": 2, "slow": 0.05, "corrupt": 3, "not_image": 3, "bomb": 3,
-                  "missing": 3, "layout": 2}
-FAULT_HELP = {
-    "captcha": "price API answers {\"error\":\"pdos_captcha\"} from its N-th request on",
-    "login": "search/list pages redirect to the login page from the N-th on",
-    "5xx": "item pages and photos answer 503 N times before they succeed",
-    "slow": "every response is delayed S seconds",
-    "corrupt": "one photo of every N-th product is a truncated JPEG",
-    "not_image": "one photo of every N-th product is an HTML page",
-    "bomb": "one photo of every N-th product is a decompression bomb",
-    "missing": "one photo of every N-th product answers 404",
-    "layout": "every N-th item page has no pageConfig (the DOM fallback must work)",
-}
-
-
-# --- catalogue ---------------------------------------------------------------------------
-@dataclass
-class Photo:
-    file: Path
-    rel: str  # path relative to the catalogue folder
-    jfs: str  # CDN path, the same for the same file in any gallery
-    is_noise: bool | None
-    fault: str | None = None
-
-
-@dataclass
-class ShopProduct:
-    index: int
-    folder: str
-    meta: dict
-    gallery: list[Photo] = field(default_factory=list)
-    layout_fault: bool = False
-
-    @property
-    def sku(self) -> str:
-        return str(self.meta["sku"])
-
-
-def jfs_for(rel: str) -> str:
-    digest = hashlib.sha1(rel.encode("utf-8")).hexdigest()
-    suffix = Path(rel).suffix.lower()
-    return f"jfs/t1/{zlib.crc32(rel.encode()) % 100_000}/{digest[:24]}{'.jpg' if suffix == '.jpeg' else suffix}"
-
-
-def synth_metadata(folder: str) -> dict:
-    """Deterministic product fields for a catalogue folder without ``products.json``."""
-    h = int(hashlib.sha1(folder.encode("utf-8")).hexdigest(), 16)
-    brand, brand_id = FALLBACK_BRANDS[h % len(FALLBACK_BRANDS)]
-    price = 79 + (h >> 8) % 1200 - 0.01
-    sku = str(10 ** 11 + (h >> 20) % (9 * 10 ** 11))
-    return {
-        "sku": sku, "title": f"{brand} {folder} 运动鞋", "brand": brand, "brand_id": brand_id,
-        "category": DEFAULT_CATEGORY[0], "category_ids": DEFAULT_CATEGORY[1], "price": round(price, 2),
-        "list_price": round(price * 1.3, 0) - 0.01, "shop_id": str(1_000_000 + h % len(FALLBACK_BRANDS)),
-        "shop_name": f"{brand}官方旗舰店", "variants": [],
-    }
-
-
-def _noise_labels(catalog_dir: Path) -> dict[str, bool | None]:
-    path = catalog_dir / "labels.csv"
-    if not path.exists():
-        return {}
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        return {
-            row["image"].strip(): (None if (row.get("is_noise") or "").strip() == "" else row["is_noise"].strip() in ("1", "true"))
-            for row in csv.DictReader(fh)
-        }
-
-
-def load_catalog(catalog_dir: Path, noise_rate: float = 0.0, seed: int = 0) -> list[ShopProduct]:
-    """Products of a catalogue folder, galleries sorted by file name; ``noise_rate`` injects others' photos."""
-    catalog_dir = Path(catalog_dir)
-    if not catalog_dir.is_dir():
-        raise ShoesearchError(f"catalogue folder {catalog_dir} does not exist")
-    if not 0 <= noise_rate < 1:
-        raise ShoesearchError(f"--noise-rate must be in [0, 1), got {noise_rate}")
-    meta_path = catalog_dir / "products.json"
-    metadata = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
-    labels = _noise_labels(catalog_dir)
-    products = []
-    for folder in sorted(p for p in catalog_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            continue
-        meta = {**synth_metadata(folder.name), **metadata.get(folder.name, {})}
-        gallery = []
-        for f in files:
-            rel = f"{folder.name}/{f.name}"
-            noise = labels.get(rel)
-            gallery.append(Photo(f, rel, jfs_for(rel), noise if labels else False))
-        products.append(ShopProduct(len(products), folder.name, meta, gallery))
-    if not products:
-        raise ShoesearchError(f"{catalog_dir} has no product folders with photos (expected DIR/<product>/<photos>)")
-    skus = [p.sku for p in products]
-    if len(set(skus)) != len(skus):
-        raise ShoesearchError(f"{catalog_dir}: two product folders have the same sku")
-    if noise_rate > 0 and len(products) > 1:
-        _inject_noise(products, noise_rate, seed)
-    return products
-
-
-def _inject_noise(products: list[ShopProduct], noise_rate: float, seed: int) -> None:
-    """Insert photos of other products so that about ``noise_rate`` of each gallery is noise."""
-    originals = [list(p.gallery) for p in products]
-    for product in products:
-        rng = random.Random(f"noise-{seed}-{product.folder}")
-        n_own = len(originals[product.index])
-        n_noise = round(noise_rate * n_own / (1 - noise_rate))
-        for _ in range(n_noise):
-            other = rng.choice([q for q in products if q.index != product.index])
-            src = rng.choice(originals[other.index])
-            photo = Photo(src.file, src.rel, src.jfs, True)
-            product.gallery.insert(rng.randint(1, len(product.gallery)), photo)
-
-
-# --- faults ------------------------------------------------------------------------------
-@dataclass
-class Faults:
-    values: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, spec: str | list[str] | None) -> "Faults":
-        """``"captcha=5,5xx,slow=0.1"`` (a name alone takes its default)."""
-        parts = [p for chunk in ([spec] if isinstance(spec, str) else spec or []) for p in chunk.split(",") if p.strip()]
-        values = {}
-        for part in parts:
-            name, _, raw = part.strip().partition("=")
-            if name not in FAULT_DEFAULTS:
-                known = "; ".join(f"{k}: {v}" for k, v in FAULT_HELP.items())
-                raise ShoesearchError(f"unknown fault {name!r}. Known faults: {known}")
-            try:
-                value = float(raw) if raw else float(FAULT_DEFAULTS[name])
-            except ValueError:
-                raise ShoesearchError(f"fault {name}: {raw!r} is not a number") from None
-            if value < 0 or (name != "slow" and value < 1):
-                raise ShoesearchError(f"fault {name}: value must be >= 1 (seconds >= 0 for slow), got {raw}")
-            values[name] = value
-        return cls(values)
-
-    def get(self, name: str) -> float | None:
-        return self.values.get(name)
-
-    def assign(self, products: list[ShopProduct]) -> None:
-        """Mark which photos / item pages misbehave (deterministic: every N-th product)."""
-        for k, kind in enumerate(IMAGE_FAULTS):
-            every = self.get(kind)
-            if not every:
-                continue
-            every = int(every)
-            for product in products:
-                if product.index % every == k % every and len(product.gallery) > 1:
-                    photo = product.gallery[min(1 + k, len(product.gallery) - 1)]
-                    target = photo.jfs
-                    for p in products:  # the same URL misbehaves wherever it appears
-                        for ph in p.gallery:
-                            if ph.jfs == target:
-                                ph.fault = kind
-        if self.get("layout"):
-            every = int(self.get("layout"))
-            for product in products:
-                product.layout_fault = product.index % every == 0
-
-
-# --- rendering ---------------------------------------------------------------------------
-@lru_cache(maxsize=None)
-def _template(name: str) -> Template:
-    return Template((TEMPLATES / name).read_text(encoding="utf-8"))
-
-
-def _e(value) -> str:
-    return html.escape(str(value if value is not None else ""), quote=True)
-
-
-def _js_str(value: str) -> str:
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'").replace("\n", " ") + "'"
 
 
 class ShopState:
     """The catalogue, the faults, and request counters shared by the handler threads."""
 
-    def __init__(self, products: list[ShopProduct], faults: Faults, page_size: int, source: str):
+    def __init__(self, products: list[ShopProduct], faults: Faults, page_size: int, source: str,
+                 host: str = "127.0.0.1"):
         if page_size < 2:
             raise ShoesearchError(f"page size must be >= 2 (two halves), got {page_size}")
         self.products = products
@@ -243,6 +58,7 @@ class ShopState:
         self.counters: dict[str, int] = {}
         self.url_hits: dict[str, int] = {}
         faults.assign(products)
+        self.escapes = Escapes(products, host, self.count)
 
     def count(self, key: str) -> int:
         with self.lock:
@@ -277,9 +93,10 @@ class ShopState:
                                 "is_noise": ph.is_noise, "fault": ph.fault,
                                 "expected_status": IMAGE_FAULTS.get(ph.fault, "ok")})
             products.append({"sku": p.sku, "folder": p.folder, **{k: v for k, v in p.meta.items() if k != "sku"},
-                             "layout_fault": p.layout_fault, "gallery": gallery})
+                             "layout_fault": p.layout_fault, "escape": p.escape, "claims_sku": p.page_sku,
+                             "expected": ESCAPE_FAULTS.get(p.escape, "written"), "gallery": gallery})
         return {"source": self.source, "page_size": self.page_size, "faults": self.faults.values,
-                "products": products}
+                "products": products, **self.escapes.manifest()}
 
 
 def _search_hit(term: str, meta: dict) -> bool:
@@ -294,80 +111,6 @@ def _search_hit(term: str, meta: dict) -> bool:
 def _file_sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
-
-@lru_cache(maxsize=4096)
-def _resized(path: Path, side: int) -> bytes:
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        img.thumbnail((side, side))
-        out = io.BytesIO()
-        img.save(out, "JPEG", quality=85)
-        return out.getvalue()
-
-
-@lru_cache(maxsize=1)
-def _bomb_png() -> bytes:
-    out = io.BytesIO()
-    Image.new("1", (BOMB_SIDE, BOMB_SIDE), 1).save(out, "PNG", optimize=True)
-    return out.getvalue()
-
-
-def listing_items(products: list[ShopProduct], eager: bool) -> str:
-    tpl = _template("listing_item.html")
-    rows = []
-    for i, p in enumerate(products):
-        title = str(p.meta.get("title") or "")
-        rows.append(tpl.substitute(
-            sku=_e(p.sku), title=_e(title), title_html=_e(title), price=_e(f"{float(p.meta.get('price') or 0):.2f}"),
-            shop_id=_e(p.meta.get("shop_id")), shop_name=_e(p.meta.get("shop_name")),
-            img_attr="src" if eager and i < EAGER_IMAGES else "data-lazy-img",
-            img_host=int(p.sku) % 10, jfs=_e(p.gallery[0].jfs),
-        ))
-    return "\n".join(rows)
-
-
-def item_page(p: ShopProduct) -> str:
-    meta = p.meta
-    cat_ids = [c for c in str(meta.get("category_ids") or "").split(",") if c]
-    cats = (cat_ids + ["0", "0", "0"])[:3]
-    crumbs = "\n".join(
-        f'<div class="item{" first" if i == 0 else ""}"><a href="//list.jd.com/list.html?cat={_e(",".join(cat_ids[: i + 1]))}">{_e(name)}</a></div><div class="sep">&gt;</div>'
-        for i, name in enumerate(str(meta.get("category") or "").split("/")) if name
-    )
-    variants = [str(v) for v in meta.get("variants") or []]
-    thumbs = "\n".join(
-        '<li' + (HOVER if i == 0 else '') + f'><img alt="{_e(meta.get("title"))}" src="//img1{i % 10}.360buyimg.com/n5/{ph.jfs}" data-url="{ph.jfs}" data-img="1" width="50" height="50"></li>'
-        for i, ph in enumerate(p.gallery)
-    )
-    variant_html = "\n".join(
-        f'<div class="item{" selected" if v == p.sku else ""}" data-sku="{_e(v)}" data-value="{_e(v)}"><a href="#none"><i>{_e(v)}</i></a></div>'
-        for v in [p.sku] + variants
-    )
-    if p.layout_fault:
-        page_config = '<script charset="gbk">var pageConfig = {compatible: true, searchType: 1};</script>'
-    else:
-        color_size = ", ".join(f'{{"skuId": {v}, "颜色": "款{i + 1}"}}' for i, v in enumerate([p.sku] + variants))
-        page_config = (
-            '<script charset="gbk">\nvar pageConfig = {\n    compatible: true,\n    product: {\n'
-            f"        skuid: {p.sku},\n"
-            f"        name: {_js_str(meta.get('title') or '')},\n"
-            "        skuMarkJson: {isxg:false,isJDexpress:false,isjdmarket:false},\n"
-            f"        src: '{p.gallery[0].jfs}',\n"
-            f"        imageList: [{','.join(json.dumps(ph.jfs) for ph in p.gallery)}],\n"
-            f"        cat: [{','.join(cat_ids)}],\n"
-            f"        brand: {meta.get('brand_id') or 0},\n"
-            f"        venderId:{meta.get('shop_id') or 0},\n"
-            f"        shopId:'{meta.get('shop_id') or ''}',\n"
-            f"        colorSize: [{color_size}],\n"
-            f"        desc: '//cd.jd.com/description/channel?skuId={p.sku}&mainSkuId={p.sku}',\n"
-            "        twoColumn: false,\n    }\n};\n</script>"
-        )
-    return _template("item.html").substitute(
-        title=_e(meta.get("title")), page_config=page_config, cat1=cats[0], cat2=cats[1], cat3=cats[2],
-        sku=_e(p.sku), crumbs=crumbs, cat_ids=_e(meta.get("category_ids")), brand=_e(meta.get("brand")),
-        brand_id=_e(meta.get("brand_id")), shop_id=_e(meta.get("shop_id")), shop_name=_e(meta.get("shop_name")),
-        img_host=int(p.sku) % 10, main_jfs=p.gallery[0].jfs, thumbs=thumbs, variants=variant_html,
-    )
 
 
 # --- HTTP --------------------------------------------------------------------------------
@@ -394,7 +137,7 @@ class ShopHandler(BaseHTTPRequestHandler):
         st.count("requests")
         try:
             if path == "/robots.txt":
-                return self._send(200, ROBOTS_TXT.encode(), "text/plain")
+                return self._robots()
             if path == "/":
                 return self._send(200, b'<html><body><form action="/Search"><input name="keyword"></form></body></html>', "text/html; charset=utf-8")
             if path == "/_shop/manifest.json":
@@ -426,6 +169,13 @@ class ShopHandler(BaseHTTPRequestHandler):
             return
 
     # --- pages ---
+    def _robots(self):
+        status = self.state.faults.robots_status()
+        if status != 200:
+            self.state.count("robots_errors")
+            return self._send(status, f"<html><body>{status}</body></html>".encode(), "text/html")
+        return self._send(200, ROBOTS_TXT.encode(), "text/plain")
+
     def _login_wall(self) -> bool:
         after = self.state.faults.get("login")
         if after and self.state.count("listing_pages") >= after:
@@ -448,9 +198,9 @@ class ShopHandler(BaseHTTPRequestHandler):
         found = st.search(keyword)
         total = max(1, -(-len(found) // st.page_size))
         items = self._page_slice(found, logical, False)
-        body = _template("search.html").substitute(
-            keyword=_e(keyword), keyword_js=_e(json.dumps(keyword)[1:-1]), page=logical, total_pages=total,
-            raw_page=raw_page, items=listing_items(items, eager=True))
+        body = template("search.html").substitute(
+            keyword=esc(keyword), keyword_js=esc(json.dumps(keyword)[1:-1]), page=logical, total_pages=total,
+            raw_page=raw_page, items=listing_items(items, eager=True, href=st.escapes.listing_href))
         st.count("search_pages")
         self._send(200, body.encode("utf-8"), "text/html; charset=utf-8")
 
@@ -461,7 +211,7 @@ class ShopHandler(BaseHTTPRequestHandler):
             return self._send(200, b"", "text/html; charset=utf-8")  # JD answers an empty body
         logical = max(1, _int(q.get("page"), 2) // 2)
         items = self._page_slice(st.search(q.get("keyword", "")), logical, True)
-        self._send(200, listing_items(items, eager=False).encode("utf-8"), "text/html; charset=utf-8")
+        self._send(200, listing_items(items, eager=False, href=st.escapes.listing_href).encode("utf-8"), "text/html; charset=utf-8")
 
     def _list(self, q):
         st = self.state
@@ -476,8 +226,8 @@ class ShopHandler(BaseHTTPRequestHandler):
             pager += f' <a class="pn-next" href="/list.html?cat={quote(cat)}&amp;page={page + 1}"><em>下一页</em></a>'
         depth = len([c for c in cat.split(",") if c.strip()])
         names = "/".join(str(found[0].meta.get("category") or "").split("/")[:depth]) if found else ""
-        body = _template("list.html").substitute(category_name=_e(names), items=listing_items(items, eager=True),
-                                                 pager=pager)
+        rows = listing_items(items, eager=True, href=st.escapes.listing_href)
+        body = template("list.html").substitute(category_name=esc(names), items=rows, pager=pager)
         st.count("list_pages")
         self._send(200, body.encode("utf-8"), "text/html; charset=utf-8")
 
@@ -486,10 +236,14 @@ class ShopHandler(BaseHTTPRequestHandler):
         product = st.by_sku.get(sku)
         if product is None:
             return self._send(404, b"<html><body>404</body></html>", "text/html")
+        target = st.escapes.redirect(product)
+        if target:
+            return self._send(302, b"", "text/html", {"Location": target})
         if self._burst(self.path):
             return
         st.count("item_pages")
-        body = item_page(product).encode("gbk", errors="xmlcharrefreplace")
+        page = item_page(product, sku=product.page_sku, extra_images=st.escapes.extra_images(product))
+        body = page.encode("gbk", errors="xmlcharrefreplace")
         self._send(200, body, "text/html; charset=gbk")
 
     def _prices(self, q):
@@ -522,11 +276,11 @@ class ShopHandler(BaseHTTPRequestHandler):
         if full and photo.fault == "not_image":
             return self._send(200, b"<!DOCTYPE html><html><body>\xe5\x95\x86\xe5\x93\x81\xe5\x9b\xbe\xe7\x89\x87\xe4\xb8\x8d\xe5\xad\x98\xe5\x9c\xa8</body></html>", "image/jpeg")
         if full and photo.fault == "bomb":
-            return self._send(200, _bomb_png(), "image/png")
+            return self._send(200, bomb_png(), "image/png")
         if full:
             return self._send(200, photo.file.read_bytes(), CONTENT_TYPES.get(photo.file.suffix.lower(), "image/jpeg"))
         side = int(box) if box else SIZE_CODES.get(size_code, 220)
-        self._send(200, _resized(photo.file, side), "image/jpeg")
+        self._send(200, resized(photo.file, side), "image/jpeg")
 
     def _burst(self, url: str) -> bool:
         """5xx fault: the first N requests of each item page / full-size photo fail."""
@@ -559,11 +313,12 @@ class DemoShop:
 
     def __init__(self, products: list[ShopProduct], host: str = "127.0.0.1", port: int = 0,
                  faults: Faults | None = None, page_size: int = 60, source: str = ""):
-        self.state = ShopState(products, faults or Faults(), page_size, source)
+        self.state = ShopState(products, faults or Faults(), page_size, source, host)
         handler = type("BoundShopHandler", (ShopHandler,), {"state": self.state})
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
+            self.state.escapes.close()
             raise ShoesearchError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -583,9 +338,14 @@ class DemoShop:
 
     def stop(self) -> None:
         self.httpd.shutdown()
-        self.httpd.server_close()
+        self.close()
         if self._thread:
             self._thread.join(timeout=5)
+
+    def close(self) -> None:
+        """Release the port (and the escape faults' other host and decoy files)."""
+        self.httpd.server_close()
+        self.state.escapes.close()
 
     def __enter__(self) -> "DemoShop":
         return self.start()

@@ -7,6 +7,12 @@ Every request carries its source (the keyword or category it came from, for item
 the source that listed the product first) and an errback, so the stats say per keyword/category what
 was listed, written, duplicated or failed, and by cause why requests failed (:mod:`crawlers.outcome`).
 
+Only the site is fetched: a link in a page that leaves it (another host, ``file:``) is refused and
+counted (``shoesearch/offsite/link``), and the canonical JD URL of what it stood for (the listed SKU's
+item page, the category's next page) is requested instead; downloads off the site are refused by
+``crawlers.middlewares.SiteOnlyMiddleware``. An item page must name the listed SKU, else it is a
+parse failure (``shoesearch/parse_failed/sku_mismatch``), never a product under another id.
+
 Incremental: a product whose parsed content (fields, price, gallery URLs) hashes to the value of
 its current row, and whose photos were all stored, is not yielded (its photos are not fetched).
 Resume: SKUs already written by the earlier, interrupted attempts of the same crawl job
@@ -23,11 +29,12 @@ from datetime import datetime, timezone
 
 import scrapy
 from scrapy.exceptions import CloseSpider
+from scrapy.utils.defer import deferred_from_coro
 
 from crawlers import jdsite
 from crawlers.config import crawl_settings_from
 from crawlers.items import ProductItem
-from crawlers.outcome import FAILED_PREFIX, classify_failure, source_label, source_stat
+from crawlers.outcome import FAILED_PREFIX, OFFSITE_PREFIX, classify_failure, source_label, source_stat
 
 XHR_HEADERS = {"X-Requested-With": "XMLHttpRequest"}
 TRANSIENT_PHOTO_STATUSES = ("http_error", "timeout", "download_failed")  # worth a retry next crawl
@@ -55,6 +62,7 @@ class JdSpider(scrapy.Spider):
         spider.origin: dict[str, str] = {}  # SKU -> the source (keyword/category) that listed it first
         spider.stop_reason = None
         spider.stop_message = None
+        spider.pending_stop = None  # (reason, message) of a stop noted before any page was parsed
         spider._load_known()
         return spider
 
@@ -146,11 +154,16 @@ class JdSpider(scrapy.Spider):
         if next_href and page >= self.max_pages:
             self.crawler.stats.set_value(source_stat(source, "more_pages"), 1)
         elif next_href:
-            yield self._request(self.site.absolute(response.urljoin(next_href)), self.parse_list,
-                                category=category, page=page + 1)
+            url = self._on_site(response.urljoin(next_href), lambda: self.site.list_url(category, page + 1))
+            yield self._request(url, self.parse_list, category=category, page=page + 1)
+
+    def _reached_site(self) -> bool:
+        return any(v for k, v in self.crawler.stats.get_stats().items() if k.startswith("shoesearch/pages/"))
 
     def _listing(self, response, kind: str, source: str) -> list[jdsite.ListingEntry]:
         self._check_wall(response)
+        if self.pending_stop:
+            self._stop(*self.pending_stop)
         entries = jdsite.parse_listing(response.text)
         if entries is None:
             self._parse_failed(kind, response, source)
@@ -179,8 +192,20 @@ class JdSpider(scrapy.Spider):
                 stats.inc_value("shoesearch/products/already_done")
                 self._count(source, "resumed")
                 continue
-            url = self.site.absolute(entry.url) if entry.url else self.site.item_url(entry.sku)
+            url = self._on_site(entry.url, lambda: self.site.item_url(entry.sku))
             yield self._request(url, self.parse_item, sku=entry.sku)
+
+    def _on_site(self, link: str | None, canonical) -> str:
+        """A link found in a page if it is on the site, else (counted, logged) ``canonical()``."""
+        if not link:
+            return canonical()
+        url = self.site.absolute(link)
+        why = self.site.refusal(url)
+        if why is None:
+            return url
+        self.crawler.stats.inc_value(f"{OFFSITE_PREFIX}link")
+        self.logger.warning("refused off-site link %s (%s); requesting %s instead", link, why, canonical())
+        return canonical()
 
     # --- item page + price ---
     def parse_item(self, response, sku: str):
@@ -189,13 +214,20 @@ class JdSpider(scrapy.Spider):
             return  # a request restored from JOBDIR that the re-walked listings also found
         self.fetched.add(sku)
         self.crawler.stats.inc_value("shoesearch/pages/item")
-        page = jdsite.parse_item(response.text, sku_hint=sku)
+        page = jdsite.parse_item(response.text, sku_hint=sku, site=self.site)
         if page is None or not page.gallery:
             self._parse_failed("item", response, self.origin.get(sku))
             return
+        if page.sku != sku:  # never a product under another id than the one listed
+            self._parse_failed("sku_mismatch", response, self.origin.get(sku),
+                               f"item page names SKU {page.sku}, not the listed {sku}")
+            return
+        if page.refused_photos:
+            self.crawler.stats.inc_value(f"{OFFSITE_PREFIX}image", len(page.refused_photos))
+            self.logger.warning("left out %d gallery photos off the image CDN on %s: %s", len(page.refused_photos),
+                                response.url, ", ".join(page.refused_photos))
         if page.layout != "pageConfig":
             self.crawler.stats.inc_value(f"shoesearch/layout/{page.layout}")
-        self.origin.setdefault(page.sku, self.origin.get(sku))
         yield self._request(self.site.price_url([page.sku]), self.parse_price, page=page, item_url=response.url)
 
     def parse_price(self, response, page: jdsite.ItemPage, item_url: str):
@@ -238,17 +270,39 @@ class JdSpider(scrapy.Spider):
             self._stop("login_wall", f"JD redirected to its login page ({response.url}); stopping cleanly, "
                                      "products written so far are kept")
 
-    def _stop(self, reason: str, message: str) -> None:
+    def _note_stop(self, reason: str, message: str) -> None:
         if self.stop_reason is None:
             self.stop_reason, self.stop_message = reason, message
             self.crawler.stats.set_value(f"shoesearch/stopped/{reason}", 1)
             self.logger.error(message)
+
+    def _stop(self, reason: str, message: str) -> None:
+        self._note_stop(reason, message)
         raise CloseSpider(reason)
 
-    def _parse_failed(self, kind: str, response, source: str | None) -> None:
+    def stop_cleanly(self, reason: str, message: str) -> None:
+        """Stop from outside a callback (a middleware): requests in flight finish, the queue stays in JOBDIR.
+
+        A robots.txt without an answer before any page was parsed is not a stop yet: if no page is ever
+        parsed the crawl reached no site (``crawlers/outcome.py`` says why, with every request counted);
+        the first page parsed stops it.
+        """
+        if reason == "robots_unreachable" and not self._reached_site():
+            self.pending_stop = self.pending_stop or (reason, message)
+            return
+        first = self.stop_reason is None
+        self._note_stop(reason, message)
+        if first:
+            deferred_from_coro(self.crawler.engine.close_spider_async(reason=reason))
+
+    def _parse_failed(self, kind: str, response, source: str | None, detail: str | None = None) -> None:
         self.crawler.stats.inc_value(f"shoesearch/parse_failed/{kind}")
         self._count(source, "parse_failed")
-        self.logger.error("page no longer matches the JD %s layout (see crawlers/jdsite.py): %s", kind, response.url)
+        if detail:
+            self.logger.error("%s (%s): %s", detail, kind, response.url)
+        else:
+            self.logger.error("page no longer matches the JD %s layout (see crawlers/jdsite.py): %s", kind,
+                              response.url)
 
     def request_failed(self, failure) -> None:
         """Errback of every request (after retries): count it by cause and for its keyword/category."""

@@ -24,10 +24,20 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_shop_serve)
     shop.set_defaults(func=lambda args, settings: (shop.print_help(), 2)[1])
 
-    p = sub.add_parser("crawl", help="crawl JD (or --site, e.g. the demo shop) into products/images")
-    p.add_argument("--site", help="one base URL for every JD host, e.g. http://127.0.0.1:8765")
-    p.add_argument("--keyword", action="append", help="search keyword (repeatable; default: crawl.keywords)")
-    p.add_argument("--category", action="append", help="JD category ids like 1318,12099,9756 (repeatable)")
+    p = sub.add_parser(
+        "crawl", help="crawl JD (or --site, e.g. the demo shop) into products/images",
+        description="Crawl JD (or --site) into products/images. What is crawled: the --keyword and --category "
+                    "values given, and only those (--keyword alone crawls no category, --category alone no "
+                    "keyword); with neither, crawl.keywords and crawl.categories (settings file, environment, "
+                    "--set). Exits 3 when a captcha, login wall or robots.txt stopped the crawl early.")
+    p.add_argument("--site", help="one base URL for every JD host, e.g. http://127.0.0.1:8765 "
+                                  "(nothing off this host:port is fetched)")
+    p.add_argument("--keyword", action="append",
+                   help="search keyword (repeatable). Given alone, only these keywords are crawled; "
+                        "with neither --keyword nor --category: crawl.keywords + crawl.categories")
+    p.add_argument("--category", action="append",
+                   help="JD category ids like 1318,12099,9756 (repeatable). Given alone, only these "
+                        "categories are crawled")
     p.add_argument("--max-products", type=int)
     p.add_argument("--max-pages", type=int)
     p.set_defaults(func=cmd_crawl)
@@ -52,13 +62,13 @@ def cmd_shop_serve(args, settings) -> int:
     photos = sum(len(p.gallery) for p in shop.state.products)
     print(f"demo shop: {n} products, {photos} photos from {shop.state.source}")
     print(f"serving on {shop.url}  (ground truth: {shop.url}/_shop/manifest.json)")
-    print(f"crawl it:  shoesearch crawl --site {shop.url} --keyword 鞋")
+    print(f"crawl it:  shoesearch crawl --site {shop.url}")
     try:
         shop.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        shop.httpd.server_close()
+        shop.close()
     return 0
 
 

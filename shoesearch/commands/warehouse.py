@@ -123,6 +123,7 @@ def cmd_sql(args, settings) -> int:
 
     from shoesearch.output import format_table
     from warehouse import open_warehouse
+    from warehouse.catalog import confine
 
     statement = parse_read_only(args.query)  # before touching the home: a bad query changes nothing
     wh = open_warehouse(settings, must_exist=True)
@@ -130,12 +131,17 @@ def cmd_sql(args, settings) -> int:
         if not settings.snapshot_path.exists():
             raise ShoesearchError("no snapshot yet: run `shoesearch catalog --snapshot` first")
         con = duckdb.connect(str(settings.snapshot_path), read_only=True)
+        confine(con, [])  # its tables are inside the file: no other file is needed
     else:
-        con = wh.connect()  # in-memory: nothing it does persists
+        con = wh.connect(confined=True)  # in-memory, and reads files under the warehouse only
     try:
         result = con.execute(statement).fetch_arrow_table()
     except duckdb.Error as exc:
-        raise ShoesearchError(f"query failed: {one_line(exc)}") from None
+        message = one_line(exc)
+        if message.startswith("Permission Error"):
+            where = "no files" if args.snapshot else f"only the files under {wh.root}"
+            message += f" (shoesearch sql reads {where}: query the tables and views)"
+        raise ShoesearchError(f"query failed: {message}") from None
     finally:
         con.close()
     print(format_table(result, args.format, args.max_rows if args.format == "table" else None))
