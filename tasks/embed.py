@@ -25,9 +25,9 @@ from prefect.cache_policies import NONE
 from tqdm import tqdm
 
 from models.registry import load_embedder
-from models.transforms import fit_square
+from models.transforms import fit_square, preprocess_path
 from shoesearch.errors import ShoesearchError
-from tasks.loading import PhotoBytes, PhotoTensors, batches, make_loader
+from tasks.loading import PhotoBytes, PhotoTensors, batches, is_upright_jpeg, make_loader
 from warehouse import open_warehouse, start_run
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _collate_bytes(items):
-    return [i for i, _ in items], [data for _, data in items]
+    return [i for i, _, _ in items], [data for _, data, _ in items], [up for _, _, up in items]
 
 
-def decode_on_gpu(datas: list[torch.Tensor], device: torch.device, size: int, mean, std):
-    """Raw photo bytes -> (normalised B x 3 x size x size on ``device``, ok mask). JPEGs use nvjpeg."""
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+def decode_on_gpu(datas: list[torch.Tensor], device: torch.device, size: int, mean, std,
+                  upright: list[bool] | None = None, max_pixels: int = 40_000_000):
+    """Raw photo bytes -> (normalised B x 3 x size x size on ``device``, ok mask). Upright JPEGs use nvjpeg;
+    the others (EXIF-rotated, other formats) the catalogue's CPU preprocessing, so orientation is applied."""
+    from torchvision.io import ImageReadMode, decode_jpeg
 
-    jpeg = [j for j, d in enumerate(datas) if d.numel() > 2 and int(d[0]) == 0xFF and int(d[1]) == 0xD8]
+    upright = upright if upright is not None else [is_upright_jpeg(d.numpy().tobytes()) for d in datas]
+    jpeg = [j for j, up in enumerate(upright) if up]
     decoded: dict[int, torch.Tensor] = {}
     if jpeg:
         try:
@@ -66,14 +69,17 @@ def decode_on_gpu(datas: list[torch.Tensor], device: torch.device, size: int, me
     out, ok = [], []
     for j, data in enumerate(datas):
         img = decoded.get(j)
-        if img is None:
+        if img is not None:
+            out.append(fit_square(img, size, mean, std))
+        else:
             try:
-                img = decode_image(data, mode=ImageReadMode.RGB).to(device, non_blocking=True)
-            except RuntimeError as exc:
+                out.append(preprocess_path(data.numpy().tobytes(), size, mean, std, max_pixels).to(device))
+            except Exception as exc:  # noqa: BLE001 - an unreadable photo is marked, as on the CPU path
                 log.warning("cannot decode photo: %s", exc)
-        ok.append(img is not None)
-        out.append(fit_square(img, size, mean, std) if img is not None
-                   else torch.zeros(3, size, size, device=device))
+                out.append(None)
+        ok.append(out[-1] is not None)
+        if out[-1] is None:
+            out[-1] = torch.zeros(3, size, size, device=device)
     return torch.stack(out), torch.tensor(ok)
 
 
@@ -140,8 +146,9 @@ def _embed_pending(run, todo: list[dict], embedder, settings, device: torch.devi
     try:
         for batch in batches(loader):
             if gpu_decode:
-                index, datas = batch
-                x, ok = decode_on_gpu(datas, device, embedder.image_size, embedder.mean, embedder.std)
+                index, datas, upright = batch
+                x, ok = decode_on_gpu(datas, device, embedder.image_size, embedder.mean, embedder.std, upright,
+                                      settings.crawl.max_image_pixels)
             else:
                 index, x, ok = batch
                 x = x.to(device, non_blocking=True)

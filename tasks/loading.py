@@ -63,8 +63,24 @@ class PhotoTensors(Dataset):
             return i, torch.zeros(3, self.size, self.size), False
 
 
+def is_upright_jpeg(data: bytes) -> bool:
+    """A JPEG whose EXIF orientation is 1 (or absent): nvjpeg's pixels equal the displayed photo."""
+    import io
+
+    from PIL import Image
+
+    if data[:2] != b"\xff\xd8":
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            return img.getexif().get(0x0112, 1) == 1
+    except Exception:  # noqa: BLE001 - an unreadable header is decoded (and reported) on the CPU path
+        return False
+
+
 class PhotoBytes(Dataset):
-    """(index, raw file bytes as uint8 tensor) per photo: decoded later on the GPU."""
+    """(index, raw file bytes as uint8 tensor, upright JPEG?) per photo: upright JPEGs are decoded on the
+    GPU; every other photo (EXIF-rotated, PNG, WebP ...) takes the catalogue's CPU preprocessing."""
 
     reads_files = True
 
@@ -78,9 +94,10 @@ class PhotoBytes(Dataset):
         from torchvision.io import read_file
 
         try:
-            return i, read_file(str(self.paths[i]))
+            data = read_file(str(self.paths[i]))
         except RuntimeError as exc:
             raise PhotoError(f"cannot read photo {self.paths[i]}: {exc}") from exc
+        return i, data, is_upright_jpeg(data.numpy().tobytes())
 
 
 class PhotoDataset(Dataset):

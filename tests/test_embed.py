@@ -95,3 +95,36 @@ def test_a_picture_shared_by_two_products_is_embedded_once(tmp_path, synthetic_c
     assert np.array_equal(vectors[1], vectors[2]) and not np.array_equal(vectors[0], vectors[1])
     with pytest.raises(Exception, match="no .* embedding"):
         load_embeddings(wh, "imagenet:resnet50@11ad3fa6:gem3", ["dup:a#0"])
+
+
+def test_gpu_decode_path_applies_exif_orientation_like_the_cpu_path(tmp_path):
+    """The nvjpeg path (run here with device=cpu: same code, torchvision's CPU JPEG decoder) sends an
+    EXIF-rotated JPEG and a PNG through the catalogue's CPU preprocessing, so every photo's tensor matches
+    ``preprocess_path``; before, the rotated JPEG came out sideways (nvjpeg ignores EXIF)."""
+    import torch
+    from PIL import Image
+
+    from models.transforms import preprocess_path
+    from tasks.embed import decode_on_gpu
+    from tasks.loading import PhotoBytes
+
+    base = Image.new("RGB", (120, 60), (200, 30, 30))
+    base.paste((30, 30, 200), (0, 0, 40, 60))  # blue on the left: orientation matters
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: displayed = rotate 270
+    paths = {"upright.jpg": lambda p: base.save(p, quality=95),
+             "rotated.jpg": lambda p: base.rotate(90, expand=True).save(p, quality=95, exif=exif.tobytes()),
+             "photo.png": lambda p: base.save(p)}
+    files = []
+    for name, write in paths.items():
+        write(tmp_path / name)
+        files.append(tmp_path / name)
+    items = [PhotoBytes(files)[i] for i in range(len(files))]
+    assert [up for _, _, up in items] == [True, False, False]
+    x, ok = decode_on_gpu([d for _, d, _ in items], torch.device("cpu"), 64, [0.5] * 3, [0.5] * 3,
+                          [up for _, _, up in items])
+    assert ok.all()
+    for k, path in enumerate(files):
+        expected = preprocess_path(path, 64, [0.5] * 3, [0.5] * 3)
+        tol = 0.08 if k == 0 else 1e-5  # nvjpeg/libjpeg full decode vs PIL draft() on the upright JPEG
+        assert (x[k] - expected).abs().mean() < tol, path.name
