@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 
-from shoesearch.errors import ShoesearchError
+from shoesearch.errors import explained
 
 DEFAULT_STARTUP_TIMEOUT_S = 300
 STARTUP_TIMEOUT_VAR = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -55,13 +55,8 @@ def run_flow(flow, settings, debug: bool = False, **params):
     """Call ``flow(home=..., overrides=<every setting>, **params)`` with one-line errors for Prefect trouble."""
     if not debug:
         quiet_prefect_console()
-    try:
+    with explained(prefect_trouble):  # only Prefect's own start/connect failures are translated
         return flow(home=str(settings.home), overrides=settings.as_overrides(), **params)
-    except Exception as exc:  # noqa: BLE001 - only Prefect's own start/connect failures are translated
-        message = prefect_trouble(exc)
-        if message is None:
-            raise
-        raise ShoesearchError(message) from exc
 
 
 def prefect_trouble(exc: BaseException) -> str | None:

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from models.transforms import preprocess_path
-from shoesearch.errors import ShoesearchError
+from shoesearch.errors import ShoesearchError, explained
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +163,8 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, device: tor
 
 def batches(loader: Iterable) -> Iterator:
     """Iterate ``loader``; a worker's failure becomes one :class:`ShoesearchError` line with its cause."""
-    try:
+    with explained(worker_cause):
         yield from loader
-    except Exception as exc:  # noqa: BLE001 - re-raised below with the worker's real cause
-        cause = worker_cause(exc)
-        if cause is None:
-            raise
-        raise ShoesearchError(cause) from exc
 
 
 def worker_cause(exc: Exception) -> str | None:
