@@ -74,12 +74,46 @@ def test_denoise_flow_writes_decisions_and_a_matching_report(embedded_settings, 
     for name in ("distances.png", "sheet_far.png", "sheet_borderline.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # A rerun with an absolute threshold is a new run; the view follows it, nothing is deleted.
-    second = denoise(embedded_settings, threshold=2.0)
+    # A rerun with an absolute threshold is a new run; the view follows it, nothing is deleted. The threshold
+    # splits the distances in half (between the two middle ones, computed here from the embeddings), and exactly
+    # the photos farther than it from their product's first photo are dropped.
+    distances = anchor_distances(wh, rows[0]["model_id"])
+    ordered = sorted(distances.values())
+    assert len(ordered) >= 20 and ordered[len(ordered) // 2 - 1] < ordered[len(ordered) // 2]
+    median = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    far = {image_id for image_id, d in distances.items() if d > median}
+    assert len(far) == len(ordered) - len(ordered) // 2  # measured: 118 distances (0.12 .. 1.30), median 0.627, 59 above it
+    second = denoise(embedded_settings, threshold=median)
     assert second != run_id
-    assert all(r["kept"] or r["reason"] in ("duplicate", "bad_image")
-               for r in wh.query("SELECT * FROM denoise_current").to_pylist())
+    now = {r["image_id"]: r for r in wh.query("SELECT * FROM denoise_current").to_pylist()}
+    assert {r["run_id"] for r in now.values()} == {second} and len(now) == n_images
+    assert {r["reason"] for r in now.values()} == {"anchor", "near", "far"}  # no duplicate or bad photo here
+    assert {i for i, r in now.items() if not r["kept"]} == far
+    assert {i for i, r in now.items() if r["reason"] == "far"} == far
+    assert {i for i, r in now.items() if r["reason"] == "near"} == set(distances) - far
+    assert all(now[i]["distance"] == pytest.approx(d, abs=1e-5) for i, d in distances.items())
     assert wh.query("SELECT count(*) AS n FROM denoise WHERE run_id = ?", [run_id]).to_pylist()[0]["n"] == len(rows)
+
+
+def anchor_distances(wh, model_id: str) -> dict[str, float]:
+    """Euclidean distance of every non-first photo to its product's first photo, from the stored embeddings
+    (numpy here, not the denoise code); photos repeating an earlier photo of their product are left out."""
+    from tasks.embed import load_embeddings
+
+    ids, matrix = load_embeddings(wh, model_id)
+    vectors = dict(zip(ids, matrix.astype(np.float64)))
+    assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-4)
+    photos = wh.query("""SELECT image_id, product_id, sha1 FROM images_current WHERE status = 'ok'
+                         ORDER BY product_id, position""").to_pylist()
+    out, anchors, seen = {}, {}, set()
+    for p in photos:
+        if p["image_id"] not in vectors or (p["product_id"], p["sha1"]) in seen:
+            continue
+        seen.add((p["product_id"], p["sha1"]))
+        anchor = anchors.setdefault(p["product_id"], p["image_id"])
+        if anchor != p["image_id"]:
+            out[p["image_id"]] = float(np.sqrt(((vectors[p["image_id"]] - vectors[anchor]) ** 2).sum()))
+    return out
 
 
 def test_denoise_handles_broken_first_photo_duplicates_and_single_photos(tmp_path, synthetic_catalog, small_settings):

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 
 from tests.fixtures_crawl import FAST_CRAWL
 
-NIGHTLY_PRODUCTS = 8  # first night; the second night's shop has NEW_PRODUCTS more
-CATALOG_SEED = 3  # its 8 products split 7 train / 1 test (no val product: no per-epoch validation pass)
+NIGHTLY_PRODUCTS = 10  # first night; the second night's shop has NEW_PRODUCTS more
+# With CATALOG_SEED 0 and these split fractions (test-heavy, so that the gate compares models on >= 5 test
+# products: the default 0.7/0.1/0.2 would need ~25 products) night 1 splits 4 train / 6 test (no val product:
+# no per-epoch validation pass) and night 2 4 train / 1 val / 7 test.
+CATALOG_SEED = 0
+SPLIT_FRACTIONS = "0.4;0.1;0.5"
 NEW_PRODUCTS = 2
 NIGHTLY_IMAGE_SIZE = 64  # tiny photos: the wiring, not the pixels, is under test
 NIGHTLY_SETTINGS = {
@@ -18,8 +25,16 @@ NIGHTLY_SETTINGS = {
     "train.kmeans_descriptors": 200, "train.kmeans_images": 20, "train.kmeans_iterations": 3,
     "train.epochs": 1, "train.batch_size": 8, "train.negatives_pool": 8, "train.hard_negatives": 2,
     "train.max_positives": 2, "train.cache_refresh_queries": 64, "train.device": "cpu",
-    "schedule.task_retries": 0, "schedule.retry_delay_s": 0,
+    "train.split_fractions": SPLIT_FRACTIONS, "schedule.task_retries": 0, "schedule.retry_delay_s": 0,
 }
+# Night 2 trains a really worse candidate: warm-started from night 1's model with a learning rate 10 000x the
+# default (1e-4), one epoch of Adam steps wrecks the trained layers. Measured, night 2's split (7 test products,
+# 49 photos): night 1's model 0.694 test Recall@1, the wrecked one 0.184 (lr 10: 0.102); night 1's split
+# (6 test products): night 1's model 0.756, the wrecked one 0.244. The gate must see a gap of more than GATE_GAP
+# (half the measured 0.51) in the recorded Recall@1 values, both ways.
+WRECKING_LR = 1.0
+GATE_GAP = 0.25
+VERDICT = re.compile(r"test Recall@1 new (\d\.\d+) vs current (\d\.\d+) on the same test photos")
 TABLES = ["products", "images", "embeddings", "denoise", "splits", "models", "train_metrics", "evaluations",
           "indexes", "runs"]
 
@@ -36,7 +51,7 @@ def nightly_catalog(tmp_path_factory):
 def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nightly_catalog, monkeypatch):
     from crawlers.demo_shop.server import DemoShop, load_catalog
     from flows.nightly import nightly
-    from tasks.index import current_index
+    from tasks.index import current_index, model_test_recall, recall_on_split, switch_index
     from tasks.search import search
     from warehouse import lineage, open_warehouse
     from shoesearch.settings import Settings
@@ -53,7 +68,7 @@ def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nig
     assert first["status"] == "current" and "kmeans" in first["steps"]
     splits = {r["split"]: r["n"] for r in wh.query("SELECT split, count(*) AS n FROM splits WHERE run_id = ? "
                                                    "GROUP BY split", [first["steps"]["split"]]).to_pylist()}
-    assert splits == {"train": 7, "test": 1}
+    assert splits == {"train": 4, "test": 6}
     assert {e["variant"] for e in first["evaluations"]} == {"imagenet", "kmeans_init", "trained"}
     for table in TABLES:
         n = wh.query(f"SELECT count(*) AS n FROM {'runs_log' if table == 'runs' else table}").column("n")[0].as_py()
@@ -70,12 +85,16 @@ def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nig
     front = wh.query("SELECT product_id, path FROM images_current WHERE position = 0 AND status = 'ok' "
                      "ORDER BY product_id LIMIT 1").to_pylist()[0]
     assert search(settings, settings.images_dir / front["path"], k=3)[0].product_id == front["product_id"]
+    # Photos the shop never showed (held back: rendered now) of catalogued products find their product.
+    ranks = held_back_ranks(settings, tmp_path, k=3)
+    assert sum(r is not None for r in ranks) >= 18 and ranks.count(1) >= 12, ranks
 
-    # Night 2: two new products; only their photos are embedded. The gate is forced to demand an
-    # impossible gain (tolerance -1: Recall@1 must rise by more than 1), so the new index is refused.
+    # Night 2: two new products; only their photos are embedded. The candidate is really worse (WRECKING_LR) and
+    # the gate (default tolerance 0) refuses it: its recorded test Recall@1 is far below the current model's,
+    # re-scored on the new split's test photos.
     old_photos = wh.query("SELECT count(*) AS n FROM images_current WHERE status = 'ok'").column("n")[0].as_py()
     with DemoShop(products, page_size=10) as shop:
-        second = nightly(site=shop.url, home=str(home), overrides={**NIGHTLY_SETTINGS, "schedule.gate_tolerance": -1.0})
+        second = nightly(site=shop.url, home=str(home), overrides={**NIGHTLY_SETTINGS, "train.lr": WRECKING_LR})
     new_photos = wh.query("SELECT count(*) AS n FROM images_current WHERE status = 'ok'").column("n")[0].as_py() - old_photos
     assert new_photos > 0
     embed_params = wh.query("SELECT parameters FROM runs WHERE run_id = ?", [second["steps"]["embed"]]).column(0)[0].as_py()
@@ -89,3 +108,54 @@ def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nig
     assert current_index(settings).index_id == first["index_id"]  # the previous index keeps serving
     refused = wh.query("SELECT * FROM indexes WHERE status = 'refused'").to_pylist()
     assert [r["index_id"] for r in refused] == [second["index_id"]]
+    new_r1, current_r1 = verdict(refused[0]["note"])
+    split2 = second["steps"]["split"]
+    assert split2 != first["steps"]["split"]  # the catalogue grew: the current model is re-scored on split 2
+    assert wh.query("SELECT count(*) AS n FROM splits WHERE run_id = ? AND split = 'test'", [split2]).column(0)[0].as_py() >= 5
+    trained_r1 = {e["variant"]: e["recall_at_1"] for e in second["evaluations"]}["trained"]
+    assert new_r1 == pytest.approx(trained_r1, abs=1e-4)  # the candidate's evaluated test Recall@1
+    assert current_r1 == pytest.approx(recall_on_split(settings, first["model_id"], split2), abs=1e-4)
+    assert new_r1 < current_r1 - GATE_GAP, refused[0]["note"]
+
+    # The other way round: with the wrecked model serving (an operator bypassed the gate), night 1's index is
+    # really better and the gate switches it in, on the recorded Recall@1 values in that order.
+    switch_index(settings, second["index_id"], gate=False)
+    assert current_index(settings).index_id == second["index_id"]
+    switch_index(settings, first["index_id"])
+    assert current_index(settings).index_id == first["index_id"]
+    accepted = wh.query("SELECT * FROM indexes WHERE index_id = ? AND status = 'current' ORDER BY created_at DESC "
+                        "LIMIT 1", [first["index_id"]]).to_pylist()[0]
+    assert accepted["note"].startswith("accepted")
+    better_r1, wrecked_r1 = verdict(accepted["note"])
+    assert better_r1 == pytest.approx(model_test_recall(wh, first["model_id"]), abs=1e-4)
+    assert wrecked_r1 == pytest.approx(recall_on_split(settings, second["model_id"], first["steps"]["split"]), abs=1e-4)
+    assert better_r1 > wrecked_r1 + GATE_GAP, accepted["note"]
+
+
+def verdict(note: str) -> tuple[float, float]:
+    """(new model's, current model's) test Recall@1 as the gate recorded them in an ``indexes`` note."""
+    match = VERDICT.search(note)
+    assert match, note
+    return float(match.group(1)), float(match.group(2))
+
+
+def held_back_ranks(settings, tmp_path, k: int) -> list[int | None]:
+    """Rank (1-based, None if not in the top ``k``) of the right product for a fresh view of each of night 1's
+    products that the shop never served: a tilted and a "far" photo (random angle / placement, new jitter).
+
+    Night 1's model (64 px, one epoch), measured over these 20 queries: 19 in the top 3 (one "far" view ranks
+    5th), 14 first. Chance is 6 in the top 3 and 2 first (10 products); the test asks 18 and 12.
+    """
+    from crawlers.demo_shop.synthetic import design_for, product_metadata, render_view
+    from tasks.search import search
+
+    ranks = []
+    for i in range(NIGHTLY_PRODUCTS):
+        design = CATALOG_SEED * 100_000 + i
+        product_id = f"jd:{product_metadata(design, design_for(design))['sku']}"
+        for view in ("tilted", "far"):
+            path = tmp_path / f"held-back-{view}-{i}.jpg"
+            render_view(design_for(design), view, NIGHTLY_IMAGE_SIZE, random.Random(f"held-back-{view}-{i}")).save(path)
+            found = [h.product_id for h in search(settings, path, k=k)]
+            ranks.append(found.index(product_id) + 1 if product_id in found else None)
+    return ranks

@@ -89,8 +89,27 @@ def test_kmeans_model_has_lineage(trained):
     assert split in [r["run_id"] for r in lineage(wh, km)]
 
 
+# Measured with these settings (SMALL) over train.seed 0..10 (each seed its own split, k-means and mining;
+# a one-off script, not run in CI), trained model vs its k-means init on tuples mined from the training photos
+# by the init model (as below) and on the test split:
+#   loss on the fixed tuples, trained / init:        0.005 .. 0.166   (seed 0: 0.005)
+#   tuples ranked right (best positive nearer than every hard negative):
+#                                     init 0.44 .. 0.61, trained 0.76 .. 0.99, gain +0.21 .. +0.54 (seed 0: +0.54)
+#   test Recall@1 gain:               +1 .. +9 queries of 21 .. 51 (seed 0: +7 of 49); test mAP gain -0.011 .. +0.09
+# No unit-sized setting found gives a held-out gain well outside seed noise (lr 3e-3: R@1 gain 0 on 2 of 8
+# seeds; 6 epochs: early stopping ends 5 of 8 seeds after epoch 4 with the 3-epoch numbers), so the evidence of
+# learning is asserted on the training tuples, with margins outside the measured spread; the held-out
+# Recall@1 is kept as a no-regression guard (trained >= init), not as the proof.
+MAX_LOSS_RATIO = 0.3  # measured at most 0.166
+MIN_RANKING_GAIN = 0.15  # measured at least +0.21
+
+
 def test_training_lowers_loss_and_beats_kmeans_init(trained):
-    """The trained model: lower loss on fixed mined tuples, higher test Recall@1 than k-means init."""
+    """Training works on what it optimises: on fixed tuples mined by the initial model, the trained model's loss
+    is under MAX_LOSS_RATIO of the init's, and the fraction of tuples whose best positive is nearer than every
+    hard negative rises by MIN_RANKING_GAIN (both far outside the spread over 11 seeds, see above). On the test
+    split the trained model does not lose Recall@1 to its k-means init (a guard: the measured gain, +1 to +9
+    queries, is within seed noise, so no margin is claimed)."""
     from models.loss import WeakTripletLoss
     from models.netvlad_model import FromFrozen, load_checkpoint
     from tasks.train import TupleDataset, frozen_cache, mine_chunk, query_indices, tuple_loss
@@ -115,18 +134,22 @@ def test_training_lowers_loss_and_beats_kmeans_init(trained):
                         torch.device("cpu"))
     batch = torch.stack([TupleDataset(cache, tuples)[i] for i in range(len(tuples))])
     crit = WeakTripletLoss(settings.train.margin)
+    positives = settings.train.max_positives
     with torch.no_grad():
-        before = float(tuple_loss(init_net, batch, crit, settings.train.max_positives, torch.device("cpu")))
-        after = float(tuple_loss(trained_net, batch, crit, settings.train.max_positives, torch.device("cpu")))
-    assert after < before * 0.9, (before, after)
+        before = float(tuple_loss(init_net, batch, crit, positives, torch.device("cpu")))
+        after = float(tuple_loss(trained_net, batch, crit, positives, torch.device("cpu")))
+        ranked_before, ranked_after = ranked_right(init_net, batch, positives), ranked_right(trained_net, batch, positives)
+    assert len(tuples) >= 50
+    assert after < before * MAX_LOSS_RATIO, (before, after)
+    assert ranked_after >= ranked_before + MIN_RANKING_GAIN, (ranked_before, ranked_after)
 
-    # test Recall@1: trained > k-means init, measured by the evaluate step on the same test photos
+    # test Recall@1: trained >= k-means init (a guard), measured by the evaluate step on the same test photos
     from tasks.evaluate import evaluate
 
     ev = evaluate(settings, row["model_id"])
     rows = {r["variant"]: r for r in wh.query("SELECT * FROM evaluations WHERE run_id = ?", [ev]).to_pylist()}
     assert set(rows) == {"imagenet", "kmeans_init", "trained"}
-    assert rows["trained"]["recall_at_1"] > rows["kmeans_init"]["recall_at_1"], rows
+    assert rows["trained"]["recall_at_1"] >= rows["kmeans_init"]["recall_at_1"], rows  # guard, see docstring
     assert rows["trained"]["recall_at_1"] == pytest.approx(metrics["recall_at_1"])
     assert (settings.reports_dir / f"{ev}.md").exists() and (settings.reports_dir / f"{ev}.png").exists()
 
@@ -135,6 +158,14 @@ def test_training_lowers_loss_and_beats_kmeans_init(trained):
                       [row["model_id"]]).to_pylist()
     assert [e["epoch"] for e in epochs] == list(range(1, params["epochs_run"] + 1))
     assert all(math.isfinite(e["loss"]) for e in epochs)
+
+
+def ranked_right(net, batch: torch.Tensor, positives: int) -> float:
+    """Fraction of tuples (B x (1+P+N) x ...) whose nearest positive is nearer the query than every negative."""
+    b, t = batch.shape[:2]
+    desc = net(batch.flatten(0, 1)).float().view(b, t, -1)
+    d = ((desc[:, 1:] - desc[:, :1]) ** 2).sum(-1)
+    return float((d[:, :positives].min(1).values < d[:, positives:].min(1).values).float().mean())
 
 
 def test_frozen_cache_is_exact(trained):
@@ -228,3 +259,93 @@ def test_train_flow_records_every_step(prefect_harness, trained):
     assert {result["split"]: "split", result["kmeans"]: "kmeans", result["train"]: "train"}.items() <= runs.items()
     variants = wh.query("SELECT variant FROM evaluations WHERE run_id = ?", [result["evaluate"]]).column("variant")
     assert sorted(variants.to_pylist()) == ["imagenet", "kmeans_init", "trained"]
+
+
+def _run_with_spy(monkeypatch, settings, split, km):
+    """train_model from k-means with ``train_epoch`` spied: returns (run id, [(net type, model weights) per epoch])."""
+    import copy
+
+    import tasks.train as T
+    from models.netvlad_model import FromFrozen
+
+    real_epoch, epochs = getattr(T.train_epoch, "real", T.train_epoch), []  # not an earlier spy
+
+    def spy(net, *args, **kwargs):
+        out = real_epoch(net, *args, **kwargs)
+        model = net.model if isinstance(net, FromFrozen) else net
+        epochs.append((type(net).__name__, copy.deepcopy(model.state_dict())))
+        return out
+
+    spy.real = real_epoch
+    monkeypatch.setattr(T, "train_epoch", spy)
+    return T.train_model(settings, split, kmeans_run_id=km), epochs
+
+
+def test_uncached_training_matches_the_cached_path(trained, monkeypatch):
+    """``train.frozen_cache_mb=0`` (the one value changed: it selects the uncached path) decodes photos and runs the
+    frozen stages in every step; it trains the same model as the default cached path (measured: bit-identical
+    weights, loss and test metrics after one epoch), so a bug in either input path shows as a difference here.
+    Settings: SHORT with one epoch (16 queries), for time."""
+    from models.netvlad_model import load_checkpoint
+    from shoesearch.settings import Settings
+    from warehouse import open_warehouse
+
+    settings, split, km, _ = trained
+    wh = open_warehouse(settings)
+    results = {}
+    for name, extra in (("cached", {}), ("uncached", {"train.frozen_cache_mb": 0})):
+        run_settings = Settings.load(home=settings.home, overrides={**SHORT, "train.epochs": 1, **extra})
+        run, epochs = _run_with_spy(monkeypatch, run_settings, split, km)
+        row = _model_row(wh, run)
+        loss = wh.query("SELECT loss FROM train_metrics WHERE model_id = ?", [row["model_id"]]).column(0).to_pylist()
+        results[name] = (epochs, loss, json.loads(row["metrics"]), load_checkpoint(settings.home / row["path"])[0])
+    assert Settings.load(home=settings.home).train.frozen_cache_mb > 0  # the default is the cached path
+    assert [kind for kind, _ in results["cached"][0]] == ["FromFrozen"]
+    assert [kind for kind, _ in results["uncached"][0]] == ["NetVLADModel"]  # photos in, no cache
+    (_, loss_c, metrics_c, model_c), (_, loss_u, metrics_u, model_u) = results["cached"], results["uncached"]
+    assert len(loss_u) == 1 and math.isfinite(loss_u[0]) and loss_u == pytest.approx(loss_c, rel=1e-5)
+    assert metrics_u == pytest.approx(metrics_c, abs=1e-5)
+    for (name, a), b in zip(model_c.state_dict().items(), model_u.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+    trained_weights = results["uncached"][0][0][1]  # after its one epoch: what was kept
+    assert all(torch.equal(a, b) for a, b in zip(trained_weights.values(), model_u.state_dict().values()))
+
+
+def test_early_stopping_keeps_the_best_epoch(trained, monkeypatch):
+    """``train.patience`` at its default (3) with ``train.epochs`` at its default (10): validation Recall@1 is
+    scripted (the real one plateaus after epoch 1 at this size, which would test the rule on one pattern only):
+    best at epoch 2, a Recall@1 tie with lower mAP at 3 (mAP breaks ties: not a gain), lower at 4, an exact tie
+    at 5: three epochs without gain, so training stops after epoch 5 of 10, and the model kept is epoch 2's.
+    Settings: SHORT's 16 queries per epoch, for time."""
+    import tasks.train as T
+    from models.netvlad_model import load_checkpoint
+    from shoesearch.settings import Settings
+    from warehouse import open_warehouse
+
+    settings, split, km, _ = trained
+    overrides = {k: v for k, v in SHORT.items() if k != "train.epochs"}
+    run_settings = Settings.load(home=settings.home, overrides=overrides)
+    assert (run_settings.train.patience, run_settings.train.epochs) == (3, 10)  # the defaults
+    scripted = iter([(0.4, 0.3), (0.6, 0.5), (0.6, 0.4), (0.5, 0.6), (0.6, 0.5)])  # then gains, if it went on
+    real_recall = T.recall
+
+    def val_recall(model, s, photo_set, device):
+        if set(photo_set.splits) != {"val"}:
+            return real_recall(model, s, photo_set, device)  # the test split: measured
+        r1, ap = next(scripted, (0.9, 0.9))
+        return {"queries": len(photo_set), "recall_at_1": r1, "recall_at_5": r1, "recall_at_10": r1, "mean_ap": ap}
+
+    monkeypatch.setattr(T, "recall", val_recall)
+    run, epochs = _run_with_spy(monkeypatch, run_settings, split, km)
+    wh = open_warehouse(settings)
+    row = _model_row(wh, run)
+    params = json.loads(row["params"])
+    assert params["epochs_run"] == len(epochs) == 5
+    assert params["best_val_recall_at_1"] == pytest.approx(0.6)
+    metrics = wh.query("SELECT epoch, val_recall_at_1 FROM train_metrics WHERE model_id = ? ORDER BY epoch",
+                       [row["model_id"]]).to_pylist()
+    assert [(m["epoch"], round(m["val_recall_at_1"], 6)) for m in metrics] == [(1, 0.4), (2, 0.6), (3, 0.6), (4, 0.5), (5, 0.6)]
+    kept, _ = load_checkpoint(settings.home / row["path"])
+    for epoch, (_, weights) in enumerate(epochs, start=1):
+        same = all(torch.equal(a, b) for a, b in zip(weights.values(), kept.state_dict().values()))
+        assert same == (epoch == 2), epoch  # epoch 2's weights, and no other epoch's (training moved them)
