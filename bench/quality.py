@@ -1,135 +1,158 @@
-"""Retrieval quality ablation on real photo datasets (../shared/data), as the NetVLAD paper's figure.
+"""Retrieval quality on real shoe photos (../shared/data), mean and spread over seeds: the real claim.
 
-For each dataset (a catalog folder: each object is a product, the first sorted file its photo 0):
-ingest into a scratch home, embed + denoise (the project's ImageNet denoise step), one product-level
-split, then k-means + training twice, on the raw photos and on the photos denoise kept. The evaluate
-step scores, on the same test photos (all test photos, raw), (a) the off-the-shelf ImageNet global
-descriptor, (b) NetVLAD at k-means init, (c) trained NetVLAD, (b)/(c) for both photo sets.
+For each dataset (a catalog folder: each folder is a product, its first sorted photo is photo 0;
+``labels.csv`` may mark gallery noise): ingest into a scratch home, embed + denoise once (the project's
+ImageNet denoise step, default threshold); then per seed a new product-level split (``train.seed``),
+k-means + training on each requested photo set (``--photos``: ``denoised`` is what ``nightly`` trains on,
+``raw`` the photos as crawled), and scoring on the *genuine* test photos (noise removed by the labels, not
+by denoise; every photo when there are no labels):
 
-CPU-sized by default (128 px, 4 epochs, K=32, 256-d); every choice is a flag and printed. Prints a
-table per dataset and writes bench/results/quality-<dataset>.json. A dataset takes ~5-15 min on 2 CPU cores.
+* (a) ``imagenet``: the off-the-shelf ImageNet descriptor of the backbone (GeM), no training;
+* (b) ``kmeans_init``: NetVLAD with k-means centroids and PCA whitening, before training;
+* (c) ``trained``: NetVLAD after training.
 
-    .venv/bin/python bench/quality.py [--datasets eth80 coil100] [--epochs 4] [--image-size 128]
+Every setting is the pipeline default unless given with ``--set key=value`` (printed and stored). Prints
+one table per dataset (mean +- std over the seeds, and every seed) and writes
+``bench/results/quality-<dataset>.json``, one file per dataset run. About 8-10 min per seed and photo
+set for footwear-dev on 2 CPU cores at the defaults.
+
+    .venv/bin/python bench/quality.py [--datasets footwear-dev] [--seeds 0 1 2] [--photos denoised]
+                                      [--set train.epochs=4 ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo, not bench/
 
+from bench.realshop import variant_rows  # noqa: E402
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RESULTS = Path(__file__).resolve().parent / "results"
+METRICS = ("recall_at_1", "recall_at_5", "recall_at_10", "mean_ap")
 
 
-def run_dataset(name: str, args, home: Path) -> dict:
+def prepare(name: str, overrides: dict, home: Path) -> tuple[dict, dict]:
+    """Ingest + embed + denoise once; (noise labels by image id, denoise summary)."""
     from shoesearch.settings import Settings
     from tasks.denoise import denoise
-    from tasks.evaluate import evaluate
     from tasks.ingest import ingest_catalog
+    from warehouse import open_warehouse
+
+    settings = Settings.load(home=home, overrides=overrides)
+    ingest_catalog(settings, DATA / name, name=name)
+    run = denoise(settings)
+    rows = open_warehouse(settings).query(
+        "SELECT d.image_id, d.kept, d.threshold, i.is_noise FROM denoise d JOIN images_current i USING (image_id) "
+        "WHERE d.run_id = ? AND d.reason IS DISTINCT FROM 'bad_image'", [run]).to_pylist()
+    labels = {r["image_id"]: bool(r["is_noise"]) for r in rows}  # no label = genuine
+    dropped = {r["image_id"] for r in rows if not r["kept"]}
+    noise = {i for i, n in labels.items() if n}
+    hits = len(dropped & noise)
+    summary = {"photos": len(rows), "kept": len(rows) - len(dropped), "labelled_noise": len(noise),
+               "threshold": rows[0]["threshold"] if rows else None,
+               "precision": round(hits / len(dropped), 4) if dropped and noise else None,
+               "recall": round(hits / len(noise), 4) if noise else None}
+    return labels, summary
+
+
+def one_seed(overrides: dict, home: Path, seed: int, photo_sets: list[str], labels: dict) -> dict:
+    """A split with ``seed``; train on each photo set; score every variant on the genuine test photos."""
+    from shoesearch.settings import Settings
     from tasks.kmeans import kmeans_init
     from tasks.split import make_split
     from tasks.train import model_id_of_run, train_model
     from warehouse import open_warehouse
 
-    overrides = {
-        "embed.image_size": args.image_size, "train.image_size": args.image_size, "train.device": args.device,
-        "train.epochs": args.epochs, "train.clusters": args.clusters, "train.descriptor_dim": args.dim,
-        "train.queries_per_epoch": args.queries, "train.kmeans_images": 300, "train.kmeans_descriptors": 20_000,
-        "train.max_positives": args.positives, "train.hard_negatives": args.negatives,
-        "train.negatives_pool": args.pool, "train.cache_refresh_queries": args.refresh, "train.lr": args.lr,
-        "train.num_workers": 0, "embed.num_workers": 0,
-    }
-    settings = Settings.load(home=home, overrides=overrides)
-    times = {}
-    t0 = time.perf_counter()
-    ingest_catalog(settings, DATA / name, name=name)
-    den = denoise(settings)  # embeds every photo with the ImageNet model first
-    times["ingest+embed+denoise"] = time.perf_counter() - t0
+    settings = Settings.load(home=home, overrides={**overrides, "train.seed": seed})
     wh = open_warehouse(settings)
-    kept = wh.query("SELECT count(*) FILTER (WHERE kept) AS k, count(*) AS n FROM denoise WHERE run_id = ?",
-                    [den]).to_pylist()[0]
     split = make_split(settings)
-    models = {}
-    for photos in ("raw", "denoised"):
+    rows, seconds = [], {}
+    for k, photos in enumerate(photo_sets):
         t0 = time.perf_counter()
         km = kmeans_init(settings, split, photos)
-        models[photos] = model_id_of_run(settings, train_model(settings, split, kmeans_run_id=km, photos=photos))
-        times[f"kmeans+train ({photos})"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ev = evaluate(settings, models["raw"], compare=[models["denoised"]], photos="raw")
-    times["evaluate"] = time.perf_counter() - t0
-    rows = wh.query("SELECT variant, photos, queries, recall_at_1, recall_at_5, recall_at_10, mean_ap "
-                    "FROM evaluations WHERE run_id = ?", [ev]).to_pylist()
-    epochs = {p: wh.query("SELECT epoch, loss, val_recall_at_1 FROM train_metrics WHERE model_id = ? ORDER BY epoch",
-                          [m]).to_pylist() for p, m in models.items()}
-    test_products = wh.query("SELECT count(*) AS n FROM splits WHERE run_id = ? AND split = 'test'",
-                             [split]).column("n")[0].as_py()
-    return {"dataset": name, "denoise_kept": kept["k"], "photos": kept["n"], "test_products": test_products,
-            "rows": rows, "epochs": epochs, "seconds": {k: round(v, 1) for k, v in times.items()}}
+        model = model_id_of_run(settings, train_model(settings, split, kmeans_run_id=km, photos=photos))
+        seconds[f"kmeans+train {photos}"] = round(time.perf_counter() - t0, 1)
+        epochs = wh.query("SELECT count(*) n FROM train_metrics WHERE model_id = ?", [model]).column("n")[0].as_py()
+        for row in variant_rows(settings, wh, model, labels, baseline_too=k == 0):
+            rows.append({**row, "photos": None if row["variant"] == "imagenet" else photos, "seed": seed,
+                         "epochs": None if row["variant"] == "imagenet" else epochs})
+    return {"seed": seed, "rows": rows, "seconds": seconds}
 
 
-def table(result: dict) -> str:
-    lines = [f"{result['dataset']}: {result['photos']} photos, denoise kept {result['denoise_kept']}; "
-             f"test: {result['test_products']} products, {result['rows'][0]['queries']} query photos (raw)",
-             "| variant | trained on | Recall@1 | Recall@5 | Recall@10 | mAP |", "|---|---|---:|---:|---:|---:|"]
-    names = {"imagenet": "(a) ImageNet global", "kmeans_init": "(b) NetVLAD k-means init",
-             "trained": "(c) NetVLAD trained"}
-    for r in result["rows"]:
-        on = "-" if r["variant"] == "imagenet" else r["photos"]
-        lines.append(f"| {names[r['variant']]} | {on} | {r['recall_at_1']:.3f} | {r['recall_at_5']:.3f} | "
-                     f"{r['recall_at_10']:.3f} | {r['mean_ap']:.3f} |")
-    for photos, eps in result["epochs"].items():
-        lines.append(f"epochs ({photos}): " + ", ".join(
-            f"{e['epoch']}: loss {e['loss']:.4f} val R@1 {e['val_recall_at_1']:.3f}" for e in eps))
-    lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()))
-    return "\n".join(lines)
+def summarise(per_seed: list[dict]) -> list[dict]:
+    """Mean and (sample) standard deviation over seeds of each (variant, photos) row."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in per_seed:
+        for r in run["rows"]:
+            groups.setdefault((r["variant"], r["photos"]), []).append(r)
+    out = []
+    for (variant, photos), rows in groups.items():
+        entry = {"variant": variant, "photos": photos, "seeds": len(rows), "queries": [r["queries"] for r in rows]}
+        for m in METRICS:
+            values = [r[m] for r in rows]
+            entry[m] = round(statistics.fmean(values), 4)
+            entry[m + "_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
+        out.append(entry)
+    return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--datasets", nargs="+", default=["eth80", "coil100"])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--clusters", type=int, default=32)
-    ap.add_argument("--dim", type=int, default=256, help="PCA-whitened descriptor size")
-    ap.add_argument("--queries", type=int, default=600, help="queries per epoch (0 = all training photos)")
-    ap.add_argument("--positives", type=int, default=3)
-    ap.add_argument("--negatives", type=int, default=5)
-    ap.add_argument("--pool", type=int, default=300, help="random negatives per query before the hardest")
-    ap.add_argument("--refresh", type=int, default=200, help="queries between descriptor-cache refreshes")
-    ap.add_argument("--lr", type=float, default=1e-4)
+def print_table(result: dict) -> None:
+    d = result["denoise"]
+    print(f"\nquality: {result['dataset']}, seeds {result['seeds']}, settings changed: {result['settings_changed'] or 'none'}")
+    print(f"denoise: {d['photos']} photos, kept {d['kept']}, precision {d['precision']}, recall {d['recall']}")
+    print(f"{'variant':<12} {'trained on':<10} " + " ".join(f"{m:>15}" for m in ("R@1", "R@5", "R@10", "mAP")))
+    for r in result["summary"]:
+        cells = " ".join(f"{r[m]:>7.3f} ±{r[m + '_std']:.3f}" for m in METRICS)
+        print(f"{r['variant']:<12} {r['photos'] or '-':<10} {cells}")
+    for run in result["per_seed"]:
+        print(f"seed {run['seed']}: " + "; ".join(
+            f"{r['variant']}{'/' + r['photos'] if r['photos'] else ''} R@1 {r['recall_at_1']:.3f} mAP {r['mean_ap']:.3f}"
+            for r in run["rows"]) + f"  ({run['seconds']})")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=["footwear-dev"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--photos", nargs="+", default=["denoised"], choices=["raw", "denoised"])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting (default: none)")
     args = ap.parse_args()
-
-    import torch
-
-    config = {k: v for k, v in vars(args).items() if k != "datasets"}
-    config["backbone"] = "efficientnet_lite0 (train.backbone default; last block trained, rest frozen)"
-    config["threads"] = torch.get_num_threads()
-    print("config: " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    overrides = dict(kv.split("=", 1) for kv in args.set)
     missing = [name for name in args.datasets if not (DATA / name).is_dir()]
     if missing:
         print(f"quality: skipped, no {', '.join(missing)} under {DATA} (../shared/data is not on this machine)")
-        return
+        return 0
     for name in args.datasets:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"quality-{name}-") as tmp:
-            result = run_dataset(name, args, Path(tmp) / "home")
-        result["config"], result["total_s"] = config, round(time.perf_counter() - started, 1)
-        print(table(result))
-        print(f"total {result['total_s']} s\n")
-        out = Path(__file__).resolve().parent / "results" / f"quality-{name}.json"  # one file per dataset run:
-        out.parent.mkdir(exist_ok=True)  # no read-modify-write of a shared file (two runs would race)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"dataset": name, "result": result}, indent=2, default=str))
-        tmp.replace(out)
-        print(f"wrote {out}")
+            home = Path(tmp) / "home"
+            labels, denoise_summary = prepare(name, overrides, home)
+            per_seed = [one_seed(overrides, home, seed, args.photos, labels) for seed in args.seeds]
+        result = {"bench": "quality", "dataset": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}",
+                  "seeds": args.seeds, "photo_sets": args.photos, "settings_changed": overrides,
+                  "denoise": denoise_summary, "summary": summarise(per_seed), "per_seed": per_seed,
+                  "total_seconds": round(time.perf_counter() - started, 1)}
+        print_table(result)
+        out = RESULTS / f"quality-{name}.json"  # one file per dataset run: no read-modify-write of a shared file
+        out.parent.mkdir(exist_ok=True)
+        tmp_out = out.with_suffix(".json.tmp")
+        tmp_out.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
+        tmp_out.replace(out)
+        print(f"wrote {out} ({result['total_seconds']} s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -112,8 +112,9 @@ def denoise_row(wh, labels: dict[str, bool]) -> dict:
             "recall": round(hits / len(noise), 4) if noise else None}
 
 
-def variant_rows(settings, wh, model_id: str, labels: dict[str, bool]) -> list[dict]:
-    """imagenet / kmeans_init / trained scored on the genuine photos of the model's test split."""
+def variant_rows(settings, wh, model_id: str, labels: dict[str, bool], baseline_too: bool = True) -> list[dict]:
+    """imagenet / kmeans_init / trained scored on the genuine photos (``labels[image_id] is False``) of the
+    model's test split; ``baseline_too=False`` leaves out the imagenet row."""
     from models.registry import load_embedder
     from tasks.evaluate import score, variant_embedders
     from tasks.train_data import PhotoSet, load_photos, pick_device
@@ -127,7 +128,7 @@ def variant_rows(settings, wh, model_id: str, labels: dict[str, bool]) -> list[d
                        pick(test.domains), "genuine", None)
     out = []
     baseline = ("imagenet", None, None, lambda: load_embedder(f"imagenet:{row['backbone']}", settings))
-    for variant, _, _, build in [baseline, *variants]:
+    for variant, _, _, build in ([baseline] if baseline_too else []) + variants:
         embedder = build()
         if hasattr(embedder, "to"):
             embedder.to(device)

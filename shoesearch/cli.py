@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `shoesearch ... | head`: the reader left; say nothing, as other CLI tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush must not fail again
+        return 141  # 128 + SIGPIPE, the shell's status for a writer killed by a closed pipe
     except (ShoesearchError, SchemaError, ValueError, KeyError, FileNotFoundError) as exc:
         if args.debug:
             traceback.print_exc()

@@ -281,3 +281,15 @@ def test_search_k_at_the_bound_searches(indexed_home, tmp_path):
     assert res.returncode == 0, res.stderr
     rows = res.stdout.strip().splitlines()[1:]
     assert len(rows) == 3 and rows[0].split(",")[2] == front["product_id"], res.stdout
+
+
+def test_output_into_a_closed_pipe_ends_quietly(empty_home, tmp_path):
+    """``shoesearch sql ... | head -1``: the reader leaves early; the CLI exits 141 (SIGPIPE's status) with
+    nothing on stderr, not an "unexpected BrokenPipeError"."""
+    env = {**os.environ, "SHOESEARCH_HOME": str(empty_home)}
+    proc = subprocess.Popen([*CLI, "sql", "--format", "csv", "SELECT range AS n FROM range(200000)"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().split() == [b"n"]
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == b""

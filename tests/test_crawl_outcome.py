@@ -269,3 +269,28 @@ def test_keyword_alone_crawls_only_that_keyword(tmp_path, make_shop, monkeypatch
     helptext = subprocess.run([str(BIN / "shoesearch"), "crawl", "--help"], capture_output=True, text=True,
                               env=_env(tmp_path), cwd=tmp_path, timeout=120).stdout
     assert "--keyword alone crawls no category" in " ".join(helptext.split())
+
+
+def test_scrapy_crawl_jd_alone_writes_the_shop_into_the_warehouse(tmp_path, make_shop):
+    """The spider run by hand (README: ``scrapy crawl jd -s SHOESEARCH_HOME=data`` from the repository root), at
+    the default keywords and categories, with the site and the loopback politeness given by environment (the
+    one settings mechanism it shares with the CLI): every product and photo lands in the warehouse, exit 0, and
+    a rerun of the same job writes nothing twice."""
+    shop = make_shop(n=8)
+    manifest = httpx.get(f"{shop.url}/_shop/manifest.json").json()
+    res = _scrapy_crawl(tmp_path, shop.url)
+    assert res.returncode == 0, res.stderr[-2000:]
+    wh = open_warehouse(Settings.load(tmp_path / "home"))
+    counts = lambda: {r["sku"]: r["n"] for r in wh.query(  # noqa: E731
+        "SELECT p.sku, count(*) n FROM products_current p JOIN images_current i USING (product_id) "
+        "WHERE i.status = 'ok' GROUP BY 1").to_pylist()}
+    assert counts() == {p["sku"]: len(p["gallery"]) for p in manifest["products"]}
+    runs = wh.query("SELECT step, status FROM runs").to_pylist()
+    assert runs == [{"step": "crawl", "status": "success"}]
+    raw_rows = lambda: wh.query("SELECT count(*) n FROM images").column("n")[0].as_py()  # noqa: E731
+    written = raw_rows()
+    assert written == sum(counts().values())
+    again = _scrapy_crawl(tmp_path, shop.url)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert counts() == {p["sku"]: len(p["gallery"]) for p in manifest["products"]}
+    assert raw_rows() == written  # nothing written twice

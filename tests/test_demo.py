@@ -1,16 +1,54 @@
-"""``shoesearch demo``: a failing step still stops the demo shop and ends in a one-line error.
-
-The demo's success path is one nightly run (covered end to end by tests/test_nightly.py) plus
-printing; it takes minutes, so here only its cleanup and error path run, for real: the CLI, the
-generated shop on a loopback port, bad crawl settings refused once it serves.
+"""``shoesearch demo``: the success path through the real command (its own Prefect server, the generated
+shop on a loopback port, the nightly flow at the default loader workers), and a failing step that still
+stops the demo shop and ends in a one-line error.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def test_demo_runs_end_to_end_through_the_command(tmp_path):
+    """``shoesearch demo`` as ``make demo`` runs it, with one value changed: ``train.epochs=1`` (the demo's 8
+    epochs add ~40 s on 2 cores; every step still runs, training included). Exit 0; all three evaluation
+    variants printed for the test split; the example search (a view the crawl never saw) finds its product in
+    the top 5; the shop is stopped; the printed index is the current one and the printed next commands work."""
+    from shoesearch.settings import Settings
+    from warehouse import open_warehouse
+
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOESEARCH_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    res = subprocess.run([str(BIN / "shoesearch"), "--home", str(home), "--set", "train.epochs=1", "demo"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    variants = re.findall(r"^(imagenet|kmeans_init|trained) +denoised +test +(\d+) ", out, re.M)
+    assert [v for v, _ in variants] == ["imagenet", "kmeans_init", "trained"] and int(variants[0][1]) > 0, out
+    assert re.search(r"the right product \(jd:\d+\) is ranked [1-5]|is ranked first", out), out
+    url = re.search(r"serving on (http://127\.0\.0\.1:\d+)", out).group(1)
+    assert f"demo shop on {url} stopped" in out
+    index_id = re.search(r"lineage --index (\S+)", out).group(1)
+    assert (home / "indexes" / "CURRENT").read_text().strip() == index_id
+    wh = open_warehouse(Settings.load(home))
+    steps = {r["step"]: r["status"] for r in wh.query("SELECT step, status FROM runs").to_pylist()}
+    assert set(steps) == {"crawl", "embed", "denoise", "split", "kmeans", "train", "evaluate", "index", "switch"}
+    assert set(steps.values()) == {"success"}, steps
+    query = re.search(r"search (\S+demo-query\.jpg)", out).group(1)
+    found = subprocess.run([str(BIN / "shoesearch"), "--home", str(home), "search", query], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    first = re.search(r"^1 +[\d.]+ +(jd:\d+) ", out, re.M).group(1)  # the demo's own top result
+    assert re.search(r"^1 +[\d.]+ +(jd:\d+) ", found.stdout, re.M).group(1) == first, found.stdout
 
 
 def test_demo_stops_the_shop_when_a_step_fails(tmp_path, monkeypatch, capsys):

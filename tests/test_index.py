@@ -243,3 +243,43 @@ def test_gate_refuses_a_worse_model(indexed_settings):
     assert not ok and "0.7000" in why and "0.8000" in why
     assert gate_decision(wh, "m-new", current, tolerance=0.15)[0]
     assert gate_decision(wh, "m-new", None, tolerance=0.0) == (True, "no current index")
+
+
+# IVF-PQ through the index step, at the defaults (SQ8 refinement of 8x candidates, nprobe 32) except two values,
+# because the test catalogue has 134 photos: exact_max_vectors=10 (else search stays exact up to 200k) and
+# pq_bits=1 (PQ trains 2**pq_bits codewords on >= 39 points each: 8 bits need 9,984 vectors, 1 bit needs 78).
+# Recall@10 vs exact measured over the 134 photos: PQ alone 0.575 (1-bit codes are coarse), with the default SQ8
+# refinement 0.996 -- so a step that dropped the refinement, or wrote a constant, fails. Bounds: +- 0.05.
+MEASURED_IVFPQ = {"SQ8": 0.996, "": 0.575}
+
+
+@pytest.mark.parametrize("refine", ["SQ8", ""])
+def test_ivfpq_through_the_index_step_records_its_recall_and_finds_held_back_views(indexed_settings, refine, tmp_path):
+    """IVF-PQ built by the index step (the kind chosen above 200k photos): see MEASURED_IVFPQ for the values changed."""
+    import faiss
+
+    from tasks.search import search
+    from tests.fixtures_catalog import CATALOG_IMAGE_SIZE
+
+    settings = indexed_settings
+    settings.index.exact_max_vectors = 10
+    settings.index.pq_bits = 1
+    settings.index.refine = refine
+    new_id = build_index(settings)
+    wh = open_warehouse(settings)
+    row = wh.query("SELECT * FROM indexes WHERE index_id = ?", [new_id]).to_pylist()[0]
+    assert row["kind"] == "ivfpq"
+    index, vectors = index_vectors(settings, wh, new_id)
+    assert isinstance(index, faiss.IndexRefine) == bool(refine)
+    ivf = faiss.extract_index_ivf(index)
+    assert ivf.nprobe == settings.index.nprobe and faiss.downcast_index(ivf).pq.nbits == 1
+    recorded = row["recall_vs_exact"]
+    assert recorded == pytest.approx(brute_force_recall(index, vectors, vectors, settings.index.recall_k), abs=2e-3)
+    assert abs(recorded - MEASURED_IVFPQ[refine]) <= 0.05, recorded
+    if not refine:
+        return
+    # Switched in, the default IVF-PQ index answers searches: held-back views find their product in the top 3.
+    switch_index(settings, new_id)
+    for design in HELD_BACK_PRODUCTS:
+        photo = held_back_photo(design, "tilted", CATALOG_IMAGE_SIZE, tmp_path / f"tilted-{design}.jpg")
+        assert f"shoes:p{design:05d}" in [h.product_id for h in search(settings, photo, k=3)], design
