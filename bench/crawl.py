@@ -8,7 +8,6 @@ Usage: .venv/bin/python bench/crawl.py [--products 100] [--image-size 256] [--co
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -19,9 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 
+from bench.results_io import write_result  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from crawlers import jdsite  # noqa: E402
-from crawlers.demo_shop.server import build_shop  # noqa: E402
-from shoesearch.settings import Settings  # noqa: E402
+from demo_shop.server import build_shop  # noqa: E402
 from tasks.crawl import crawl, crawl_summary  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "crawl.json"
@@ -83,9 +83,7 @@ def main() -> None:
     print(f"{'all pages/s (listings+items)':<34}{crawl_rates['pages_per_s']:>12.1f}")
     print(f"crawl: {s['pages']} pages, {s['images_written']} photos in {s['duration_s']:.1f} s "
           f"(spider time, excluding ~5 s process start)")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1))
-    print(f"wrote {RESULTS}")
+    write_result(result, RESULTS)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import random
 import sys
 from collections import defaultdict
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo, not bench/ (bench/warehouse.py)
+
+from bench.results_io import write_result  # noqa: E402
 
 THRESHOLDS = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
 
@@ -36,7 +37,7 @@ def groups(root: Path) -> dict[str, list[tuple[str, str]]]:
 
 def study(root: Path, views: int, noise_rate: float, seed: int, settings) -> dict:
     from models.registry import load_embedder
-    from models.transforms import preprocess_path
+    from photos.transforms import preprocess_path
 
     rng = random.Random(seed)
     embedder = load_embedder(None, settings)
@@ -67,7 +68,7 @@ def study(root: Path, views: int, noise_rate: float, seed: int, settings) -> dic
 
 
 def main() -> None:
-    from shoesearch.settings import Settings
+    from core.settings import Settings
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -91,9 +92,7 @@ def main() -> None:
         print(f"{'threshold':>10}{'precision':>11}{'recall':>8}")
         for row in r["at_threshold"]:
             print(f"{row['threshold']:>10.2f}{row['precision']:>11.2f}{row['recall']:>8.2f}")
-    out = Path(__file__).resolve().parent / "results" / "denoise_threshold.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_result(results, "denoise_threshold.json")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ The ratio shows the data-loading and bookkeeping overhead. Photos: the synthetic
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import torch
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo, not bench/ (bench/warehouse.py)
 
+from bench.results_io import write_result  # noqa: E402
 
 
 def main() -> None:
@@ -29,11 +29,12 @@ def main() -> None:
     ap.add_argument("--backbone", default="efficientnet_lite0")
     args = ap.parse_args()
 
-    from crawlers.demo_shop.synthetic import generate_catalog
+    from core.settings import Settings
+    from demo_shop.synthetic import generate_catalog
+    from models.device import pick_device
     from models.registry import load_embedder
-    from models.transforms import preprocess_path
-    from shoesearch.settings import Settings
-    from tasks.embed import embed_images, resolve_device
+    from photos.transforms import preprocess_path
+    from tasks.embed import embed_images
     from tasks.ingest import ingest_catalog
     from warehouse import open_warehouse
 
@@ -45,7 +46,7 @@ def main() -> None:
         paths = [settings.images_dir / r["path"] for r in wh.query(
             "SELECT DISTINCT path FROM images_current WHERE status = 'ok'").to_pylist()]
         embedder = load_embedder(None, settings)
-        device = resolve_device(settings.embed.device)
+        device = pick_device(settings.embed.device)
 
         started = time.perf_counter()
         embed_images(settings)
@@ -79,9 +80,7 @@ def main() -> None:
     print(f"{'embed task (decode+forward+db)':<32}{result['embed_task_img_per_s']:>10.1f}")
     print(f"{'bare forward (same tensors)':<32}{result['bare_forward_img_per_s']:>10.1f}")
     print(f"ratio task / bare: {result['task_vs_bare_ratio']:.2f}  ({n} photos, {device}, {args.backbone})")
-    out = Path(__file__).resolve().parent / "results" / "embed.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_result(result, "embed.json")
 
 
 if __name__ == "__main__":

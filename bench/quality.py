@@ -23,7 +23,6 @@ set for footwear-dev on 2 CPU cores at the defaults.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -36,6 +35,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo, not bench/
 
 from bench.realshop import variant_rows  # noqa: E402
+from bench.results_io import write_result  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,7 +44,7 @@ METRICS = ("recall_at_1", "recall_at_5", "recall_at_10", "mean_ap")
 
 def prepare(name: str, overrides: dict, home: Path) -> tuple[dict, dict]:
     """Ingest + embed + denoise once; (noise labels by image id, denoise summary)."""
-    from shoesearch.settings import Settings
+    from core.settings import Settings
     from tasks.denoise import denoise
     from tasks.ingest import ingest_catalog
     from warehouse import open_warehouse
@@ -68,7 +68,7 @@ def prepare(name: str, overrides: dict, home: Path) -> tuple[dict, dict]:
 
 def one_seed(overrides: dict, home: Path, seed: int, photo_sets: list[str], labels: dict) -> dict:
     """A split with ``seed``; train on each photo set; score every variant on the genuine test photos."""
-    from shoesearch.settings import Settings
+    from core.settings import Settings
     from tasks.kmeans import kmeans_init
     from tasks.split import make_split
     from tasks.train import model_id_of_run, train_model
@@ -145,12 +145,7 @@ def main() -> int:
                   "denoise": denoise_summary, "summary": summarise(per_seed), "per_seed": per_seed,
                   "total_seconds": round(time.perf_counter() - started, 1)}
         print_table(result)
-        out = RESULTS / f"quality-{name}.json"  # one file per dataset run: no read-modify-write of a shared file
-        out.parent.mkdir(exist_ok=True)
-        tmp_out = out.with_suffix(".json.tmp")
-        tmp_out.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
-        tmp_out.replace(out)
-        print(f"wrote {out} ({result['total_seconds']} s)")
+        write_result(result, f"quality-{name}.json")  # one file per dataset run: no read-modify-write of a shared file
     return 0
 
 

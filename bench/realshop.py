@@ -31,6 +31,8 @@ from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo, not bench/
 
+from bench.results_io import write_result  # noqa: E402
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
 LOOPBACK_POLITENESS = {  # the only settings changed: the shop is on loopback, JD's manners are not needed
@@ -42,10 +44,10 @@ STAGES = ["crawl", "embed", "denoise", "split", "kmeans", "train", "evaluate", "
 
 def run_nightly(catalog: Path, home: Path) -> tuple[object, dict, dict]:
     """Serve ``catalog``, run ``nightly`` on it with defaults; (settings, nightly outcome, shop manifest)."""
-    from crawlers.demo_shop.server import DemoShop, load_catalog
+    from core.settings import Settings
+    from demo_shop.server import DemoShop, load_catalog
     from flows.nightly import nightly
     from shoesearch.runtime import prepare_prefect_environment, run_flow
-    from shoesearch.settings import Settings
 
     prepare_prefect_environment()
     products = load_catalog(catalog)
@@ -115,9 +117,10 @@ def denoise_row(wh, labels: dict[str, bool]) -> dict:
 def variant_rows(settings, wh, model_id: str, labels: dict[str, bool], baseline_too: bool = True) -> list[dict]:
     """imagenet / kmeans_init / trained scored on the genuine photos (``labels[image_id] is False``) of the
     model's test split; ``baseline_too=False`` leaves out the imagenet row."""
+    from models.device import pick_device
     from models.registry import load_embedder
     from tasks.evaluate import score, variant_embedders
-    from tasks.train_data import PhotoSet, load_photos, pick_device
+    from tasks.train_data import PhotoSet, load_photos
 
     device = pick_device(settings.train.device)
     row, params, variants = variant_embedders(settings, wh, model_id, device)
@@ -184,10 +187,8 @@ def main() -> int:
             "variants": variant_rows(settings, wh, outcome["model_id"], labels),
             "total_seconds": round(time.perf_counter() - started, 1),
         }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print_table(result)
-    print(f"\nwrote {out}")
+    write_result(result, out)
     return 0
 
 

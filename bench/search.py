@@ -20,7 +20,6 @@ queries/s there): 50 timed single queries (so p99 is the second-slowest), 512 ba
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -32,8 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shoesearch.settings import IndexSettings  # noqa: E402
-from tasks.index import build_faiss, gpu_count, ivf_lists, recall_vs_exact  # noqa: E402
+from bench.results_io import write_result  # noqa: E402
+from core.settings import IndexSettings  # noqa: E402
+from tasks.faiss_build import build_faiss, gpu_count, ivf_lists, recall_vs_exact  # noqa: E402
 
 DIM = 512
 CATEGORIES = 2_000  # look-alike groups (a model line, a colourway family)
@@ -184,11 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                     "faiss": faiss.__version__, "gpus": gpu_count(), "python": platform.python_version()},
         "seconds": time.perf_counter() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, args.out)
-    print(f"\nwrote {args.out} ({result['seconds']:.0f} s)")
+    write_result(result, args.out)
+    print(f"({result['seconds']:.0f} s)")
     return 0
 
 

@@ -19,7 +19,6 @@ channels_last) compare ``bare`` with the measured limit for VGG16 conv5 + NetVLA
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from pathlib import Path
 import torch
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo, not bench/
+
+from bench.results_io import write_result  # noqa: E402
 
 H100_LIMIT_IMG_S = 3300  # measured: VGG16 conv5 + NetVLAD, 224 px, bf16, one H100 (shared/reference)
 
@@ -46,16 +47,18 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=64)
     args = ap.parse_args()
 
-    from crawlers.demo_shop.synthetic import generate_catalog
+    from core.settings import Settings
+    from demo_shop.synthetic import generate_catalog
     from models.loss import WeakTripletLoss
     from models.netvlad_model import FromFrozen
-    from shoesearch.settings import Settings
     from tasks.ingest import ingest_catalog
-    from tasks.kmeans import kmeans_init, model_of_run
+    from tasks.kmeans import kmeans_init
     from tasks.split import make_split
-    from tasks.train import frozen_cache, model_from_kmeans, train_epoch, tuple_loss
+    from tasks.train import model_from_kmeans
     from tasks.train_data import PhotoDataset, load_photos
+    from tasks.train_loop import frozen_cache, train_epoch, tuple_loss
     from warehouse import open_warehouse
+    from warehouse.model_registry import model_of_run
 
     device = torch.device(args.device)
     tuple_size = 1 + args.positives + args.negatives
@@ -131,12 +134,8 @@ def main() -> None:
     print(f"reference: VGG16 conv5 + NetVLAD, 224 px, bf16 on one H100: ~{H100_LIMIT_IMG_S:,} img/s (bare limit)")
     if device.type == "cuda":
         print(f"bare / H100 reference: {bare / H100_LIMIT_IMG_S:.2f} (same backbone only if --backbone vgg16)")
-    out = Path(__file__).resolve().parent / "results" / "train.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"config": config, "images_per_s": rows,
-                               "ratio_vs_bare": {k: v / bare for k, v in rows.items()},
-                               "reference_h100_img_s": H100_LIMIT_IMG_S}, indent=2))
-    print(f"wrote {out}")
+    write_result({"config": config, "images_per_s": rows, "ratio_vs_bare": {k: v / bare for k, v in rows.items()},
+                  "reference_h100_img_s": H100_LIMIT_IMG_S}, "train.json")
 
 
 if __name__ == "__main__":

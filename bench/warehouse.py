@@ -11,7 +11,6 @@ of a bare scan of the images table in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import duckdb  # noqa: E402
 
+from bench.results_io import write_result  # noqa: E402
 from warehouse import Warehouse  # noqa: E402
 from warehouse.catalog import write_catalog  # noqa: E402
 
@@ -134,9 +134,7 @@ def main() -> None:
     snap_ms = report["timings"]["analyst query (snapshot.duckdb)"]["p50_ms"]
     print(f"\ntarget < 100 ms: live Parquet views {'met' if live < 100 else 'NOT met'} ({live:.1f} ms); "
           f"snapshot {'met' if snap_ms < 100 else 'NOT met'} ({snap_ms:.1f} ms, written in {snapshot_s:.1f}s)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    print(f"wrote {args.out}")
+    write_result(report, Path(args.out).resolve())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from shoesearch.settings import CrawlSettings, Settings
+from core.settings import CrawlSettings, Settings
 
 
 def scrapy_settings(settings: Settings) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 from scrapy import signals
 
 from crawlers.outcome import FAILURE_STAT, OFFSITE_PREFIX, crawl_failure, shortfall_reason, source_rows, sources_table
-from warehouse.store import atomic_write_text
+from warehouse.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

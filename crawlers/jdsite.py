@@ -2,7 +2,7 @@
 
 JD changes its pages often. When a page stops matching, the parse functions here return
 ``None`` / empty results and the spider records a ``parse_failed`` stat and logs the URL, so
-a layout change is loud. The demo shop (``crawlers/demo_shop``) renders pages that match
+a layout change is loud. The demo shop (``demo_shop``) renders pages that match
 these rules; nothing else in the project knows JD's markup.
 
 What may be fetched at all is decided here too (``SiteMap.refusal``, ``SiteMap.photo_path``): http(s)

@@ -12,11 +12,11 @@ from scrapy import Request
 from scrapy.exceptions import DropItem, IgnoreRequest
 from scrapy.pipelines.media import MediaPipeline
 
+from core.errors import ShoesearchError
 from crawlers.config import crawl_settings_from
 from crawlers.outcome import crawl_failure, source_stat
-from shoesearch.errors import ShoesearchError
-from tasks.imagestore import ImageLimits, StoredImage, store_image
-from warehouse.store import atomic_write_text
+from photos.imagestore import ImageLimits, StoredImage, store_image
+from warehouse.files import atomic_write_text
 
 
 class PhotoFailed(Exception):
@@ -85,7 +85,7 @@ class GalleryPipeline(MediaPipeline):
         failure.raiseException()
 
     def file_path(self, request, response=None, info=None, *, item=None):
-        return ""  # photos are stored by content hash (tasks.imagestore), not by URL
+        return ""  # photos are stored by content hash (photos.imagestore), not by URL
 
     def item_completed(self, results, item, info):
         spider = info.spider

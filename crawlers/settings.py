@@ -1,11 +1,11 @@
 """Scrapy settings of the ``crawlers`` project (``scrapy crawl jd`` from the repository root).
 
-Tunables come from the shoesearch settings (``shoesearch/settings.py``, section ``crawl``): see
+Tunables come from the shoesearch settings (``core/settings.py``, section ``crawl``): see
 ``crawlers/config.py``. Only Scrapy wiring lives here.
 """
 
+from core.settings import Settings
 from crawlers.config import scrapy_settings
-from shoesearch.settings import Settings
 
 BOT_NAME = "shoesearch"
 SPIDER_MODULES = ["crawlers.spiders"]

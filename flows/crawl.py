@@ -6,7 +6,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from shoesearch.settings import Settings
+from core.settings import Settings
 from tasks.crawl import crawl_summary, crawl_task
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from shoesearch.settings import Settings
+from core.settings import Settings
 from tasks.denoise import denoise_task
 from tasks.denoise_report import denoise_report_task
 from tasks.embed import embed_images_task

@@ -15,16 +15,23 @@ from typing import Any
 
 from prefect import flow
 
+from core.settings import Settings
+from flows import flow_settings
 from flows.denoise import denoise_flow
-from shoesearch.settings import Settings
 from tasks.crawl import crawl_task
 from tasks.embed import embed_images_task
 from tasks.evaluate import evaluate_task
-from tasks.index import build_index_task, switch_index_task
+from tasks.gate import switch_index_task
+from tasks.index import build_index_task
 from tasks.kmeans import kmeans_init_task
+from tasks.nightly import (
+    finished_evaluation_task,
+    finished_train_task,
+    report_nightly_task,
+    split_for_nightly_task,
+    warm_start_model_task,
+)
 from tasks.snapshot import refresh_snapshot_task
-from tasks.nightly import (finished_evaluation_task, finished_train_task, report_nightly_task, split_for_nightly_task,
-                           warm_start_model_task)
 from tasks.train import model_id_of_run, train_model_task
 
 
@@ -37,8 +44,7 @@ def nightly(site: str | None = None, crawl: bool = True, home: str | None = None
     steps: dict[str, str | None] = {}
     steps["crawl"] = crawl_task.with_options(**retry)(settings, site=site) if crawl else None
     steps["embed"] = embed_images_task.with_options(**retry)(settings, None)
-    steps["denoise"] = denoise_flow(home=str(settings.home), overrides=settings.as_overrides(),
-                                    embed_run_id=steps["embed"])
+    steps["denoise"] = denoise_flow(**flow_settings(settings), embed_run_id=steps["embed"])
     steps["split"] = split_for_nightly_task(settings)
     warm = warm_start_model_task(settings)
     steps["train"] = finished_train_task(settings, steps["split"], warm)

@@ -13,7 +13,7 @@ from tasks.train import model_id_of_run, train_model_task
 @flow(name="train")
 def train_flow(home: str | None = None, overrides: dict | None = None, photos: str = "auto") -> dict:
     """Returns the run ids of each step and the trained model id."""
-    from shoesearch.settings import Settings
+    from core.settings import Settings
 
     settings = Settings.load(home=home, overrides=overrides)
     split_run = make_split_task(settings)

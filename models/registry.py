@@ -1,12 +1,13 @@
-"""``load_embedder(spec, settings)``: one entry point for every image -> vector model.
+"""``load_embedder(spec, settings)``: the off-the-shelf image -> vector models, by spec.
 
 A spec is ``<prefix>:<rest>``; ``RESOLVERS[prefix]`` builds the embedder. ``imagenet:<backbone>``
-(optionally ``imagenet:<backbone>@<weights>:<pool>``, i.e. a full model id) is built here; trained
-models register their own resolver with :func:`register_resolver` (a spec without a known prefix,
-e.g. a bare model id from the ``models`` table, goes to the ``"model"`` resolver).
+(optionally ``imagenet:<backbone>@<weights>:<pool>:<size>px``, i.e. a full model id) is built here.
+Trained models are files: ``models.netvlad_model.load_trained_embedder(checkpoint, ...)`` opens one, and
+``serving.embedders.open_embedder(settings, spec)`` resolves any spec, a trained model id included,
+through the ``models`` table (this layer never reads the warehouse).
 
 Every embedder takes images normalised with its ``.mean`` / ``.std`` at ``.image_size`` (see
-:mod:`models.transforms`) and returns L2-normalised B x ``.dim`` float vectors.
+:mod:`photos.transforms`) and returns L2-normalised B x ``.dim`` float vectors.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
+from core.errors import ShoesearchError
 from models.backbones import Backbone, load_backbone
 from models.pooling import GlobalPool
-from shoesearch.errors import ShoesearchError
 
 
 class Embedder(Protocol):
@@ -51,11 +52,10 @@ class ImageNetEmbedder(nn.Module):
 
 Resolver = Callable[[str, object], Embedder]
 RESOLVERS: dict[str, Resolver] = {}
-MODEL_RESOLVER = "model"  # key of the resolver for specs that are bare trained model ids
 
 
 def register_resolver(prefix: str, resolver: Resolver) -> None:
-    """Let ``load_embedder`` build specs starting with ``prefix:`` (or bare ids for ``"model"``)."""
+    """Let ``load_embedder`` build specs starting with ``prefix:``."""
     RESOLVERS[prefix] = resolver
 
 
@@ -89,17 +89,5 @@ def load_embedder(spec: str | None, settings) -> Embedder:
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in RESOLVERS:
         return RESOLVERS[prefix](rest, settings)
-    if MODEL_RESOLVER in RESOLVERS:
-        return RESOLVERS[MODEL_RESOLVER](spec, settings)
     known = ", ".join(f"{p}:..." for p in RESOLVERS)
     raise ShoesearchError(f"unknown model spec {spec!r}; expected one of {known}")
-
-
-def _trained_model(spec: str, settings) -> Embedder:
-    """Trained NetVLAD models (``tasks/train.py``), looked up by model id in the ``models`` table."""
-    from models.netvlad_model import load_trained_embedder
-
-    return load_trained_embedder(spec, settings)
-
-
-register_resolver(MODEL_RESOLVER, _trained_model)

@@ -2,7 +2,7 @@
 
 import os
 
-__version__ = "0.1.0"
+from core.version import __version__  # noqa: F401 - the CLI's --version
 
 # Prefect: never phone home (hosts are often offline), and keep its state under the user's home.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

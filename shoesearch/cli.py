@@ -38,20 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or "." not in key:
-            raise ValueError(f"--set takes SECTION.FIELD=VALUE, got {pair!r}")
-        out[key.strip()] = value
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    from shoesearch.errors import ShoesearchError
-    from shoesearch.runtime import prepare_prefect_environment
-    from shoesearch.settings import Settings
+    from core.errors import ShoesearchError
+    from core.settings import Settings
+    from shoesearch.runtime import prepare_prefect_environment, set_overrides
     from warehouse.store import SchemaError
 
     prepare_prefect_environment()
@@ -62,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        settings = Settings.load(home=args.home, overrides=_overrides(args.set))
+        settings = Settings.load(home=args.home, overrides=set_overrides(args.set))
         os.environ["SHOESEARCH_HOME"] = str(settings.home)  # subprocesses (scrapy) see it
         return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:

@@ -8,7 +8,7 @@ and says where the results are and how to continue. The shop is stopped at the e
 Ctrl-C. Running it again on the same home is an incremental nightly: nothing new is crawled or
 embedded, training warm-starts from the current model and the gate decides whether it is switched in.
 
-The defaults in ``shoesearch/settings.py`` are for real JD and a real catalogue; the demo shrinks the
+The defaults in ``core/settings.py`` are for real JD and a real catalogue; the demo shrinks the
 work with ``DEMO_OVERRIDES`` below (``--set`` on the command line still wins).
 """
 
@@ -69,7 +69,7 @@ def _say(message: str) -> None:
 
 def demo_product_ids(n_products: int, seed: int) -> list[tuple[int, str]]:
     """(design index, warehouse product id) of every product the demo shop sells."""
-    from crawlers.demo_shop.synthetic import design_for, product_metadata
+    from demo_shop.synthetic import design_for, product_metadata
 
     out = []
     for i in range(n_products):
@@ -80,7 +80,7 @@ def demo_product_ids(n_products: int, seed: int) -> list[tuple[int, str]]:
 
 def query_photo(settings, design_index: int, path: Path) -> Path:
     """A new photo of product ``design_index`` from ``DEMO_QUERY_VIEW`` (fresh framing and lighting)."""
-    from crawlers.demo_shop.synthetic import design_for, render_view
+    from demo_shop.synthetic import design_for, render_view
 
     rng = random.Random(f"demo-query-{design_index}")
     image = render_view(design_for(design_index), DEMO_QUERY_VIEW, DEMO_PHOTO_PX, rng)
@@ -104,26 +104,28 @@ def pick_query_product(wh, products: list[tuple[int, str]]) -> tuple[int, str]:
 
 def run_demo(settings, cli_overrides: dict | None = None, debug: bool = False) -> int:
     """The demo on ``settings.home``; ``cli_overrides`` (from ``--set``) win over ``DEMO_OVERRIDES``."""
-    import pyarrow as pa
-
-    from crawlers.demo_shop.server import DemoShop, load_catalog, synthetic_catalog
-    from flows.nightly import nightly
-    from shoesearch.runtime import run_flow
-    from shoesearch.output import format_table
-    from shoesearch.settings import Settings
-    from tasks.crawl import crawl_params
-    from tasks.search import search
-    from warehouse import open_warehouse
+    from core.settings import Settings
 
     started = time.monotonic()
     settings = Settings.load(home=settings.home, overrides={**DEMO_OVERRIDES, **(cli_overrides or {})})
-    home = settings.home
     first_run = not (settings.indexes_dir / "CURRENT").exists()
-    print(f"shoesearch demo: data home {home} ({'first run' if first_run else 'again: an incremental nightly'})")
+    print(f"shoesearch demo: data home {settings.home} ({'first run' if first_run else 'again: an incremental nightly'})")
+    result = _nightly_on_demo_shop(settings, debug)
+    photo = _show_results(settings, result)
+    _say_where_things_are(settings, result, photo, time.monotonic() - started)
+    return 0
+
+
+def _nightly_on_demo_shop(settings, debug: bool) -> dict:
+    """Steps 1-2: generate and serve the shop, run ``nightly`` on it; the shop is stopped however it ends."""
+    from demo_shop.server import DemoShop, load_catalog, synthetic_catalog
+    from flows.nightly import nightly
+    from shoesearch.runtime import run_flow
+    from tasks.crawl import crawl_params
 
     _say(f"1/4 demo shop: {DEMO_PRODUCTS} synthetic shoe products, {DEMO_PHOTO_PX} px photos")
     t = time.monotonic()
-    folder = synthetic_catalog(home, DEMO_PRODUCTS, DEMO_NOISE_RATE, seed=DEMO_SEED, image_size=DEMO_PHOTO_PX)
+    folder = synthetic_catalog(settings.home, DEMO_PRODUCTS, DEMO_NOISE_RATE, seed=DEMO_SEED, image_size=DEMO_PHOTO_PX)
     products = load_catalog(folder)
     shop = DemoShop(products, host=settings.crawl.shop_host, port=0, page_size=settings.crawl.shop_page_size,
                     source=str(folder))
@@ -142,6 +144,16 @@ def run_demo(settings, cli_overrides: dict | None = None, debug: bool = False) -
     finally:
         shop.stop()
         print(f"    demo shop on {shop.url} stopped", flush=True)
+    return result
+
+
+def _show_results(settings, result: dict) -> Path:
+    """Steps 3-4: the evaluation table and one search by a new photo; returns the query photo."""
+    import pyarrow as pa
+
+    from serving.search import search
+    from shoesearch.output import format_table
+    from warehouse import open_warehouse
 
     wh = open_warehouse(settings)
     _say("3/4 evaluation on the test split (table `evaluations`; imagenet = off-the-shelf baseline)")
@@ -157,16 +169,15 @@ def run_demo(settings, cli_overrides: dict | None = None, debug: bool = False) -
     print(f"    query photo: {photo} (product {product_id}; the crawl never saw this photo)")
     print(format_table(pa.Table.from_pylist([{c: getattr(h, c) for c in cols} for h in hits])))
     rank = next((h.rank for h in hits if h.product_id == product_id), None)
-    if rank == 1:
-        print(f"    the right product ({product_id}) is ranked first")
-    elif rank:
-        print(f"    the right product ({product_id}) is ranked {rank}")
-    else:
-        print(f"    the right product ({product_id}) is not in the top {DEMO_SEARCH_K}")
+    where = "ranked first" if rank == 1 else f"ranked {rank}" if rank else f"not in the top {DEMO_SEARCH_K}"
+    print(f"    the right product ({product_id}) is {where}")
+    return photo
 
-    home_arg = f"--home {home}"
+
+def _say_where_things_are(settings, result: dict, photo: Path, seconds: float) -> None:
+    home_arg = f"--home {settings.home}"
     print(f"""
-Done in {time.monotonic() - started:.0f} s. Where things are:
+Done in {seconds:.0f} s. Where things are:
     warehouse (Parquet tables)  {settings.warehouse_dir}
     reports (evaluation, denoise contact sheets, query photo)  {settings.reports_dir}
     models                      {settings.models_dir}
@@ -181,4 +192,3 @@ Next:
     shoesearch {home_arg} lineage --index {result['index_id']}
     shoesearch {home_arg} demo               # again: an incremental nightly on the same shop""")
     sys.stdout.flush()
-    return 0

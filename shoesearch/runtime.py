@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 
-from shoesearch.errors import explained
+from core.errors import explained
 
 DEFAULT_STARTUP_TIMEOUT_S = 300
 STARTUP_TIMEOUT_VAR = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -51,12 +51,25 @@ def quiet_prefect_console() -> None:
             handler.addFilter(_QuietPrefect())
 
 
+def set_overrides(pairs: list[str]) -> dict[str, str]:
+    """``--set SECTION.FIELD=VALUE`` pairs as an overrides dict (values are read as the field's type later)."""
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"--set takes SECTION.FIELD=VALUE, got {pair!r}")
+        out[key.strip()] = value
+    return out
+
+
 def run_flow(flow, settings, debug: bool = False, **params):
     """Call ``flow(home=..., overrides=<every setting>, **params)`` with one-line errors for Prefect trouble."""
     if not debug:
         quiet_prefect_console()
     with explained(prefect_trouble):  # only Prefect's own start/connect failures are translated
-        return flow(home=str(settings.home), overrides=settings.as_overrides(), **params)
+        from flows import flow_settings
+
+        return flow(**flow_settings(settings), **params)
 
 
 def prefect_trouble(exc: BaseException) -> str | None:

@@ -36,13 +36,14 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from core.errors import ShoesearchError
 from crawlers.config import scrapy_settings
 from crawlers.jdsite import SiteMap
 from crawlers.outcome import shortfall_reason
-from shoesearch.errors import ShoesearchError
 from warehouse import open_warehouse, start_run
+from warehouse.files import atomic_write_text
+from warehouse.locks import file_lock
 from warehouse.runs import code_version
-from warehouse.store import atomic_write_text, file_lock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # JOBDIR state is consistent after these (a clean stop: the same crawl resumes from it)

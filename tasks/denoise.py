@@ -29,8 +29,8 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NONE
 
-from models.registry import load_embedder
-from shoesearch.errors import ShoesearchError
+from core.errors import ShoesearchError
+from serving.embedders import open_embedder
 from tasks.embed import embed_images, load_embeddings
 from warehouse import open_warehouse, start_run
 
@@ -130,7 +130,7 @@ def denoise(settings, threshold: float | None = None, drop_rate: float | None = 
     ).to_pylist()
     if not photos:
         raise ShoesearchError("no product photos yet: crawl or ingest a catalogue first")
-    model_id = load_embedder(model_spec, settings).model_id
+    model_id = open_embedder(settings, model_spec).model_id
     if embed_run_id is None:
         embed_run_id = embed_images(settings, model_spec)
     ids, matrix = load_embeddings(wh, model_id)

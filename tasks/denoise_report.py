@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from prefect import task
 from prefect.cache_policies import NONE
 
-from shoesearch.errors import ShoesearchError
+from core.errors import ShoesearchError
 from warehouse import atomic_write_bytes, atomic_write_text, open_warehouse
 
 SHEET_COLUMNS = 3  # (reference, photo) pairs per contact-sheet row

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -24,10 +22,11 @@ from prefect import task
 from prefect.cache_policies import NONE
 from tqdm import tqdm
 
-from models.registry import load_embedder
-from models.transforms import fit_square, preprocess_path
-from shoesearch.errors import ShoesearchError
-from tasks.loading import PhotoBytes, PhotoTensors, batches, is_upright_jpeg, make_loader
+from core.errors import ShoesearchError
+from models.device import autocast, fast_input, on_device, pick_device
+from photos.loading import PhotoBytes, PhotoTensors, batches, is_upright_jpeg, make_loader
+from photos.transforms import fit_square, preprocess_path
+from serving.embedders import open_embedder
 from warehouse import open_warehouse, start_run
 
 log = logging.getLogger(__name__)
@@ -36,15 +35,6 @@ CURRENT_PHOTOS_SQL = """
     SELECT image_id, sha1, path, run_id FROM images_current
     WHERE status = 'ok' AND sha1 IS NOT NULL AND path IS NOT NULL
     ORDER BY image_id"""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when present, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ShoesearchError(f"device {name!r} asked for but CUDA is not available (set embed.device=auto or cpu)")
-    return torch.device(name)
 
 
 def _collate_bytes(items):
@@ -108,8 +98,8 @@ def _rows(image_ids: list[str], sha1s: list[str], vectors: np.ndarray, model_id:
 def embed_images(settings, model_spec: str | None = None, image_ids: list[str] | None = None) -> str:
     """Embed current ok photos not yet embedded by this model; returns the embed run id."""
     wh = open_warehouse(settings)
-    embedder = load_embedder(model_spec, settings)
-    device = resolve_device(settings.embed.device)
+    embedder = open_embedder(settings, model_spec)
+    device = pick_device(settings.embed.device)
     photos = wh.query(CURRENT_PHOTOS_SQL).to_pylist()
     if image_ids is not None:
         wanted = set(image_ids)
@@ -132,13 +122,9 @@ def _embed_pending(run, todo: list[dict], embedder, settings, device: torch.devi
     """Embed ``todo`` photos in batches, committing every ``embed.commit_every``; returns a summary."""
     if not todo:
         return "nothing to embed"
-    cuda = device.type == "cuda"
-    embedder = embedder.to(device)
-    if cuda:
-        embedder = embedder.to(memory_format=torch.channels_last)
+    embedder = on_device(embedder, device)
     paths = [settings.images_dir / p["path"] for p in todo]
     loader, gpu_decode = _loader(paths, embedder, settings, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     pending: list[tuple[str, str, np.ndarray]] = []
     embedded = unreadable = 0
     started = time.perf_counter()
@@ -151,11 +137,9 @@ def _embed_pending(run, todo: list[dict], embedder, settings, device: torch.devi
                                       settings.crawl.max_image_pixels)
             else:
                 index, x, ok = batch
-                x = x.to(device, non_blocking=True)
             index = torch.as_tensor(index)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), autocast:
+            x = fast_input(x, device)
+            with torch.inference_mode(), autocast(device):
                 vectors = embed_batch(embedder, x[ok.to(x.device)])
             for i, vec in zip(index[ok].tolist(), vectors):
                 pending.append((todo[i]["image_id"], todo[i]["sha1"], vec))

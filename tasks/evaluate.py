@@ -12,16 +12,16 @@ Rows go to ``evaluations``; the table and a PNG go to ``reports/`` and to a Pref
 
 from __future__ import annotations
 
-import json
-
 import torch
 from prefect import task
 
+from core.errors import ShoesearchError
 from models import functional as LF
+from models.device import pick_device
 from models.netvlad_model import NetVLADEmbedder, load_checkpoint
-from shoesearch.errors import ShoesearchError
-from tasks.train_data import PhotoDataset, PhotoSet, embed_dataset, load_photos, pick_device
+from tasks.train_data import PhotoDataset, PhotoSet, embed_dataset, load_photos
 from warehouse import atomic_write_text, open_warehouse, start_run
+from warehouse.model_registry import TRAINED, find_model, model_params, model_row
 
 PROTOCOLS = {"all": "all-vs-all", "consumer-to-shop": "consumer-to-shop"}
 KS = (1, 5, 10)
@@ -40,18 +40,16 @@ def score(embedder, settings, test: PhotoSet, protocol: str, device: torch.devic
 
 def variant_embedders(settings, wh, model_id: str, device):
     """(variant, photos, model_id, embedder factory) for (b) and (c) of one trained model."""
-    row = wh.query("SELECT * FROM models WHERE model_id = ? AND kind = 'netvlad'", [model_id]).to_pylist()
-    if not row:
-        raise ShoesearchError(f"no trained model {model_id!r} in the models table")
-    params = json.loads(row[0]["params"])
+    row = model_row(wh, model_id, TRAINED)
+    params = model_params(row)
     out = []
-    parent_kind = wh.query("SELECT kind FROM models WHERE model_id = ?", [row[0]["parent_model_id"]]).to_pylist()
-    if parent_kind and parent_kind[0]["kind"] == "kmeans":
+    parent = find_model(wh, row["parent_model_id"])
+    if parent is not None and parent["kind"] == "kmeans":
         out.append(("kmeans_init", params["photos"], model_id,
                     lambda: NetVLADEmbedder(load_checkpoint(settings.home / params["init_path"])[0], model_id, device)))
     out.append(("trained", params["photos"], model_id,
-                lambda: NetVLADEmbedder(load_checkpoint(settings.home / row[0]["path"])[0], model_id, device)))
-    return row[0], params, out
+                lambda: NetVLADEmbedder(load_checkpoint(settings.home / row["path"])[0], model_id, device)))
+    return row, params, out
 
 
 def evaluate(settings, model_id: str, protocol: str = "all", compare: tuple[str, ...] | list[str] = (),

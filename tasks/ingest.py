@@ -18,8 +18,8 @@ from pathlib import Path
 from prefect import task
 from tqdm import tqdm
 
-from shoesearch.errors import ShoesearchError
-from tasks.imagestore import ImageLimits, store_image
+from core.errors import ShoesearchError
+from photos.imagestore import ImageLimits, store_image
 from warehouse import open_warehouse, start_run
 from warehouse.locks import step_lock
 

@@ -10,17 +10,17 @@ lists the split (and denoise) run it read: the lineage says which photos and whi
 
 from __future__ import annotations
 
-import json
 import math
-from datetime import datetime, timezone
 
 import torch
 from prefect import task
 
+from core.errors import ShoesearchError
 from models import functional as LF
-from shoesearch.errors import ShoesearchError
-from tasks.train_data import PhotoDataset, embed_dataset, load_photos, pick_device
+from models.device import pick_device
+from tasks.train_data import PhotoDataset, embed_dataset, load_photos
 from warehouse import open_warehouse, start_run
+from warehouse.model_registry import model_record
 
 
 def sample_local_descriptors(features: torch.Tensor, per_image: int, gen: torch.Generator) -> torch.Tensor:
@@ -64,11 +64,8 @@ def kmeans_init(settings, split_run_id: str, photos: str = "auto") -> str:
         rel = f"models/kmeans/{model_id}.pt"
         _save_atomic(settings.home / rel, {"centroids": centroids, "alpha": alpha, "backbone": cfg.backbone,
                                             "weights_id": backbone.weights_id, "image_ids": image_ids})
-        run.write("models", [{
-            "model_id": model_id, "kind": "kmeans", "backbone": cfg.backbone, "path": rel,
-            "params": json.dumps({**params, "descriptors": int(descriptors.shape[0]), "alpha": alpha}),
-            "created_at": datetime.now(timezone.utc),
-        }])
+        run.write("models", [model_record(model_id, "kmeans", cfg.backbone, rel, None,
+                                          {**params, "descriptors": int(descriptors.shape[0]), "alpha": alpha})])
     return run.run_id
 
 
@@ -80,14 +77,6 @@ def _save_atomic(path, obj) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def model_of_run(wh, run_id: str) -> dict:
-    """The ``models`` row written by run ``run_id`` (kmeans or train)."""
-    rows = wh.query("SELECT * FROM models WHERE run_id = ?", [run_id]).to_pylist()
-    if not rows:
-        raise ShoesearchError(f"run {run_id} recorded no model")
-    return rows[0]
 
 
 kmeans_init_task = task(kmeans_init, name="kmeans")

@@ -12,9 +12,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.index import current_index_row
+from serving.index_store import current_index_row
 from tasks.split import make_split
 from warehouse import open_warehouse
+from warehouse.model_registry import TRAINED, find_model, trained_on_split
 
 
 def split_for_nightly(settings) -> str:
@@ -41,19 +42,16 @@ def warm_start_model(settings) -> str | None:
     current = current_index_row(wh)
     if current is None:
         return None
-    rows = wh.query("SELECT kind FROM models WHERE model_id = ? LIMIT 1", [current["model_id"]]).to_pylist()
-    return current["model_id"] if rows and rows[0]["kind"] == "netvlad" else None
+    row = find_model(wh, current["model_id"])
+    return current["model_id"] if row and row["kind"] == TRAINED else None
 
 
 def finished_train(settings, split_run_id: str, parent_model_id: str | None) -> str | None:
     """A successful train run on this split from this parent (any parent when None), if one exists."""
     wh = open_warehouse(settings)
-    for row in wh.query(
-        """SELECT r.run_id, m.parent_model_id FROM runs r JOIN models m ON m.run_id = r.run_id
-           WHERE r.step = 'train' AND r.status = 'success' AND list_contains(r.input_run_ids, ?)
-           ORDER BY r.finished_at DESC""", [split_run_id]).to_pylist():
-        parent_kind = wh.query("SELECT kind FROM models WHERE model_id = ?", [row["parent_model_id"]]).to_pylist()
-        cold = bool(parent_kind) and parent_kind[0]["kind"] == "kmeans"
+    for row in trained_on_split(wh, split_run_id):
+        parent = find_model(wh, row["parent_model_id"])
+        cold = parent is not None and parent["kind"] == "kmeans"
         if (parent_model_id is None and cold) or row["parent_model_id"] == parent_model_id:
             return row["run_id"]
     return None

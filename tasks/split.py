@@ -13,7 +13,7 @@ import hashlib
 
 from prefect import task
 
-from shoesearch.errors import ShoesearchError
+from core.errors import ShoesearchError
 from warehouse import latest_run, open_warehouse, start_run
 
 SPLITS = ("train", "val", "test")

@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from shoesearch.errors import ShoesearchError
-from tasks.loading import PhotoDataset, batches, make_loader  # noqa: F401 - PhotoDataset is used from here
+from core.errors import ShoesearchError
+from models.device import forward
+from photos.loading import PhotoDataset, batches, make_loader  # noqa: F401 - PhotoDataset is used from here
 from warehouse import latest_run
 
 PHOTO_SETS = ("auto", "raw", "denoised")
@@ -81,21 +82,6 @@ def load_photos(wh, split_run_id: str, photos: str = "auto", splits: tuple[str, 
 
 
 
-def pick_device(requested: str) -> torch.device:
-    """``auto`` -> cuda when available; an explicit ``cuda`` without a GPU is a user error."""
-    if requested in ("auto", ""):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ShoesearchError("--device cuda was asked for but no CUDA GPU is available")
-    return torch.device(requested)
-
-
-def loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device, shuffle: bool = False):
-    """The shared DataLoader (forkserver workers for photo files, pinned memory on GPU), iterated with
-    worker failures reported as one line."""
-    return batches(make_loader(dataset, batch_size, num_workers, device, shuffle=shuffle))
-
-
 @torch.no_grad()
 def embed_dataset(fn, dataset: Dataset, batch_size: int, num_workers: int, device: torch.device,
                   desc: str = "embed") -> torch.Tensor:
@@ -103,11 +89,5 @@ def embed_dataset(fn, dataset: Dataset, batch_size: int, num_workers: int, devic
     out = []
     photos = make_loader(dataset, batch_size, num_workers, device)
     for x in tqdm(batches(photos), total=len(photos), desc=desc, leave=False):
-        x = x.to(device, non_blocking=True)
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                y = fn(x.contiguous(memory_format=torch.channels_last))
-        else:
-            y = fn(x)
-        out.append(y.float().cpu())
+        out.append(forward(fn, x, device).cpu())
     return torch.cat(out) if out else torch.empty(0, 0)

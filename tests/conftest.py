@@ -26,7 +26,7 @@ def prefect_harness(tmp_path_factory):
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch):
     """Settings for a fresh, empty data home (small, fast defaults where tests need them)."""
-    from shoesearch.settings import Settings
+    from core.settings import Settings
 
     monkeypatch.setenv("SHOESEARCH_HOME", str(tmp_path / "home"))
     return Settings.load(home=tmp_path / "home")

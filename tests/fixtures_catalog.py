@@ -15,7 +15,7 @@ CATALOG_NOISE_RATE = 0.2
 @pytest.fixture(scope="session")
 def synthetic_catalog(tmp_path_factory) -> Path:
     """A catalogue folder (DIR/<product>/<NN>.jpg + labels.csv + products.json + manifest.json)."""
-    from crawlers.demo_shop.synthetic import generate_catalog
+    from demo_shop.synthetic import generate_catalog
 
     out = tmp_path_factory.mktemp("catalog") / "shoes"
     return generate_catalog(out, CATALOG_PRODUCTS, noise_rate=CATALOG_NOISE_RATE, seed=0, image_size=CATALOG_IMAGE_SIZE)
@@ -24,7 +24,7 @@ def synthetic_catalog(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ingested_home(tmp_path_factory, synthetic_catalog) -> Path:
     """A data home with the synthetic catalogue ingested. Read-only: copy it (``ingested_settings``) to write."""
-    from shoesearch.settings import Settings
+    from core.settings import Settings
     from tasks.ingest import ingest_catalog
 
     home = tmp_path_factory.mktemp("ingested") / "home"
@@ -43,6 +43,6 @@ def writable_copy(session_home: Path, tmp_path: Path, monkeypatch) -> Path:
 @pytest.fixture
 def ingested_settings(tmp_path, ingested_home, monkeypatch):
     """Settings for a private copy of ``ingested_home`` (safe to write to)."""
-    from shoesearch.settings import Settings
+    from core.settings import Settings
 
     return Settings.load(home=writable_copy(ingested_home, tmp_path, monkeypatch))

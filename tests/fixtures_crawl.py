@@ -22,7 +22,7 @@ FAST_CRAWL = {  # loopback shop: no politeness delays in tests (defaults stay po
 
 @pytest.fixture(scope="session")
 def shop_catalog(tmp_path_factory) -> Path:
-    from crawlers.demo_shop.synthetic import generate_catalog
+    from demo_shop.synthetic import generate_catalog
 
     out = tmp_path_factory.mktemp("shop") / "catalog"
     return generate_catalog(out, SHOP_PRODUCTS, noise_rate=0.2, seed=0, image_size=SHOP_IMAGE_SIZE)
@@ -31,7 +31,7 @@ def shop_catalog(tmp_path_factory) -> Path:
 @pytest.fixture
 def crawl_settings(tmp_path, monkeypatch):
     """Settings for a fresh data home with fast crawl settings."""
-    from shoesearch.settings import Settings
+    from core.settings import Settings
 
     monkeypatch.setenv("SHOESEARCH_HOME", str(tmp_path / "home"))
     return Settings.load(home=tmp_path / "home", overrides=FAST_CRAWL)
@@ -40,7 +40,7 @@ def crawl_settings(tmp_path, monkeypatch):
 @pytest.fixture
 def make_shop(shop_catalog):
     """``make_shop(faults=..., n=...)`` starts a demo shop on a free loopback port; stopped after the test."""
-    from crawlers.demo_shop.server import DemoShop, Faults, load_catalog
+    from demo_shop.server import DemoShop, Faults, load_catalog
 
     shops = []
 

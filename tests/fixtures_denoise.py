@@ -17,7 +17,7 @@ EMBED_TEST_OVERRIDES = {  # small and fast: the catalogue photos are 128 px
 @pytest.fixture(scope="session")
 def embedded_home(tmp_path_factory, ingested_home) -> Path:
     """``ingested_home`` plus ImageNet embeddings of every photo. Read-only: use ``embedded_settings``."""
-    from shoesearch.settings import Settings
+    from core.settings import Settings
     from tasks.embed import embed_images
 
     home = tmp_path_factory.mktemp("embedded") / "home"
@@ -29,7 +29,7 @@ def embedded_home(tmp_path_factory, ingested_home) -> Path:
 @pytest.fixture
 def embedded_settings(tmp_path, embedded_home, monkeypatch):
     """Settings for a private, writable copy of ``embedded_home``."""
-    from shoesearch.settings import Settings
+    from core.settings import Settings
 
     home = writable_copy(embedded_home, tmp_path, monkeypatch)
     return Settings.load(home=home, overrides=EMBED_TEST_OVERRIDES)

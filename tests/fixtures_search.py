@@ -29,7 +29,7 @@ DRAFT_IMAGE_SIZE = 48
 
 
 def search_settings(home: Path, image_size: int = 96):
-    from shoesearch.settings import Settings
+    from core.settings import Settings
 
     (home / "shoesearch.toml").write_text(SEARCH_TEST_TOML.format(image_size=image_size))
     return Settings.load(home=home)
@@ -38,7 +38,8 @@ def search_settings(home: Path, image_size: int = 96):
 @pytest.fixture(scope="session")
 def indexed_home(tmp_path_factory, ingested_home) -> Path:
     """The ingested catalogue, indexed with the ImageNet baseline and switched in. Read-only."""
-    from tasks.index import build_index, switch_index
+    from tasks.gate import switch_index
+    from tasks.index import build_index
 
     home = tmp_path_factory.mktemp("indexed") / "home"
     shutil.copytree(ingested_home, home)
@@ -50,7 +51,8 @@ def indexed_home(tmp_path_factory, ingested_home) -> Path:
 @pytest.fixture(scope="session")
 def draft_home(tmp_path_factory, ingested_home) -> Path:
     """The ingested catalogue indexed at ``DRAFT_IMAGE_SIZE`` px (see there). Read-only."""
-    from tasks.index import build_index, switch_index
+    from tasks.gate import switch_index
+    from tasks.index import build_index
 
     home = tmp_path_factory.mktemp("draft") / "home"
     shutil.copytree(ingested_home, home)
@@ -73,12 +75,12 @@ def free_port() -> int:
 
 @contextmanager
 def serve_api(settings):
-    """The API served by uvicorn as `shoesearch api` serves it (``shoesearch.api.server_config``), on a free
+    """The API served by uvicorn as `shoesearch api` serves it (``serving.api.server_config``), on a free
     loopback port in a thread; yields the base URL."""
     import httpx
     import uvicorn
 
-    from shoesearch.api import server_config
+    from serving.api import server_config
 
     port = free_port()
     server = uvicorn.Server(server_config(settings, host="127.0.0.1", port=port, log_level="warning"))

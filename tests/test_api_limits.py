@@ -122,7 +122,7 @@ def test_requests_beyond_the_connection_cap_get_503(indexed_home):
 
 
 def test_concurrent_uploads_decode_at_most_max_decodes_photos_at_once(indexed_home, monkeypatch):
-    from models import transforms
+    from photos import transforms
 
     real, lock, state = transforms.load_rgb, threading.Lock(), {"now": 0, "peak": 0, "calls": 0}
 

@@ -87,9 +87,9 @@ def test_catalogue_photo_finds_itself_through_the_cli(homes, tmp_path, monkeypat
 # Peak RSS of the query path for one photo, in a fresh interpreter (torch and PIL imported first).
 MEMORY_PROBE = r"""
 import json, sys, time
-from models import transforms
-from tasks.imagestore import ImageLimits
-from tasks.search import check_photo, photo_tensor
+from photos import transforms
+from photos.imagestore import ImageLimits
+from serving.search import check_photo, photo_tensor
 
 def kib(field):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))

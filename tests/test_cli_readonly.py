@@ -51,7 +51,7 @@ def photo(tmp_path) -> Path:
 @pytest.fixture
 def empty_home(tmp_path) -> Path:
     """An existing home with an (empty) warehouse."""
-    from shoesearch.settings import Settings
+    from core.settings import Settings
     from warehouse import open_warehouse
 
     home = tmp_path / "home"
@@ -217,7 +217,7 @@ def test_sql_connection_cannot_lift_its_confinement(empty_home):
     """Engine level, beneath the parser check: the settings are locked once the views exist."""
     import duckdb
 
-    from shoesearch.settings import Settings
+    from core.settings import Settings
     from warehouse import open_warehouse
 
     con = open_warehouse(Settings.load(home=empty_home)).connect(confined=True)
@@ -269,7 +269,7 @@ def test_search_k_outside_the_api_bound_is_refused(k, overrides, bound, empty_ho
 
 
 def test_search_k_at_the_bound_searches(indexed_home, tmp_path):
-    from shoesearch.settings import Settings
+    from core.settings import Settings
     from warehouse import open_warehouse
 
     settings = Settings.load(home=indexed_home)  # its shoesearch.toml holds the fixture's settings

@@ -132,7 +132,7 @@ def test_login_wall_stops_with_a_stat(crawl_settings, make_shop):
 def test_killed_crawl_resumes_without_duplicates(crawl_settings, make_shop):
     shop = make_shop(faults="slow=0.02", n=24)
     code = (
-        "import sys; from shoesearch.settings import Settings; from tasks.crawl import crawl; "
+        "import sys; from core.settings import Settings; from tasks.crawl import crawl; "
         "from tests.fixtures_crawl import FAST_CRAWL; "
         "crawl(Settings.load(sys.argv[1], {**FAST_CRAWL, 'crawl.concurrent_requests': 2}), "
         "site=sys.argv[2], keywords=['鞋'], categories=[])"
@@ -167,7 +167,7 @@ def test_killed_crawl_resumes_without_duplicates(crawl_settings, make_shop):
 
 
 def test_a_second_crawl_of_the_same_job_is_refused_while_one_runs(settings):
-    from shoesearch.errors import ShoesearchError
+    from core.errors import ShoesearchError
     from warehouse.store import file_lock
 
     site = "http://127.0.0.1:9"  # never contacted: the lock is checked first

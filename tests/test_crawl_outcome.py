@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.settings import CrawlSettings, Settings
 from crawlers.outcome import shortfall_reason, sources_table
-from shoesearch.settings import CrawlSettings, Settings
 from tasks.crawl import crawl, crawl_summary
 from tests.fixtures_crawl import FAST_CRAWL
 from warehouse import open_warehouse
@@ -191,8 +191,12 @@ def test_scrapy_crawl_jd_without_network_names_the_resolver(tmp_path):
 
 def test_failed_requests_are_named_by_cause():
     """Each way a request fails, as the errback sees it (Scrapy's wrapped errors and Twisted's own)."""
-    from scrapy.exceptions import CannotResolveHostError, DownloadConnectionRefusedError, DownloadTimeoutError
-    from scrapy.exceptions import IgnoreRequest
+    from scrapy.exceptions import (
+        CannotResolveHostError,
+        DownloadConnectionRefusedError,
+        DownloadTimeoutError,
+        IgnoreRequest,
+    )
     from scrapy.http import HtmlResponse, Request
     from scrapy.spidermiddlewares.httperror import HttpError
     from twisted.internet import error as net

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shoesearch.settings import Settings
+from core.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,7 +60,7 @@ def test_a_failing_photo_in_a_worker_names_the_photo_and_the_cause(ingested_sett
     """A training photo that cannot be decoded, read by a worker process: one line with its path and cause."""
     import torch
 
-    from shoesearch.errors import ShoesearchError
+    from core.errors import ShoesearchError
     from tasks.train_data import PhotoDataset, embed_dataset
 
     root = ingested_settings.images_dir
@@ -100,7 +100,7 @@ def test_flow_commands_fail_with_one_line(tmp_path, prefect_api_url, args, env, 
 
 
 def _tiny_catalog(tmp_path: Path) -> Path:
-    from crawlers.demo_shop.synthetic import generate_catalog
+    from demo_shop.synthetic import generate_catalog
 
     return generate_catalog(tmp_path / "tiny", 3, noise_rate=0.0, seed=1, image_size=64)
 

@@ -22,7 +22,7 @@ def test_demo_runs_end_to_end_through_the_command(tmp_path):
     epochs add ~40 s on 2 cores; every step still runs, training included). Exit 0; all three evaluation
     variants printed for the test split; the example search (a view the crawl never saw) finds its product in
     the top 5; the shop is stopped; the printed index is the current one and the printed next commands work."""
-    from shoesearch.settings import Settings
+    from core.settings import Settings
     from warehouse import open_warehouse
 
     home = tmp_path / "home"
@@ -67,10 +67,9 @@ def test_demo_stops_the_shop_when_a_step_fails(tmp_path, monkeypatch, capsys):
 
 
 def test_demo_query_photo_is_a_new_view_of_a_shop_product(tmp_path):
-    from crawlers.demo_shop.server import load_catalog, synthetic_catalog
-    from shoesearch.demo import (DEMO_NOISE_RATE, DEMO_PHOTO_PX, DEMO_PRODUCTS, DEMO_SEED, demo_product_ids,
-                                 query_photo)
-    from shoesearch.settings import Settings
+    from core.settings import Settings
+    from demo_shop.server import load_catalog, synthetic_catalog
+    from shoesearch.demo import DEMO_NOISE_RATE, DEMO_PHOTO_PX, DEMO_PRODUCTS, DEMO_SEED, demo_product_ids, query_photo
 
     settings = Settings.load(home=tmp_path)
     products = demo_product_ids(DEMO_PRODUCTS, DEMO_SEED)

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from shoesearch.errors import ShoesearchError
+from core.errors import ShoesearchError
 from tasks.denoise import decide_product, denoise, threshold_for_drop_rate
 from warehouse import open_warehouse
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.registry import load_embedder
-from models.transforms import preprocess_path
+from photos.transforms import preprocess_path
 from tasks.embed import embed_images, load_embeddings
 from warehouse import open_warehouse
 
@@ -104,9 +104,9 @@ def test_gpu_decode_path_applies_exif_orientation_like_the_cpu_path(tmp_path):
     import torch
     from PIL import Image
 
-    from models.transforms import preprocess_path
+    from photos.loading import PhotoBytes
+    from photos.transforms import preprocess_path
     from tasks.embed import decode_on_gpu
-    from tasks.loading import PhotoBytes
 
     base = Image.new("RGB", (120, 60), (200, 30, 30))
     base.paste((30, 30, 200), (0, 0, 40, 60))  # blue on the left: orientation matters

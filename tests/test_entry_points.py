@@ -121,7 +121,7 @@ def stop(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 30) -> tupl
 
 
 def warehouse(home: Path):
-    from shoesearch.settings import Settings
+    from core.settings import Settings
     from warehouse import open_warehouse
 
     return open_warehouse(Settings.load(home=home, overrides=TINY))
@@ -137,7 +137,7 @@ def runs_of(home: Path, step: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def shop_products(shop_catalog):
-    from crawlers.demo_shop.server import load_catalog
+    from demo_shop.server import load_catalog
 
     return load_catalog(shop_catalog)[:N_PRODUCTS]
 
@@ -153,7 +153,7 @@ def two_nights(prefect_harness, tmp_path_factory, shop_products):
     reruns it once the path is fixed. Yields a dict: home, the two final flow-run states, the crawl summaries
     seen when the shop started, and the ``runs`` rows after night 1.
     """
-    from crawlers.demo_shop.server import DemoShop
+    from demo_shop.server import DemoShop
     from flows.nightly import nightly
 
     home = tmp_path_factory.mktemp("two-nights") / "home"
@@ -228,7 +228,7 @@ def test_nightly_steps_are_retried_after_the_delay_and_a_recovered_crawl_succeed
     so only the third, the last the default allows, can succeed (with 1 retry the nightly fails at its crawl).
     ``schedule.retry_delay_s`` is RETRY_DELAY_S (see there): each retry is scheduled that long after the
     failure and does not start before. The index step, whose fault does not go away, is tried 3 times too."""
-    from shoesearch.settings import ScheduleSettings
+    from core.settings import ScheduleSettings
 
     assert ScheduleSettings().task_retries == 2 and "schedule.task_retries" not in TINY
     home, first = two_nights["home"], two_nights["first"]
@@ -333,8 +333,8 @@ def test_shoesearch_api_process_answers_health_and_search_then_stops_cleanly(two
     current), with default settings (no shoesearch.toml, no --set, no SHOESEARCH_* variable) but a free port,
     so parallel runs do not collide. Stopped with SIGTERM (``terminate()``): uvicorn shuts down gracefully and
     then re-raises the signal (uvicorn >= 0.29), so the exit status is -SIGTERM."""
-    from shoesearch.settings import Settings
-    from tasks.search import current_index_id
+    from core.settings import Settings
+    from serving.search import current_index_id
 
     home = two_nights["home"]
     two_nights["second"].result()
@@ -380,8 +380,8 @@ def test_serve_flows_registers_both_deployments_with_the_cron_and_the_set_overri
     ``--set`` values (as given, text); then Ctrl-C stops it."""
     from prefect.settings import PREFECT_API_URL
 
+    from core.settings import ScheduleSettings
     from flows.serve import local_timezone
-    from shoesearch.settings import ScheduleSettings
 
     home = tmp_path / "home"
     sets = {"denoise.threshold": "0.9", "train.epochs": "3"}
@@ -421,8 +421,8 @@ def test_nightly_failed_at_index_is_resumed_without_retraining(two_nights):
     """Night 1 fails at its index step (every attempt: see ``two_nights``) after training and evaluating.
     Night 2, the same nightly once the fault is fixed, reuses the split, the finished training and its
     evaluation (no new kmeans/train/evaluate run, no such Prefect task) and switches an index in."""
-    from shoesearch.settings import Settings
-    from tasks.index import current_index
+    from core.settings import Settings
+    from serving.index_store import current_index
 
     home, first, second = two_nights["home"], two_nights["first"], two_nights["second"]
     assert first.is_failed()

@@ -8,10 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from shoesearch.errors import ShoesearchError
-from shoesearch.settings import IndexSettings
-from tasks.index import (build_faiss, build_index, choose_kind, current_index, gate_decision, pq_subquantizers,
-                         recall_vs_exact, switch_index)
+from core.errors import ShoesearchError
+from core.settings import IndexSettings
+from serving.index_store import current_index
+from tasks.faiss_build import build_faiss, choose_kind, pq_subquantizers, recall_vs_exact
+from tasks.gate import gate_decision, switch_index
+from tasks.index import build_index
 from warehouse import lineage, open_warehouse
 
 
@@ -129,7 +131,7 @@ HELD_BACK_PRODUCTS = (1, 4, 9, 14)
 def held_back_photo(design_index: int, view: str, size: int, path):
     import random
 
-    from crawlers.demo_shop.synthetic import design_for, render_view
+    from demo_shop.synthetic import design_for, render_view
 
     render_view(design_for(design_index), view, size, random.Random(f"held-back-{view}-{design_index}")).save(
         path, "JPEG", quality=90)
@@ -140,8 +142,7 @@ def test_index_built_switched_and_searchable(indexed_settings, tmp_path):
     """The exact index: results equal a numpy brute-force top-k over the stored embeddings. Its recorded
     ``recall_vs_exact`` is the constant 1.0 the step writes for exact search (kept as a record check: that
     constant is justified by the brute-force comparison here, not by the recorded number)."""
-    from tasks.search import search
-
+    from serving.search import search
     from tests.fixtures_catalog import CATALOG_IMAGE_SIZE
 
     settings = indexed_settings
@@ -168,7 +169,7 @@ def test_index_built_switched_and_searchable(indexed_settings, tmp_path):
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert hits[0].title and hits[0].photo_path
     # Even when the first photos fetched all belong to few products, k distinct products come back.
-    from tasks.search import get_searcher
+    from serving.search import get_searcher
 
     searcher = get_searcher(settings)
     searcher.settings.index.photos_per_query = 1
@@ -236,8 +237,8 @@ def test_gate_refuses_a_worse_model(indexed_settings):
     wh = open_warehouse(indexed_settings)
     current = {"model_id": "m-old", "run_id": "r"}
     wh.write("train-x", {"models": [
-        {"model_id": "m-old", "kind": "netvlad", "backbone": "b", "path": "p", "metrics": json.dumps({"test_recall_at_1": 0.8})},
-        {"model_id": "m-new", "kind": "netvlad", "backbone": "b", "path": "p", "metrics": json.dumps({"test_recall_at_1": 0.7})},
+        {"model_id": "m-old", "kind": "netvlad", "backbone": "b", "path": "p", "metrics": json.dumps({"split": "test", "recall_at_1": 0.8})},
+        {"model_id": "m-new", "kind": "netvlad", "backbone": "b", "path": "p", "metrics": json.dumps({"split": "test", "recall_at_1": 0.7})},
     ]})
     ok, why = gate_decision(wh, "m-new", current, tolerance=0.0)
     assert not ok and "0.7000" in why and "0.8000" in why
@@ -258,7 +259,7 @@ def test_ivfpq_through_the_index_step_records_its_recall_and_finds_held_back_vie
     """IVF-PQ built by the index step (the kind chosen above 200k photos): see MEASURED_IVFPQ for the values changed."""
     import faiss
 
-    from tasks.search import search
+    from serving.search import search
     from tests.fixtures_catalog import CATALOG_IMAGE_SIZE
 
     settings = indexed_settings

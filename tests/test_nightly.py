@@ -41,7 +41,7 @@ TABLES = ["products", "images", "embeddings", "denoise", "splits", "models", "tr
 
 @pytest.fixture(scope="module")
 def nightly_catalog(tmp_path_factory):
-    from crawlers.demo_shop.synthetic import generate_catalog
+    from demo_shop.synthetic import generate_catalog
 
     out = tmp_path_factory.mktemp("nightly") / "catalog"
     return generate_catalog(out, NIGHTLY_PRODUCTS + NEW_PRODUCTS, noise_rate=0.2, seed=CATALOG_SEED,
@@ -49,12 +49,14 @@ def nightly_catalog(tmp_path_factory):
 
 
 def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nightly_catalog, monkeypatch):
-    from crawlers.demo_shop.server import DemoShop, load_catalog
+    from core.settings import Settings
+    from demo_shop.server import DemoShop, load_catalog
     from flows.nightly import nightly
-    from tasks.index import current_index, model_test_recall, recall_on_split, switch_index
-    from tasks.search import search
+    from serving.index_store import current_index
+    from serving.search import search
+    from tasks.gate import recall_on_split, switch_index
     from warehouse import lineage, open_warehouse
-    from shoesearch.settings import Settings
+    from warehouse.model_registry import test_recall as model_test_recall
 
     home = tmp_path / "home"
     monkeypatch.setenv("SHOESEARCH_HOME", str(home))
@@ -146,8 +148,8 @@ def held_back_ranks(settings, tmp_path, k: int) -> list[int | None]:
     Night 1's model (64 px, one epoch), measured over these 20 queries: 19 in the top 3 (one "far" view ranks
     5th), 14 first. Chance is 6 in the top 3 and 2 first (10 products); the test asks 18 and 12.
     """
-    from crawlers.demo_shop.synthetic import design_for, product_metadata, render_view
-    from tasks.search import search
+    from demo_shop.synthetic import design_for, product_metadata, render_view
+    from serving.search import search
 
     ranks = []
     for i in range(NIGHTLY_PRODUCTS):

@@ -158,8 +158,8 @@ class Built:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, indexed_home, synthetic_catalog) -> Built:
     """``indexed_home`` (ingest + ImageNet index) plus a denoise run, the catalog files and a snapshot."""
+    from serving.search import current_index_id
     from tasks.denoise import denoise
-    from tasks.search import current_index_id
     from tests.fixtures_search import search_settings
     from warehouse import open_warehouse
     from warehouse.catalog import write_catalog

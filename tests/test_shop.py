@@ -11,10 +11,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from core.errors import ShoesearchError
+from core.settings import CrawlSettings
 from crawlers import jdsite
-from crawlers.demo_shop.server import DemoShop, Faults, load_catalog
-from shoesearch.errors import ShoesearchError
-from shoesearch.settings import CrawlSettings
+from demo_shop.server import DemoShop, Faults, load_catalog
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ SHORT = {**SMALL, "train.epochs": 2, "train.queries_per_epoch": 16}  # the extra
 @pytest.fixture(scope="module")
 def train_home(tmp_path_factory):
     """A home with a small synthetic catalogue ingested (raw photos: no denoise run)."""
-    from crawlers.demo_shop.synthetic import generate_catalog
-    from shoesearch.settings import Settings
+    from core.settings import Settings
+    from demo_shop.synthetic import generate_catalog
     from tasks.ingest import ingest_catalog
 
     root = tmp_path_factory.mktemp("train")
@@ -41,7 +41,7 @@ def train_home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(train_home):
     """split -> kmeans -> train, run as plain functions; returns (settings, run ids)."""
-    from shoesearch.settings import Settings
+    from core.settings import Settings
     from tasks.kmeans import kmeans_init
     from tasks.split import make_split
     from tasks.train import train_model
@@ -112,8 +112,9 @@ def test_training_lowers_loss_and_beats_kmeans_init(trained):
     queries, is within seed noise, so no margin is claimed)."""
     from models.loss import WeakTripletLoss
     from models.netvlad_model import FromFrozen, load_checkpoint
-    from tasks.train import TupleDataset, frozen_cache, mine_chunk, query_indices, tuple_loss
+    from photos.loading import TupleDataset
     from tasks.train_data import PhotoDataset, load_photos
+    from tasks.train_loop import frozen_cache, mine_chunk, query_indices, tuple_loss
     from warehouse import open_warehouse
 
     settings, split, _, run = trained
@@ -192,12 +193,13 @@ def test_frozen_cache_is_exact(trained):
 def test_interrupted_training_resumes_from_last_epoch(trained, monkeypatch):
     """A run killed after epoch 1 leaves a checkpoint; the rerun does epoch 2 only, one metrics row each."""
     import tasks.train as T
-    from shoesearch.settings import Settings
+    import tasks.train_loop as L
+    from core.settings import Settings
     from warehouse import open_warehouse
 
     settings, split, km, _ = trained
     short = Settings.load(home=settings.home, overrides=SHORT)
-    real_epoch, calls = T.train_epoch, []
+    real_epoch, calls = L.train_epoch, []
 
     def dies_in_epoch_2(*args, **kwargs):
         epoch = args[6]
@@ -206,11 +208,11 @@ def test_interrupted_training_resumes_from_last_epoch(trained, monkeypatch):
             raise RuntimeError("killed")
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(T, "train_epoch", dies_in_epoch_2)
+    monkeypatch.setattr(L, "train_epoch", dies_in_epoch_2)
     with pytest.raises(RuntimeError, match="killed"):
         T.train_model(short, split, kmeans_run_id=km)
     assert calls == [0, 1]
-    monkeypatch.setattr(T, "train_epoch", lambda *a, **k: (calls.append(a[6]), real_epoch(*a, **k))[1])
+    monkeypatch.setattr(L, "train_epoch", lambda *a, **k: (calls.append(a[6]), real_epoch(*a, **k))[1])
     run = T.train_model(short, split, kmeans_run_id=km)
     assert calls == [0, 1, 1]  # resumed at the second epoch (0-based 1), the first was not redone
 
@@ -225,8 +227,8 @@ def test_interrupted_training_resumes_from_last_epoch(trained, monkeypatch):
 def test_warm_start_from_a_trained_model(trained, monkeypatch):
     """``init_model_id``: training continues from that model's weights; k-means is not consulted."""
     import tasks.train as T
+    from core.settings import Settings
     from models.netvlad_model import load_checkpoint
-    from shoesearch.settings import Settings
     from warehouse import open_warehouse
 
     settings, split, _, run = trained
@@ -266,9 +268,10 @@ def _run_with_spy(monkeypatch, settings, split, km):
     import copy
 
     import tasks.train as T
+    import tasks.train_loop as L
     from models.netvlad_model import FromFrozen
 
-    real_epoch, epochs = getattr(T.train_epoch, "real", T.train_epoch), []  # not an earlier spy
+    real_epoch, epochs = getattr(L.train_epoch, "real", L.train_epoch), []  # not an earlier spy
 
     def spy(net, *args, **kwargs):
         out = real_epoch(net, *args, **kwargs)
@@ -277,7 +280,7 @@ def _run_with_spy(monkeypatch, settings, split, km):
         return out
 
     spy.real = real_epoch
-    monkeypatch.setattr(T, "train_epoch", spy)
+    monkeypatch.setattr(L, "train_epoch", spy)
     return T.train_model(settings, split, kmeans_run_id=km), epochs
 
 
@@ -286,8 +289,8 @@ def test_uncached_training_matches_the_cached_path(trained, monkeypatch):
     frozen stages in every step; it trains the same model as the default cached path (measured: bit-identical
     weights, loss and test metrics after one epoch), so a bug in either input path shows as a difference here.
     Settings: SHORT with one epoch (16 queries), for time."""
+    from core.settings import Settings
     from models.netvlad_model import load_checkpoint
-    from shoesearch.settings import Settings
     from warehouse import open_warehouse
 
     settings, split, km, _ = trained
@@ -317,9 +320,9 @@ def test_early_stopping_keeps_the_best_epoch(trained, monkeypatch):
     best at epoch 2, a Recall@1 tie with lower mAP at 3 (mAP breaks ties: not a gain), lower at 4, an exact tie
     at 5: three epochs without gain, so training stops after epoch 5 of 10, and the model kept is epoch 2's.
     Settings: SHORT's 16 queries per epoch, for time."""
-    import tasks.train as T
+    import tasks.train_loop as L
+    from core.settings import Settings
     from models.netvlad_model import load_checkpoint
-    from shoesearch.settings import Settings
     from warehouse import open_warehouse
 
     settings, split, km, _ = trained
@@ -327,7 +330,7 @@ def test_early_stopping_keeps_the_best_epoch(trained, monkeypatch):
     run_settings = Settings.load(home=settings.home, overrides=overrides)
     assert (run_settings.train.patience, run_settings.train.epochs) == (3, 10)  # the defaults
     scripted = iter([(0.4, 0.3), (0.6, 0.5), (0.6, 0.4), (0.5, 0.6), (0.6, 0.5)])  # then gains, if it went on
-    real_recall = T.recall
+    real_recall = L.recall
 
     def val_recall(model, s, photo_set, device):
         if set(photo_set.splits) != {"val"}:
@@ -335,7 +338,7 @@ def test_early_stopping_keeps_the_best_epoch(trained, monkeypatch):
         r1, ap = next(scripted, (0.9, 0.9))
         return {"queries": len(photo_set), "recall_at_1": r1, "recall_at_5": r1, "recall_at_10": r1, "mean_ap": ap}
 
-    monkeypatch.setattr(T, "recall", val_recall)
+    monkeypatch.setattr(L, "recall", val_recall)
     run, epochs = _run_with_spy(monkeypatch, run_settings, split, km)
     wh = open_warehouse(settings)
     row = _model_row(wh, run)

@@ -193,7 +193,7 @@ def test_cli_help_tables_and_errors(settings):
 
 
 def test_settings_layering(tmp_path, monkeypatch):
-    from shoesearch.settings import Settings
+    from core.settings import Settings
 
     (tmp_path / "shoesearch.toml").write_text("[train]\nepochs = 7\nmargin = 0.2\n")
     monkeypatch.setenv("SHOESEARCH_TRAIN__EPOCHS", "9")

@@ -47,7 +47,7 @@ HOLDING_WRITER = textwrap.dedent(
 HOLDING_RUN = textwrap.dedent(
     """
     import sys
-    from shoesearch.settings import Settings
+    from core.settings import Settings
     from warehouse import open_warehouse, start_run
     wh = open_warehouse(Settings.load(home=sys.argv[1]))
     with start_run(wh, "embed") as run:

@@ -1,10 +1,17 @@
 """Parquet + DuckDB warehouse: schemas declared once, atomic commits, lineage in ``runs``."""
 
-from shoesearch.errors import ShoesearchError
+from core.errors import ShoesearchError
 from warehouse.runs import Run, latest_run, lineage, start_run, upstream_of
 from warehouse.schemas import TABLES
 from warehouse.store import (
-    SchemaError, Transaction, TransactionLost, Warehouse, atomic_write_bytes, atomic_write_text, conform, key_of,
+    SchemaError,
+    Transaction,
+    TransactionLost,
+    Warehouse,
+    atomic_write_bytes,
+    atomic_write_text,
+    conform,
+    key_of,
 )
 
 __all__ = [

@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from warehouse.files import atomic_write_text
 from warehouse.schemas import TABLES
 
 # Views derived from the raw tables: "what is true now". A decision in ``denoise_current`` is about
@@ -113,7 +114,6 @@ def write_catalog(warehouse, db_path: Path, sql_path: Path | None = None, materi
     if wal.exists():
         wal.unlink()
     if sql_path is not None:
-        from warehouse.store import atomic_write_text
 
         atomic_write_text(Path(sql_path), ";\n".join(view_statements(warehouse)) + ";\n")
     return db_path

@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from warehouse.conform import SchemaError, conform
+from warehouse.files import atomic_write_text
 from warehouse.schemas import KEY_SOURCES, TABLES
 
 FORMAT_FILE = "_format.json"
@@ -38,7 +39,6 @@ def home_format(root: Path) -> int:
 
 def migrate(root: Path, lock) -> list[str]:
     """Upgrade the warehouse directory ``root`` in place (``lock``: the staging lock). Returns what it did."""
-    from warehouse.store import atomic_write_text
 
     if home_format(root) >= FORMAT_VERSION:
         return []

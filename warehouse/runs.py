@@ -45,7 +45,7 @@ def code_version() -> str:
     """Package version plus the git commit when running from a checkout."""
     global _CODE_VERSION
     if _CODE_VERSION is None:
-        from shoesearch import __version__
+        from core.version import __version__
 
         version = __version__
         try:

@@ -29,8 +29,9 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shoesearch.errors import ShoesearchError
+from core.errors import ShoesearchError
 from warehouse.conform import SchemaError, conform, key_of  # noqa: F401 - re-exported (cli, crawlers)
+from warehouse.files import atomic_write_bytes, atomic_write_text  # noqa: F401 - re-exported
 from warehouse.locks import HeldLock, file_lock, pid_alive, take_if_abandoned  # noqa: F401 - file_lock re-exported
 from warehouse.schemas import TABLES
 
@@ -39,21 +40,6 @@ SCHEMA_BATCH = "batch-0-schema"
 
 class TransactionLost(ShoesearchError):
     """A transaction's staged parts vanished before its commit: nothing of it was committed."""
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write a file so that readers see either the old or the new content, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 COMMIT_ORDER = {"products": 1, "runs": 2}  # renamed after every other table of a transaction

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 
-
-
 def register(sub) -> None:
     shop = sub.add_parser("shop", help="the JD-structured demo shop (local crawl target)")
     shop_sub = shop.add_subparsers(dest="shop_command", metavar="SUBCOMMAND")
@@ -49,7 +47,7 @@ def register(sub) -> None:
 
 
 def cmd_shop_serve(args, settings) -> int:
-    from crawlers.demo_shop.server import build_shop
+    from demo_shop.server import build_shop
 
     c = settings.crawl
     synthetic = args.synthetic if args.synthetic is not None or args.catalog else 200

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shoesearch.errors import ShoesearchError
+from core.errors import ShoesearchError
 
 
 def register(sub) -> None:
@@ -34,10 +34,9 @@ def cmd_embed(args, settings) -> int:
 
 def cmd_denoise(args, settings) -> int:
     from flows.denoise import denoise_flow
+    from shoesearch.runtime import run_flow
     from tasks.denoise import choose_threshold
     from warehouse import open_warehouse
-
-    from shoesearch.runtime import run_flow
 
     choose_threshold(settings, args.threshold, args.drop_rate)  # bad values fail before Prefect starts
     run_id = run_flow(denoise_flow, settings, args.debug, threshold=args.threshold, drop_rate=args.drop_rate,

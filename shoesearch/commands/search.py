@@ -33,7 +33,8 @@ def register(sub) -> None:
 
 
 def cmd_index(args, settings) -> int:
-    from tasks.index import build_index, switch_index
+    from tasks.gate import switch_index
+    from tasks.index import build_index
 
     index_id = build_index(settings, model_spec=args.model)
     switch_index(settings, index_id, gate=not args.no_gate)
@@ -43,8 +44,8 @@ def cmd_index(args, settings) -> int:
 def cmd_search(args, settings) -> int:
     import pyarrow as pa
 
+    from serving.search import check_k, search
     from shoesearch.output import format_table
-    from tasks.search import check_k, search
     from warehouse import require_home
 
     k = check_k(settings, args.k)  # refused as the HTTP API refuses it, before anything is loaded
@@ -59,7 +60,7 @@ def cmd_search(args, settings) -> int:
 
 
 def cmd_api(args, settings) -> int:
-    from shoesearch.api import serve
+    from serving.api import serve
 
     host, port = args.host or settings.api.host, args.port or settings.api.port
     print(f"search page: http://{host}:{port}/   (POST /search with a 'photo' upload for JSON)")
@@ -77,17 +78,16 @@ def cmd_nightly(args, settings) -> int:
 
 
 def cmd_demo(args, settings) -> int:
-    from shoesearch.cli import _overrides
     from shoesearch.demo import run_demo
+    from shoesearch.runtime import set_overrides
 
-    return run_demo(settings, cli_overrides=_overrides(args.set), debug=args.debug)
+    return run_demo(settings, cli_overrides=set_overrides(args.set), debug=args.debug)
 
 
 def cmd_serve_flows(args, settings) -> int:
     from flows.serve import serve_flows
+    from shoesearch.runtime import set_overrides
 
-    from shoesearch.cli import _overrides
-
-    serve_flows(settings, _overrides(args.set))
+    serve_flows(settings, set_overrides(args.set))
     return 0
 

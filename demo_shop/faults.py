@@ -22,9 +22,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from crawlers.demo_shop.catalog import ShopProduct
-from crawlers.demo_shop.render import item_page
-from shoesearch.errors import ShoesearchError
+from core.errors import ShoesearchError
+from demo_shop.catalog import ShopProduct
+from demo_shop.render import item_page
 
 IMAGE_FAULTS = {"corrupt": "corrupt", "not_image": "not_image", "bomb": "bomb", "missing": "missing"}
 # Escape fault -> what a correct crawler does with the product (every N-th product, each fault its own).

@@ -10,7 +10,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shoesearch.errors import ShoesearchError
+from core.errors import ShoesearchError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 DEFAULT_CATEGORY = ("运动户外/运动鞋包/跑步鞋", "1318,12099,9756")

@@ -4,7 +4,7 @@ The current index and its model are loaded once per process and reloaded only wh
 ``indexes/CURRENT`` pointer names another index, so a switch takes effect on the next query and a
 search never sees a half-built index (it holds the one it loaded).
 
-A query photo is preprocessed exactly as a catalogue photo is (``models.transforms.preprocess_path``,
+A query photo is preprocessed exactly as a catalogue photo is (``photos.transforms.preprocess_path``,
 from its bytes: one decode, reduced while decoding, EXIF orientation applied), after a header-only
 check of its size, format and pixel count; at most ``api.max_decodes`` query photos decode at once.
 """
@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from shoesearch.errors import ShoesearchError
-from tasks.imagestore import FORMATS, ImageLimits
-from tasks.index import INDEX_FILE, MAPPING_FILE, META_FILE, POINTER, PRODUCTS_FILE
+from core.errors import ShoesearchError
+from photos.imagestore import FORMATS, ImageLimits
+from serving.index_store import INDEX_FILE, MAPPING_FILE, META_FILE, POINTER, PRODUCTS_FILE, current_index
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,9 @@ def decode_slots(n: int) -> threading.BoundedSemaphore:
 
 def photo_tensor(data: bytes, limits: ImageLimits, size: int, mean, std, slots: int):
     """Checked photo bytes -> the normalised 3 x size x size tensor, by the catalogue's own preprocessing
-    (``models.transforms.preprocess_path``), waiting while ``slots`` other decodes are in flight: a
+    (``photos.transforms.preprocess_path``), waiting while ``slots`` other decodes are in flight: a
     decode holds up to the full frame (3-4 bytes per pixel) until it is reduced."""
-    from models import transforms
+    from photos import transforms
 
     with decode_slots(slots):
         try:
@@ -115,8 +115,8 @@ class Searcher:
         import faiss
         import torch
 
-        from models.registry import load_embedder
-        from tasks.embed import resolve_device
+        from models.device import pick_device
+        from serving.embedders import open_embedder
 
         self.settings = settings
         self.index_id = index_id
@@ -131,8 +131,8 @@ class Searcher:
         self.product_ids = mapping.column("product_id").to_pylist()
         self.paths = mapping.column("path").to_pylist()
         self.products = {p["product_id"]: p for p in pq.read_table(directory / PRODUCTS_FILE).to_pylist()}
-        self.embedder = load_embedder(self.model_id, settings)
-        self.device = resolve_device(settings.embed.device)
+        self.embedder = open_embedder(settings, self.model_id)
+        self.device = pick_device(settings.embed.device)
         if isinstance(self.embedder, torch.nn.Module):  # trained embedders place themselves
             self.embedder.to(self.device)
         if self.embedder.dim != self.index.d:
@@ -143,7 +143,7 @@ class Searcher:
         """L2-normalised descriptors (n x d float32) of RGB photos, preprocessed as the model expects."""
         import torch
 
-        from models.transforms import preprocess
+        from photos.transforms import preprocess
 
         e = self.embedder
         return self.embed_tensors(torch.stack([preprocess(img.convert("RGB"), e.image_size, e.mean, e.std)
@@ -208,7 +208,6 @@ _LOAD_LOCK = threading.Lock()
 
 def current_index_id(settings) -> str | None:
     """The index id the ``CURRENT`` pointer names (None before the first switch)."""
-    from tasks.index import current_index
 
     pointer = settings.indexes_dir / POINTER
     if pointer.exists():
@@ -220,8 +219,6 @@ def current_index_id(settings) -> str | None:
 def get_searcher(settings) -> Searcher:
     """The searcher for the current index, loaded once per index per process."""
     if str(settings.home) not in _SEARCHERS:  # first load: reconcile the pointer with the table
-        from tasks.index import current_index
-
         current_index(settings)
     index_id = current_index_id(settings)
     if index_id is None:

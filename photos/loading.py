@@ -23,13 +23,13 @@ from typing import Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from models.transforms import preprocess_path
-from shoesearch.errors import ShoesearchError, explained
+from core.errors import ShoesearchError, explained
+from photos.transforms import preprocess_path
 
 log = logging.getLogger(__name__)
 
 UNREADABLE = (OSError, ValueError, SyntaxError)  # PIL's errors for broken / truncated / bomb photos
-_PRELOAD = ["torch", "torchvision", "PIL.Image", "models.transforms", "tasks.loading"]
+_PRELOAD = ["torch", "torchvision", "PIL.Image", "photos.transforms", "photos.loading"]
 
 
 class PhotoError(ShoesearchError):

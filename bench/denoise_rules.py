@@ -1,0 +1,138 @@
+"""Which denoise rule: precision / recall of dropped photos on labelled gallery noise (footwear-dev-noisy).
+
+Every rule keeps the design card's test, the distance of each photo to its product's first photo, and only
+changes *which* distance counts as too far. Measured on the catalogue's ``labels.csv`` ``is_noise`` (other
+shoes, packaging, size charts), with the ImageNet GeM descriptors the denoise step uses:
+
+* ``global t``: one threshold for every product (today's rule, ``denoise.threshold``);
+* ``self-calibrated q``: the threshold is the ``q`` quantile of the distances between the *first photos of
+  different products* (needs no labels: a photo farther from its photo 0 than a typical other product's
+  photo 0 is not this product);
+* ``robust k``: per product, ``median + k * MAD`` of its photos' distances, bounded by [lo, hi];
+* ``anchor check``: when photo 0 is itself far from the product's other photos (e.g. a box shot first),
+  the product's medoid is the reference.
+
+    .venv/bin/python bench/denoise_rules.py [--catalog DIR] [--set key=value ...]
+Writes bench/results/denoise_rules.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo, not bench/
+
+from bench.results_io import write_result  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load(catalog: Path, home: Path, overrides: dict):
+    """(products: {product: [(position, vector, is_noise)]}) after ingest + ImageNet embedding."""
+    from core.settings import Settings
+    from serving.embedders import open_embedder
+    from tasks.embed import embed_images, load_embeddings
+    from tasks.ingest import ingest_catalog
+    from warehouse import open_warehouse
+
+    settings = Settings.load(home=home, overrides=overrides)
+    ingest_catalog(settings, catalog, name=catalog.name)
+    embed_images(settings)
+    wh = open_warehouse(settings)
+    ids, vectors = load_embeddings(wh, open_embedder(settings).model_id)
+    rows = {r["image_id"]: r for r in wh.query(
+        "SELECT image_id, product_id, position, is_noise FROM images_current WHERE status = 'ok'").to_pylist()}
+    products = defaultdict(list)
+    for image_id, vec in zip(ids, vectors):
+        r = rows[image_id]
+        products[r["product_id"]].append((r["position"], vec, bool(r["is_noise"])))
+    return {p: sorted(v, key=lambda t: t[0]) for p, v in products.items()}
+
+
+def score(decisions: list[tuple[bool, bool]]) -> dict:
+    """(dropped, is_noise) pairs -> precision / recall of the dropped photos."""
+    dropped = sum(d for d, _ in decisions)
+    noise = sum(n for _, n in decisions)
+    hits = sum(d and n for d, n in decisions)
+    return {"dropped": dropped, "noise": noise, "precision": round(hits / dropped, 4) if dropped else None,
+            "recall": round(hits / noise, 4) if noise else None}
+
+
+def by_rule(products: dict, reference, too_far) -> dict:
+    """Apply ``too_far(distances, product) -> mask`` with ``reference(photos) -> index``; photo 0 is kept."""
+    out = []
+    for product, photos in products.items():
+        vecs = np.stack([v for _, v, _ in photos])
+        ref = reference(vecs)
+        d = np.linalg.norm(vecs - vecs[ref], axis=1)
+        mask = too_far(d, np.arange(len(d)) != ref)
+        out += [(bool(m), n) for m, (_, _, n) in zip(mask, photos)]
+    return score(out)
+
+
+def first_photo(vecs):
+    return 0
+
+
+def anchor_checked(limit: float):
+    """Photo 0 unless its median distance to the others exceeds ``limit``; then the medoid."""
+    def reference(vecs):
+        if len(vecs) < 3:
+            return 0
+        pair = np.linalg.norm(vecs[:, None] - vecs[None], axis=2)
+        return 0 if np.median(pair[0, 1:]) <= limit else int(np.argmin(np.median(pair, axis=1)))
+    return reference
+
+
+def rules(products: dict) -> dict:
+    fronts = np.stack([photos[0][1] for photos in products.values()])
+    between = np.linalg.norm(fronts[:, None] - fronts[None], axis=2)[np.triu_indices(len(fronts), 1)]
+    out = {}
+    for t in (0.8, 0.9, 1.0, 1.1, 1.2):
+        out[f"global {t}"] = by_rule(products, first_photo, lambda d, other, t=t: other & (d > t))
+    for q in (0.01, 0.02, 0.05, 0.1):
+        t = float(np.quantile(between, q))
+        out[f"self-calibrated q={q} (t={t:.3f})"] = by_rule(products, first_photo, lambda d, o, t=t: o & (d > t))
+    for k in (2.0, 3.0):
+        def robust(d, other, k=k):
+            rest = d[other]
+            if len(rest) < 3:
+                return other & (d > 1.0)
+            med = np.median(rest)
+            t = np.clip(med + k * np.median(np.abs(rest - med)) * 1.4826, 0.8, 1.2)
+            return other & (d > t)
+        out[f"robust median+{k}MAD in [0.8,1.2]"] = by_rule(products, first_photo, robust)
+    for limit in (0.9, 1.0):
+        out[f"global 1.0, anchor check {limit}"] = by_rule(products, anchor_checked(limit), lambda d, o: o & (d > 1.0))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--catalog", type=Path, default=DATA / "footwear-dev-noisy")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+    if not args.catalog.is_dir():
+        print(f"denoise_rules: skipped, no catalogue at {args.catalog} (../shared/data is not on this machine)")
+        return 0
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    with tempfile.TemporaryDirectory(prefix="denoise-rules-") as tmp:
+        products = load(args.catalog, Path(tmp) / "home", overrides)
+    result = rules(products)
+    print(f"\ndenoise rules on {args.catalog.name} ({len(products)} products)")
+    print(f"{'rule':<44} {'dropped':>7} {'P':>6} {'R':>6}")
+    for name, r in result.items():
+        print(f"{name:<44} {r['dropped']:>7} {r['precision'] or 0:>6.3f} {r['recall'] or 0:>6.3f}")
+    write_result({"bench": "denoise_rules", "catalog": args.catalog.name, "settings_changed": overrides,
+                  "rules": result}, "denoise_rules.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

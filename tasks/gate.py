@@ -1,0 +1,92 @@
+"""The switch step and its gate: a built index becomes current only when its model is not worse.
+
+The gate compares the test Recall@1 of the index's model with the current index's model on the same
+test photos; a refusal is recorded as an ``indexes`` row with status ``refused`` and the previous index
+keeps serving. The pointer and the directory format are ``serving.index_store``'s.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from core.errors import ShoesearchError
+from serving.index_store import INDEX_FILE, current_index_row, index_row, prune_indexes, write_pointer
+from warehouse import open_warehouse, start_run
+from warehouse.model_registry import find_model, model_params, model_row, test_recall
+from warehouse.runs import now
+
+
+def recall_on_split(settings, model_id: str, split_run_id: str) -> float:
+    """Test Recall@1 of ``model_id`` measured on the test photos of ``split_run_id``."""
+    from models.device import pick_device
+    from models.netvlad_model import load_checkpoint
+    from tasks.train_data import load_photos
+    from tasks.train_loop import recall
+
+    wh = open_warehouse(settings)
+    model, _ = load_checkpoint(settings.home / model_row(wh, model_id)["path"])
+    device = pick_device(settings.train.device)
+    return float(recall(model.to(device), settings, load_photos(wh, split_run_id, "auto", ("test",)), device)["recall_at_1"])
+
+
+def gate_decision(wh, new_model_id: str, current: dict | None, tolerance: float,
+                  settings=None) -> tuple[bool, str]:
+    """Whether a new model may replace the current index's model, and why.
+
+    Both models are compared on the same test photos: when the current model was scored on an
+    older split (the catalogue grew), it is re-scored on the new model's test split (needs
+    ``settings``). A missing or NaN Recall@1 of the new model is a refusal.
+    """
+    if current is None:
+        return True, "no current index"
+    if current["model_id"] == new_model_id:
+        return True, "same model as the current index"
+    old = test_recall(wh, current["model_id"])
+    new = test_recall(wh, new_model_id)
+    new_split = model_params(find_model(wh, new_model_id)).get("split_run_id")
+    old_split = model_params(find_model(wh, current["model_id"])).get("split_run_id")
+    if settings is not None and new_split and old_split not in (None, new_split):
+        old = recall_on_split(settings, current["model_id"], new_split)
+    if old is None:
+        return True, f"current model {current['model_id']} has no test Recall@1; new: {new}"
+    if new is None:
+        return False, f"refused: new model {new_model_id} has no test Recall@1 (current: {old:.4f})"
+    verdict = f"test Recall@1 new {new:.4f} vs current {old:.4f} on the same test photos (tolerance {tolerance})"
+    if new < old - tolerance:
+        return False, "refused: " + verdict
+    return True, "accepted: " + verdict
+
+
+def switch_index(settings, index_id: str, gate: bool = True) -> str:
+    """Make a built index current (``indexes`` row + ``CURRENT`` pointer), unless the gate refuses it.
+
+    The gate compares the test Recall@1 of the index's model with the current index's model; a
+    refusal is recorded as an ``indexes`` row with status ``refused`` and the previous index keeps
+    serving. Returns the run id of this switch step.
+    """
+    import faiss
+
+    wh = open_warehouse(settings)
+    built = index_row(wh, index_id, "built")
+    current = current_index_row(wh)
+    ok, reason = gate_decision(wh, built["model_id"], current, settings.schedule.gate_tolerance, settings) if gate \
+        else (True, "gate bypassed")
+    inputs = [built["run_id"], current["run_id"] if current else None]
+    with start_run(wh, step="switch", params={"index_id": index_id, "gate": gate}, inputs=inputs) as run:
+        if ok:
+            index = faiss.read_index(str(settings.home / built["path"] / INDEX_FILE))  # loads: not half-built
+            if index.ntotal != built["n_vectors"]:
+                raise ShoesearchError(f"index {index_id} holds {index.ntotal} vectors, expected {built['n_vectors']}")
+        status = "current" if ok else "refused"
+        run.write("indexes", [{**{k: v for k, v in built.items() if k != "run_id"},
+                               "status": status, "note": reason, "created_at": now()}])
+        run.message = f"{status}: {reason}"
+    if ok:
+        write_pointer(settings, index_id)
+        prune_indexes(settings, keep=settings.index.keep_indexes)
+    print(f"index {index_id}: {status} ({reason})", flush=True)
+    return run.run_id
+
+
+switch_index_task = task(switch_index, name="switch-index", cache_policy=NO_CACHE)
