@@ -37,7 +37,7 @@ STATUS_FOR = {
 READ_CHUNK = 1 << 20
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # form framing allowed on top of the photo itself
 MAX_PHOTO_PATH = 1024  # longest /photos/ path served (stored photos are "aa/<sha1>.ext", 47 characters)
-HIT_FIELDS = ("rank", "product_id", "score", "title", "brand", "price", "url", "image_id", "photo_path")
+HIT_FIELDS = ("rank", "product_id", "score", "confident", "title", "brand", "price", "url", "image_id", "photo_path")
 ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/[^\s'\"]+")  # a server path in a message (not a URL's path)
 
 
@@ -183,6 +183,12 @@ def public_message(message: str, home: Path) -> str:
     return ABSOLUTE_PATH.sub("<path>", message.replace(str(home), "<home>"))
 
 
+def match_verdict(hits, threshold: float | None) -> dict:
+    """``confident_match``: the best result beats the index's calibrated threshold (None when the index has none)."""
+    confident = None if threshold is None else bool(hits and hits[0].confident)
+    return {"confident_match": confident, "match_threshold": threshold}
+
+
 def public_hit(hit) -> dict:
     """A search hit as the API shows it: the served photo URL, and the product URL only if it is a web URL."""
     out = {name: getattr(hit, name) for name in HIT_FIELDS}
@@ -226,7 +232,8 @@ def search_upload(settings, limits, upload: UploadFile | None, k: int) -> dict:
     except BadPhoto as exc:
         raise HTTPException(STATUS_FOR.get(exc.status, 400), f"{exc.status}: {exc.reason}") from None
     hits = searcher.search(query, k)
-    return {"index_id": searcher.index_id, "model_id": searcher.model_id, "results": [public_hit(h) for h in hits]}
+    return {"index_id": searcher.index_id, "model_id": searcher.model_id, **match_verdict(hits, searcher.match_threshold),
+            "results": [public_hit(h) for h in hits]}
 
 
 def create_app(settings) -> FastAPI:
@@ -283,6 +290,10 @@ def _page(result: dict | None = None, error: str | None = None) -> str:
         body.append(f"<p>index {html.escape(result['index_id'])} · model {html.escape(result['model_id'])}</p>")
         if not result["results"]:
             body.append("<p>No products found.</p>")
+        elif result["confident_match"] is False:
+            body.append(f'<p class="error">No confident match: the best score, {result["results"][0]["score"]:.3f}, '
+                        f'is below {result["match_threshold"]:.3f} (what catalogue photos score with a wrong product). '
+                        "The closest products anyway:</p>")
         body.append('<div class="grid">')
         for hit in result["results"]:
             title = html.escape(hit["title"] or hit["product_id"])

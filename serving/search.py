@@ -39,6 +39,7 @@ class SearchHit:
     url: str | None
     image_id: str
     photo_path: str  # relative to the images directory (the file is settings.images_dir / photo_path)
+    confident: bool | None = None  # score above the index's calibrated match threshold (None: not calibrated)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -125,6 +126,7 @@ class Searcher:
             raise ShoesearchError(f"index directory {directory} is missing or incomplete")
         self.meta = json.loads((directory / META_FILE).read_text())
         self.model_id = self.meta["model_id"]
+        self.match_threshold = self.meta.get("match_threshold")  # None for indexes built before calibration
         self.index = faiss.read_index(str(directory / INDEX_FILE))
         mapping = pq.read_table(directory / MAPPING_FILE).sort_by("row")
         self.image_ids = mapping.column("image_id").to_pylist()
@@ -189,6 +191,7 @@ class Searcher:
                     rank=len(hits) + 1, product_id=product_id, score=float(score),
                     title=product.get("title"), brand=product.get("brand"), price=product.get("price"),
                     url=product.get("url"), image_id=self.image_ids[row], photo_path=self.paths[row],
+                    confident=None if self.match_threshold is None else bool(score >= self.match_threshold),
                 ))
                 if len(hits) == k:
                     break

@@ -144,3 +144,39 @@ def recall_vs_exact(index, vectors: np.ndarray, queries: np.ndarray, k: int) -> 
 def sample_queries(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
     """Up to ``size`` stored vectors to use as recall queries (photos searching for themselves)."""
     return _train_sample(vectors, size, seed)
+
+
+def match_calibration(index, vectors: np.ndarray, product_ids: list[str], sample: int, seed: int = 0,
+                      depth: int = 64) -> dict:
+    """The score above which a search result is a confident match, calibrated on the index's own photos.
+
+    Each sampled photo queries the index (itself left out): its best score to another photo of its own
+    product is a right-match score, its best score to *another* product's photo a wrong-match score. The
+    threshold is where the two distributions cross (equal error rate: as many right matches fall below it
+    as wrong ones rise above it), so a result above it is likelier the same product than not; a photo of
+    something else (no shoe, another kind of object) scores far below both. With no right-match scores
+    (one photo per product) it is the 95th percentile of the wrong ones. Returns the threshold and both
+    error rates at it.
+    """
+    queries = sample_queries(np.arange(len(vectors)), sample, seed)
+    scores, rows = index.search(np.ascontiguousarray(vectors[queries], dtype=np.float32), min(depth, len(vectors)))
+    right, wrong = [], []
+    for q, score_row, id_row in zip(queries, scores, rows):
+        mine = [float(s) for s, r in zip(score_row, id_row) if r >= 0 and r != q and product_ids[r] == product_ids[q]]
+        other = [float(s) for s, r in zip(score_row, id_row) if r >= 0 and product_ids[r] != product_ids[q]]
+        right += mine[:1]
+        wrong += other[:1]
+    if not wrong:
+        return {"match_threshold": None, "queries": len(queries)}
+    right_a, wrong_a = np.array(right), np.array(wrong)
+    if len(right_a) == 0:
+        threshold = float(np.quantile(wrong_a, 0.95))
+    else:
+        candidates = np.unique(np.concatenate([right_a, wrong_a]))
+        gap = [abs(np.mean(right_a < t) - np.mean(wrong_a >= t)) for t in candidates]
+        threshold = float(candidates[int(np.argmin(gap))])
+    return {"match_threshold": round(threshold, 4), "queries": len(queries), "rule": "equal error rate",
+            "right_below": round(float(np.mean(right_a < threshold)), 4) if len(right_a) else None,
+            "wrong_above": round(float(np.mean(wrong_a >= threshold)), 4),
+            "right_median": round(float(np.median(right_a)), 4) if len(right_a) else None,
+            "wrong_median": round(float(np.median(wrong_a)), 4)}

@@ -18,7 +18,7 @@ from core.errors import ShoesearchError
 from serving.embedders import open_embedder
 from serving.index_store import write_index_dir
 from tasks.embed import embed_images, load_embeddings
-from tasks.faiss_build import build_faiss, choose_kind, gpu_count, recall_vs_exact, sample_queries
+from tasks.faiss_build import build_faiss, choose_kind, gpu_count, match_calibration, recall_vs_exact, sample_queries
 from warehouse import open_warehouse, start_run
 from warehouse.model_registry import find_model, newest_model
 from warehouse.runs import now
@@ -104,9 +104,12 @@ def build_index(settings, model_spec: str | None = None) -> str:
         print(f"index {index_id}: {kind} over {len(vectors)} photos x {dim} dims "
               f"of {products.num_rows} products ({'GPU' if use_gpu else 'CPU'})", flush=True)
         index, recall, note = _faiss_with_recall(vectors, kind, cfg, use_gpu)
-        print(f"index {index_id}: {note}", flush=True)
+        calibration = match_calibration(index, vectors, mapping.column("product_id").to_pylist(), cfg.recall_sample,
+                                        cfg.seed)
+        print(f"index {index_id}: {note}; confident match above score {calibration['match_threshold']}", flush=True)
         meta = {"index_id": index_id, "model_id": model_id, "model_spec": spec, "kind": kind,
                 "n_vectors": len(vectors), "dim": dim, "recall_vs_exact": recall,
+                "match_threshold": calibration["match_threshold"], "match_calibration": calibration,
                 "built_on": "gpu" if use_gpu else "cpu", "created_at": now().isoformat()}
         path = write_index_dir(settings, index_id, index, mapping, products, meta)
         run.write("indexes", [{

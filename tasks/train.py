@@ -155,8 +155,11 @@ class _Job:
             overall.update(1)
             overall.set_postfix(loss=f"{loss:.4f}", val_r1=f"{val['recall_at_1']:.3f}", best=f"{state['best']:.3f}")
 
+        def on_start(state):  # the starting model is the best one until an epoch beats it on validation
+            save_checkpoint(self.ckpt_dir / "best.pt", model, {"state": state})
+
         state = run_epochs(net, model, self.optimizer, self.settings, self.train_set, photos, self.val_set, state,
-                           self.device, after_epoch, self.rank, self.world)
+                           self.device, after_epoch, self.rank, self.world, on_start=on_start)
         overall.close()
         return state
 
@@ -184,7 +187,8 @@ class _Job:
         os.replace(home / f"{init_rel}.tmp", home / init_rel)
         return model_record(model_id, "netvlad", best.config.backbone, rel, self.parent["model_id"],
                             {**params, "init_path": init_rel, "epochs_run": state["epoch"],
-                             "best_val_recall_at_1": state["best"], "dim": best.dim}, {"split": "test", **test})
+                             "best_val_recall_at_1": state["best"], "dim": best.dim,
+                             "start_val_recall_at_1": state.get("start_val_recall_at_1")}, {"split": "test", **test})
 
 
 def launch_ddp(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> str:

@@ -193,13 +193,24 @@ def new_state(model_id: str) -> dict:
     return {"epoch": 0, "best": -1.0, "best_map": -1.0, "stale": 0, "model_id": model_id}
 
 
+def _val_scores(val: dict) -> tuple[float, float]:
+    return (val["recall_at_1"], val["mean_ap"]) if val["queries"] else (0.0, 0.0)
+
+
 def run_epochs(net, model, optimizer, settings, train_set: PhotoSet, photos: Dataset, val_set: PhotoSet,
-               state: dict, device: torch.device, on_epoch, rank: int = 0, world: int = 1) -> dict:
+               state: dict, device: torch.device, on_epoch, rank: int = 0, world: int = 1, on_start=None) -> dict:
     """Train until ``train.epochs`` or early stop; after each epoch rank 0 calls
     ``on_epoch(state, loss, images_per_s, val, improved, seconds)``. ``net`` is what the loop feeds (the model,
-    its FromFrozen view, or its DDP wrapper); ``model`` is scored on ``val_set``. Returns ``state``."""
+    its FromFrozen view, or its DDP wrapper); ``model`` is scored on ``val_set``. The starting model is the first
+    candidate (scored before epoch 1, ``on_start(state)``), so training never keeps a model worse on validation
+    than the one it started from. Returns ``state``."""
     cfg = settings.train
     criterion = WeakTripletLoss(cfg.margin)
+    if rank == 0 and state["epoch"] == 0 and state["best"] < 0:
+        r1, ap = _val_scores(recall(model, settings, val_set, device))
+        state.update(best=r1, best_map=ap, start_val_recall_at_1=r1)
+        if on_start is not None:
+            on_start(state)
     while not _rank0_says(state["epoch"] >= cfg.epochs or state["stale"] >= cfg.patience, world, device):
         t0 = time.perf_counter()
         loss, ips = train_epoch(net, optimizer, criterion, settings, train_set, photos, state["epoch"], device,
@@ -208,7 +219,7 @@ def run_epochs(net, model, optimizer, settings, train_set: PhotoSet, photos: Dat
             state["epoch"] += 1
             continue
         val = recall(model, settings, val_set, device)
-        r1, ap = (val["recall_at_1"], val["mean_ap"]) if val["queries"] else (0.0, 0.0)
+        r1, ap = _val_scores(val)
         improved = (r1, ap) > (state["best"], state.get("best_map", -1.0))  # mAP breaks Recall@1 ties
         if improved:
             state.update(best=r1, best_map=ap)

@@ -54,3 +54,30 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_serving(api_server):
     assert httpx.get(f"{base}/health", timeout=10).json()["status"] == "ok"
     r = httpx.post(f"{base}/search", files={"photo": ("ok.png", good, "image/png")}, timeout=60)
     assert r.status_code == 200 and r.json()["results"]
+
+
+def _sample_jpeg(name: str) -> bytes:
+    from sklearn.datasets import load_sample_image
+
+    buf = io.BytesIO()
+    Image.fromarray(load_sample_image(name)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_a_photo_of_no_shoe_is_answered_with_no_confident_match(api_server):
+    """A catalogued shoe photo is a confident match; a photo of a building is not (JSON field and page notice).
+    Measured on this index (ImageNet GeM, 96 px): threshold 0.82, the building's best score 0.38."""
+    from warehouse import open_warehouse
+
+    base, settings = api_server
+    row = open_warehouse(settings).query(
+        "SELECT path FROM images_current WHERE status = 'ok' AND position = 0 ORDER BY product_id LIMIT 1").to_pylist()[0]
+    shoe = httpx.post(f"{base}/search", files={"photo": ("s.jpg", (settings.images_dir / row["path"]).read_bytes(),
+                                                         "image/jpeg")}, timeout=60).json()
+    assert shoe["confident_match"] is True and shoe["results"][0]["confident"] is True
+    other = httpx.post(f"{base}/search", files={"photo": ("c.jpg", _sample_jpeg("china.jpg"), "image/jpeg")},
+                       timeout=60).json()
+    assert other["confident_match"] is False and not any(h["confident"] for h in other["results"])
+    assert other["results"][0]["score"] < other["match_threshold"] < shoe["results"][0]["score"]
+    page = httpx.post(f"{base}/", files={"photo": ("c.jpg", _sample_jpeg("china.jpg"), "image/jpeg")}, timeout=60)
+    assert "No confident match" in page.text

@@ -44,18 +44,22 @@ def cmd_index(args, settings) -> int:
 def cmd_search(args, settings) -> int:
     import pyarrow as pa
 
-    from serving.search import check_k, search
+    from serving.search import check_k, get_searcher, search
     from shoesearch.output import format_table
     from warehouse import require_home
 
     k = check_k(settings, args.k)  # refused as the HTTP API refuses it, before anything is loaded
     require_home(settings)  # read-only: a mistyped --home is reported, never created
     hits = search(settings, args.photo, k)
-    cols = ["rank", "score", "product_id", "title", "brand", "price", "url"]
+    cols = ["rank", "score", "confident", "product_id", "title", "brand", "price", "url"]
     # The local photo file (this command runs where the data home is; the HTTP API serves /photos/ URLs).
     rows = [{**{c: getattr(h, c) for c in cols}, "photo_file": str(settings.images_dir / h.photo_path)} for h in hits]
     table = pa.Table.from_pylist(rows)
     print(format_table(table, args.format) if hits else "no products found")
+    if hits and hits[0].confident is False and args.format == "table":
+        threshold = get_searcher(settings).match_threshold
+        print(f"no confident match: the best score, {hits[0].score:.3f}, is below {threshold:.3f} (what catalogue "
+              "photos score with a wrong product); these are the closest products anyway")
     return 0
 
 
