@@ -39,7 +39,7 @@ from bench.results_io import write_result  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
-METRICS = ("recall_at_1", "recall_at_5", "recall_at_10", "mean_ap")
+METRICS = ("recall_at_1", "recall_at_5", "recall_at_10", "mean_ap", "product_recall_at_5")
 
 
 def prepare(name: str, overrides: dict, home: Path) -> tuple[dict, dict]:
@@ -111,7 +111,7 @@ def print_table(result: dict) -> None:
     d = result["denoise"]
     print(f"\nquality: {result['dataset']}, seeds {result['seeds']}, settings changed: {result['settings_changed'] or 'none'}")
     print(f"denoise: {d['photos']} photos, kept {d['kept']}, precision {d['precision']}, recall {d['recall']}")
-    print(f"{'variant':<12} {'trained on':<10} " + " ".join(f"{m:>15}" for m in ("R@1", "R@5", "R@10", "mAP")))
+    print(f"{'variant':<12} {'trained on':<10} " + " ".join(f"{m:>15}" for m in ("R@1", "R@5", "R@10", "mAP", "product R@5")))
     for r in result["summary"]:
         cells = " ".join(f"{r[m]:>7.3f} ±{r[m + '_std']:.3f}" for m in METRICS)
         print(f"{r['variant']:<12} {r['photos'] or '-':<10} {cells}")
@@ -127,6 +127,7 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--photos", nargs="+", default=["denoised"], choices=["raw", "denoised"])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting (default: none)")
+    ap.add_argument("--tag", default="", help="suffix of the JSON file name (quality-<dataset>[-tag].json)")
     args = ap.parse_args()
     overrides = dict(kv.split("=", 1) for kv in args.set)
     missing = [name for name in args.datasets if not (DATA / name).is_dir()]
@@ -145,7 +146,7 @@ def main() -> int:
                   "denoise": denoise_summary, "summary": summarise(per_seed), "per_seed": per_seed,
                   "total_seconds": round(time.perf_counter() - started, 1)}
         print_table(result)
-        write_result(result, f"quality-{name}.json")  # one file per dataset run: no read-modify-write of a shared file
+        write_result(result, f"quality-{name}{'-' + args.tag if args.tag else ''}.json")  # one file per dataset run: no read-modify-write of a shared file
     return 0
 
 

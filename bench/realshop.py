@@ -135,9 +135,10 @@ def variant_rows(settings, wh, model_id: str, labels: dict[str, bool], baseline_
         embedder = build()
         if hasattr(embedder, "to"):
             embedder.to(device)
-        m = score(embedder, settings, genuine, "all", device)
+        m = score(embedder, settings, genuine, "all", device, product_level=True)
         out.append({"variant": variant, "queries": int(m["queries"]), "products": len(set(genuine.product_ids)),
-                    **{k: round(float(m[k]), 4) for k in ("recall_at_1", "recall_at_5", "recall_at_10", "mean_ap")}})
+                    **{k: round(float(m[k]), 4) for k in ("recall_at_1", "recall_at_5", "recall_at_10", "mean_ap",
+                                                          "product_recall_at_1", "product_recall_at_5")}})
     return out
 
 

@@ -104,10 +104,15 @@ def triplet_loss_min_positive(
     return F.relu(closest + margin - d_neg).sum(1).mean()
 
 
-def pca_whitening(descriptors: torch.Tensor, dim: int, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def pca_whitening(descriptors: torch.Tensor, dim: int, eps: float = 1e-6,
+                  shrink: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """PCA whitening fitted on rows of ``descriptors`` (N x D): returns (mean D, projection dim x D).
 
-    ``y = P (x - mean)`` has decorrelated, unit-variance components along the top ``dim`` principal axes.
+    ``y = P (x - mean)`` has decorrelated components along the top ``dim`` principal axes, each divided by
+    ``sqrt(var + shrink * mean(var))``: with ``shrink`` 0, unit variance; with ``shrink`` > 0 the weak directions
+    are amplified at most ``1 / sqrt(shrink * mean(var))``. Few photos (hundreds) or repeated photos (the same
+    picture in several products) leave directions with ~zero variance; plain whitening multiplies whatever a new
+    photo has there by ~1/eps and the descriptor becomes noise (tests/test_netvlad.py).
     """
     x = descriptors.double()
     mean = x.mean(0)
@@ -116,7 +121,7 @@ def pca_whitening(descriptors: torch.Tensor, dim: int, eps: float = 1e-6) -> tup
     _, s, vt = torch.linalg.svd(xc, full_matrices=False)
     dim = min(dim, vt.shape[0])
     var = s[:dim] ** 2 / max(x.shape[0] - 1, 1)
-    proj = vt[:dim] / (var.sqrt() + eps).unsqueeze(1)
+    proj = vt[:dim] / ((var + shrink * var.mean()).sqrt() + eps).unsqueeze(1)
     return mean.float(), proj.float()
 
 
@@ -148,6 +153,21 @@ def recall_and_map(
     precision = hits.cumsum(1) / ranks
     out["mean_ap"] = float(((precision * hits).sum(1) / hits.sum(1)).mean())
     return out
+
+
+def product_recall(descriptors: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Product-level Recall@k (query photo -> product): each photo ranks the *products* by their best photo's
+    similarity (max voting, itself left out); a hit when its own product is among the first ``k``. Queries whose
+    product has no other photo are skipped. Returns ``product_recall_at_<k>``."""
+    sims = descriptors.float() @ descriptors.float().t()
+    sims.fill_diagonal_(-float("inf"))
+    n_products = int(labels.max()) + 1 if len(labels) else 0
+    votes = torch.full((len(labels), n_products), -float("inf"))
+    votes = votes.scatter_reduce(1, labels.unsqueeze(0).expand(len(labels), -1), sims, reduce="amax")
+    has_other = torch.bincount(labels, minlength=n_products)[labels] > 1
+    own = votes.gather(1, labels.unsqueeze(1))  # the best score of the query's own product (self excluded)
+    rank = (votes > own).sum(1)[has_other]  # products scored strictly above it
+    return {f"product_recall_at_{k}": float((rank < k).float().mean()) if len(rank) else float("nan") for k in ks}
 
 
 def kmeans(x: torch.Tensor, k: int, iterations: int, seed: int = 0) -> torch.Tensor:

@@ -21,9 +21,10 @@ class Whitening(nn.Module):
         self.proj = nn.Linear(in_dim, out_dim, bias=True)
 
     @torch.no_grad()
-    def fit(self, descriptors: torch.Tensor) -> None:
-        """PCA whitening from ``descriptors`` (N x in_dim); needs N > out_dim for full rank."""
-        mean, proj = LF.pca_whitening(descriptors, self.out_dim)
+    def fit(self, descriptors: torch.Tensor, shrink: float = 0.0) -> None:
+        """PCA whitening from ``descriptors`` (N x in_dim; needs N > out_dim), variances shrunk by ``shrink``
+        (``models.functional.pca_whitening``)."""
+        mean, proj = LF.pca_whitening(descriptors, self.out_dim, shrink=shrink)
         if proj.shape[0] < self.out_dim:
             raise ValueError(
                 f"PCA whitening to {self.out_dim} dims needs more than {self.out_dim} training descriptors, "

@@ -27,15 +27,18 @@ PROTOCOLS = {"all": "all-vs-all", "consumer-to-shop": "consumer-to-shop"}
 KS = (1, 5, 10)
 
 
-def score(embedder, settings, test: PhotoSet, protocol: str, device: torch.device) -> dict[str, float]:
-    """Metrics of one embedder on the test photos under ``protocol``."""
+def score(embedder, settings, test: PhotoSet, protocol: str, device: torch.device,
+          product_level: bool = False) -> dict[str, float]:
+    """Metrics of one embedder on the test photos under ``protocol`` (with ``product_level``: also
+    product-level Recall@k, ``models.functional.product_recall``; all photos query all)."""
     ds = PhotoDataset(settings, test.paths, embedder.image_size, embedder.mean, embedder.std)
     desc = embed_dataset(embedder, ds, settings.embed.batch_size, settings.train.num_workers, device, "evaluate")
     masks = {}
     if protocol == "consumer-to-shop":
         masks = {"query_mask": torch.tensor([d == "user" for d in test.domains]),
                  "gallery_mask": torch.tensor([d != "user" for d in test.domains])}
-    return LF.recall_and_map(desc, test.labels(), KS, **masks)
+    metrics = LF.recall_and_map(desc, test.labels(), KS, **masks)
+    return {**metrics, **LF.product_recall(desc, test.labels(), KS)} if product_level else metrics
 
 
 def variant_embedders(settings, wh, model_id: str, device):

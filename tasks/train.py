@@ -121,6 +121,8 @@ class _Job:
         self.device, self.rank, self.world, self.warm = device, rank, world, warm
         cfg = settings.train
         on_device(model, device)
+        if model.whitening is not None and not cfg.learn_whitening:
+            model.whitening.requires_grad_(False)  # refitted on the trained descriptors in publish()
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                           weight_decay=cfg.weight_decay)
 
@@ -180,6 +182,11 @@ class _Job:
         """The best epoch scored on the test photos and saved under ``models/``; its ``models`` row."""
         home, model_id = self.settings.home, state["model_id"]
         best, _ = load_checkpoint(self.ckpt_dir / "best.pt")
+        if best.whitening is not None and not self.settings.train.learn_whitening:
+            cfg = self.settings.train
+            fit_whitening(best.to(self.device), PhotoDataset(self.settings, self.train_set.paths, cfg.image_size,
+                                                             best.backbone.mean, best.backbone.std),
+                          self.settings, self.device)
         test = recall(best.to(self.device), self.settings, self.test_set, self.device)
         rel, init_rel = f"models/{model_id}.pt", f"models/{model_id}.init.pt"
         save_checkpoint(home / rel, best)

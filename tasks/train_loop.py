@@ -172,7 +172,7 @@ def fit_whitening(net, inputs: Dataset, settings, device: torch.device) -> None:
         inputs = Subset(inputs, sorted(pick.tolist()))
     vlad = embed_dataset(lambda x: net(x, whiten=False), inputs, settings.train.batch_size * 4,
                          settings.train.num_workers, device, "whitening")
-    model.whitening.fit(vlad.to(device))
+    model.whitening.fit(vlad.to(device), settings.train.whitening_shrinkage)
 
 
 def _module(model):

@@ -95,8 +95,17 @@ def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nig
     # the gate (default tolerance 0) refuses it: its recorded test Recall@1 is far below the current model's,
     # re-scored on the new split's test photos.
     old_photos = wh.query("SELECT count(*) AS n FROM images_current WHERE status = 'ok'").column("n")[0].as_py()
+    # Training keeps its starting model unless an epoch beats it on validation (tests/test_train.py); to give the
+    # gate a really worse candidate, the starting model's validation score is scripted as the worst possible.
+    import tasks.train_loop as L
+
+    real_scores, calls = L._val_scores, []
+    monkeypatch.setattr(L, "_val_scores", lambda val: (-1.0, -1.0) if not calls.append(1) and len(calls) == 1
+                        else real_scores(val))
     with DemoShop(products, page_size=10) as shop:
         second = nightly(site=shop.url, home=str(home), overrides={**NIGHTLY_SETTINGS, "train.lr": WRECKING_LR})
+    monkeypatch.setattr(L, "_val_scores", real_scores)
+    assert len(calls) >= 2  # the start, then the wrecking epoch
     new_photos = wh.query("SELECT count(*) AS n FROM images_current WHERE status = 'ok'").column("n")[0].as_py() - old_photos
     assert new_photos > 0
     embed_params = wh.query("SELECT parameters FROM runs WHERE run_id = ?", [second["steps"]["embed"]]).column(0)[0].as_py()

@@ -51,7 +51,7 @@ def cmd_search(args, settings) -> int:
     k = check_k(settings, args.k)  # refused as the HTTP API refuses it, before anything is loaded
     require_home(settings)  # read-only: a mistyped --home is reported, never created
     hits = search(settings, args.photo, k)
-    cols = ["rank", "score", "confident", "product_id", "title", "brand", "price", "url"]
+    cols = ["rank", "score", "product_id", "title", "brand", "price", "url", "confident"]
     # The local photo file (this command runs where the data home is; the HTTP API serves /photos/ URLs).
     rows = [{**{c: getattr(h, c) for c in cols}, "photo_file": str(settings.images_dir / h.photo_path)} for h in hits]
     table = pa.Table.from_pylist(rows)

@@ -1,0 +1,59 @@
+"""The README's quality tables, rendered from the committed JSON (so a figure in the README is the JSON's).
+
+    .venv/bin/python bench/render_tables.py            # prints the markdown tables
+Reads bench/results/realshop.json, quality-footwear-dev.json and denoise_rules.json (those present).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def realshop(r: dict) -> list[str]:
+    d = r["denoise"]
+    out = [f"`bench/results/realshop.json` ({r['date'][:10]}, {r['machine']}): {r['catalog']}, {r['products']} products",
+           "", "| stage | seconds | photos | photos/s |", "|---|---:|---:|---:|"]
+    out += [f"| {s['stage']} | {s['seconds']} | {s['photos'] or ''} | {s['photos_per_s'] or ''} |" for s in r["stages"]]
+    t = r["train"]
+    out += ["", f"Training: {t['epochs']} epochs, {t['seconds_per_epoch']} s/epoch. Denoise at threshold "
+            f"{d['threshold']}: precision {d['precision']}, recall {d['recall']} ({d['dropped']} dropped, "
+            f"{d['noise']} labelled noise).", "",
+            "| variant | queries | Recall@1 | Recall@5 | Recall@10 | mAP | product R@5 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    out += [f"| {v['variant']} | {v['queries']} | {v['recall_at_1']:.3f} | {v['recall_at_5']:.3f} | "
+            f"{v['recall_at_10']:.3f} | {v['mean_ap']:.3f} | {v.get('product_recall_at_5', float('nan')):.3f} |"
+            for v in r["variants"]]
+    return out
+
+
+def quality(r: dict) -> list[str]:
+    out = [f"`bench/results/quality-{r['dataset']}.json` ({r['date'][:10]}, {r['machine']}): seeds {r['seeds']}, "
+           f"settings changed: {r['settings_changed'] or 'none'}; {r['total_seconds']:.0f} s", "",
+           "| variant | trained on | Recall@1 | Recall@5 | mAP | product R@5 |", "|---|---|---:|---:|---:|---:|"]
+    for s in r["summary"]:
+        cells = " | ".join(f"{s[m]:.3f} ± {s[m + '_std']:.3f}" if m in s else "-"
+                           for m in ("recall_at_1", "recall_at_5", "mean_ap", "product_recall_at_5"))
+        out.append(f"| {s['variant']} | {s['photos'] or '-'} | {cells} |")
+    return out
+
+
+def denoise_rules(r: dict) -> list[str]:
+    out = [f"`bench/results/denoise_rules.json`: {r['catalog']}", "", "| rule | dropped | precision | recall |",
+           "|---|---:|---:|---:|"]
+    return out + [f"| {name} | {v['dropped']} | {v['precision']} | {v['recall']} |" for name, v in r["rules"].items()]
+
+
+def main() -> int:
+    for name, render in (("realshop.json", realshop), ("quality-footwear-dev.json", quality),
+                         ("denoise_rules.json", denoise_rules)):
+        path = RESULTS / name
+        if path.exists():
+            print("\n".join(render(json.loads(path.read_text()))) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
