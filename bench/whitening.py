@@ -8,7 +8,7 @@ ranks the other test photos), the ImageNet GeM descriptor, the raw vector, PCA p
 whitening at several dimensions, and whitening with shrunk variances (``var + beta * mean(var)``).
 
     .venv/bin/python bench/whitening.py [--dataset footwear-dev] [--seeds 0 1 2] [--set key=value ...]
-Writes bench/results/whitening.json.
+Writes bench/results/whitening[-TAG].json (``--tag``; e.g. one per backbone).
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def main() -> int:
     ap.add_argument("--dataset", default="footwear-dev")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--tag", default="", help="suffix of the JSON file name (whitening[-tag].json)")
     args = ap.parse_args()
     if not (DATA / args.dataset).is_dir():
         print(f"whitening: skipped, no {args.dataset} under {DATA} (../shared/data is not on this machine)")
@@ -121,7 +122,7 @@ def main() -> int:
         print(f"{n:<36} {summary[n]['recall_at_1'][0]:>7.3f} ±{summary[n]['recall_at_1'][1]:.3f}"
               f" {summary[n]['mean_ap'][0]:>7.3f} ±{summary[n]['mean_ap'][1]:.3f}")
     write_result({"bench": "whitening", "dataset": args.dataset, "seeds": args.seeds, "settings_changed": overrides,
-                  "summary": summary, "runs": runs}, "whitening.json")
+                  "summary": summary, "runs": runs}, f"whitening{'-' + args.tag if args.tag else ''}.json")
     return 0
 
 
