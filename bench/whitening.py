@@ -28,22 +28,22 @@ DIMS = (32, 64, 128, 256)
 SHRINK = (0.1, 0.5, 1.0)
 
 
-def project(train, test, dim: int, whiten: bool, shrink: float = 0.0):
-    """PCA (and whitening with variances ``var + shrink * mean(var)``) fitted on ``train``, applied to ``test``."""
+def project(fit, test, dim: int, whiten: bool, shrink: float = 0.0):
+    """``test`` on the top ``dim`` axes of ``fit`` (``models.functional.pca`` of the training vectors, computed
+    once), whitened as the pipeline whitens (``whitening_projection``) or only projected."""
     import torch
 
-    mean = train.mean(0)
-    _, s, vt = torch.linalg.svd((train - mean).double(), full_matrices=False)
-    dim = min(dim, vt.shape[0])
-    var = s[:dim] ** 2 / max(train.shape[0] - 1, 1)
-    scale = (var + shrink * var.mean()).sqrt() if whiten else torch.ones_like(var)
-    y = ((test - mean).double() @ vt[:dim].T) / scale
-    return torch.nn.functional.normalize(y.float(), dim=1)
+    from models import functional as LF
+
+    mean, var, axes = fit
+    proj = LF.whitening_projection(var, axes, dim, shrink=shrink) if whiten else axes[:dim]
+    return torch.nn.functional.normalize(((test.double() - mean) @ proj.T).float(), dim=1)
 
 
 def variants(train, test) -> dict:
     import torch
 
+    from models import functional as LF
     from models.whitening import Whitening
 
     n = train.shape[0]
@@ -52,11 +52,12 @@ def variants(train, test) -> dict:
     module.fit(train)
     with torch.no_grad():
         out[f"pipeline Whitening module {n - 1}"] = module(test)
+    fit = LF.pca(train)  # one SVD for every variant below
     for d in (*DIMS, n - 1):
-        out[f"PCA {d}"] = project(train, test, d, whiten=False)
-        out[f"PCA-whitened {d}"] = project(train, test, d, whiten=True)
+        out[f"PCA {d}"] = project(fit, test, d, whiten=False)
+        out[f"PCA-whitened {d}"] = project(fit, test, d, whiten=True)
         for beta in SHRINK:
-            out[f"PCA-whitened {d}, shrink {beta}"] = project(train, test, d, whiten=True, shrink=beta)
+            out[f"PCA-whitened {d}, shrink {beta}"] = project(fit, test, d, whiten=True, shrink=beta)
     return out
 
 

@@ -114,15 +114,25 @@ def pca_whitening(descriptors: torch.Tensor, dim: int, eps: float = 1e-6,
     picture in several products) leave directions with ~zero variance; plain whitening multiplies whatever a new
     photo has there by ~1/eps and the descriptor becomes noise (tests/test_netvlad.py).
     """
+    mean, var, axes = pca(descriptors)
+    return mean.float(), whitening_projection(var, axes, dim, eps, shrink).float()
+
+
+def pca(descriptors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean D, variances N', principal axes N' x D) of the rows of ``descriptors``, in float64, strongest first."""
     x = descriptors.double()
     mean = x.mean(0)
-    xc = x - mean
     # SVD of the centred data: xc = U S V^T, covariance eigenvalues S^2 / (N - 1), eigenvectors V.
-    _, s, vt = torch.linalg.svd(xc, full_matrices=False)
-    dim = min(dim, vt.shape[0])
-    var = s[:dim] ** 2 / max(x.shape[0] - 1, 1)
-    proj = vt[:dim] / ((var + shrink * var.mean()).sqrt() + eps).unsqueeze(1)
-    return mean.float(), proj.float()
+    _, s, vt = torch.linalg.svd(x - mean, full_matrices=False)
+    return mean, s ** 2 / max(x.shape[0] - 1, 1), vt
+
+
+def whitening_projection(var: torch.Tensor, axes: torch.Tensor, dim: int, eps: float = 1e-6,
+                         shrink: float = 0.0) -> torch.Tensor:
+    """The whitening projection (dim x D) onto the top ``dim`` axes of :func:`pca` (see :func:`pca_whitening`)."""
+    dim = min(dim, axes.shape[0])
+    var = var[:dim]
+    return axes[:dim] / ((var + shrink * var.mean()).sqrt() + eps).unsqueeze(1)
 
 
 def recall_and_map(

@@ -7,10 +7,9 @@ there is one).
 
 from __future__ import annotations
 
-from core.errors import ShoesearchError
 from models.device import pick_device
 from models.netvlad_model import load_trained_embedder
-from models.registry import RESOLVERS, default_spec, load_embedder
+from models.registry import default_spec, load_embedder
 from warehouse import open_warehouse
 from warehouse.model_registry import TRAINED, model_row
 
@@ -18,11 +17,7 @@ from warehouse.model_registry import TRAINED, model_row
 def open_embedder(settings, spec: str | None = None):
     """The embedder for ``spec`` (default ``imagenet:<embed.backbone>``), in eval mode."""
     spec = spec or default_spec(settings)
-    prefix, sep, _ = spec.partition(":")
-    if sep and prefix in RESOLVERS:
+    if ":" in spec:  # a prefixed spec: models.registry builds it (or names the known prefixes)
         return load_embedder(spec, settings)
-    if sep:
-        known = ", ".join(f"{p}:..." for p in RESOLVERS)
-        raise ShoesearchError(f"unknown model spec {spec!r}; expected a trained model id or one of {known}")
     row = model_row(open_warehouse(settings), spec, TRAINED)
     return load_trained_embedder(settings.home / row["path"], spec, pick_device(settings.embed.device))

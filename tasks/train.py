@@ -41,11 +41,16 @@ from warehouse import latest_run, open_warehouse, start_run
 from warehouse.model_registry import model_of_run, model_record, model_row
 
 
+def whiten_on_photos(model: NetVLADModel, settings, photos: PhotoSet, device: torch.device) -> None:
+    """Fit ``model``'s PCA whitening on the NetVLAD vectors of ``photos`` (read as files, full forward)."""
+    fit_whitening(model, PhotoDataset(settings, photos.paths, settings.train.image_size, model.backbone.mean,
+                                      model.backbone.std), settings, device)
+
+
 def model_from_kmeans(settings, kmeans_row: dict, train_photos: PhotoSet, device: torch.device) -> NetVLADModel:
     """NetVLAD at k-means init; its PCA whitening fitted on the training photos' NetVLAD vectors."""
     model = kmeans_model(settings, kmeans_row, len(train_photos)).to(device)
-    fit_whitening(model, PhotoDataset(settings, train_photos.paths, settings.train.image_size, model.backbone.mean,
-                                      model.backbone.std), settings, device)
+    whiten_on_photos(model, settings, train_photos, device)
     return model.cpu()
 
 
@@ -183,10 +188,7 @@ class _Job:
         home, model_id = self.settings.home, state["model_id"]
         best, _ = load_checkpoint(self.ckpt_dir / "best.pt")
         if best.whitening is not None and not self.settings.train.learn_whitening:
-            cfg = self.settings.train
-            fit_whitening(best.to(self.device), PhotoDataset(self.settings, self.train_set.paths, cfg.image_size,
-                                                             best.backbone.mean, best.backbone.std),
-                          self.settings, self.device)
+            whiten_on_photos(best.to(self.device), self.settings, self.train_set, self.device)
         test = recall(best.to(self.device), self.settings, self.test_set, self.device)
         rel, init_rel = f"models/{model_id}.pt", f"models/{model_id}.init.pt"
         save_checkpoint(home / rel, best)

@@ -67,7 +67,9 @@ def conform(table: str, data: Any, run_id: str | None = None) -> pa.Table:
                 arr = values.cast(fld.type)
             else:
                 arr = pa.array(values, type=fld.type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:
+        except MemoryError:
+            raise
+        except (pa.ArrowException, TypeError, ValueError) as exc:  # any failed conversion (invalid, type, unsupported)
             raise SchemaError(
                 f"table {table!r}: column {fld.name!r} does not convert to {fld.type}: {exc}"
             ) from None
