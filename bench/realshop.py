@@ -142,6 +142,45 @@ def variant_rows(settings, wh, model_id: str, labels: dict[str, bool], baseline_
     return out
 
 
+def separation_rows(settings, wh, model_id: str, labels: dict[str, bool]) -> list[dict]:
+    """How well the distance to photo 0 separates labelled noise from genuine photos, with the ImageNet descriptor
+    (what denoise uses) and with the trained model's (a second denoise pass would use it): ROC AUC and the best
+    precision / recall any single threshold reaches (an oracle: the labels pick it), on the products the model
+    trained on and on those it never saw (val + test)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from serving.embedders import open_embedder
+    from tasks.embed import embed_images, load_embeddings
+    from warehouse.model_registry import model_params, model_row
+
+    split_run = model_params(model_row(wh, model_id))["split_run_id"]
+    split = {r["product_id"]: r["split"] for r in wh.query(
+        "SELECT product_id, split FROM splits WHERE run_id = ?", [split_run]).to_pylist()}
+    photos = wh.query("SELECT image_id, product_id, position FROM images_current WHERE status = 'ok' "
+                      "ORDER BY product_id, position").to_pylist()
+    out = []
+    for name, spec in (("imagenet", None), ("trained", model_id)):
+        embed_images(settings, spec)
+        ids, matrix = load_embeddings(wh, open_embedder(settings, spec).model_id)
+        vec, front, judged = dict(zip(ids, matrix)), {}, {"train": [], "unseen": []}
+        for p in photos:
+            if p["image_id"] not in vec:
+                continue
+            ref = front.setdefault(p["product_id"], p["image_id"])
+            if ref != p["image_id"] and p["image_id"] in labels:
+                part = "train" if split.get(p["product_id"]) == "train" else "unseen"
+                judged[part].append((float(np.linalg.norm(vec[p["image_id"]] - vec[ref])), labels[p["image_id"]]))
+        for part, pairs in judged.items():
+            d, y = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+            best = max(((((d > t) & y).sum() / max((d > t).sum(), 1), ((d > t) & y).sum() / max(y.sum(), 1))
+                        for t in np.unique(d)), key=lambda pr: min(pr[0] / 0.9, pr[1] / 0.8))
+            out.append({"descriptor": name, "products": part, "photos": len(d), "noise": int(y.sum()),
+                        "auc": round(float(roc_auc_score(y, d)), 4), "best_precision": round(float(best[0]), 4),
+                        "best_recall": round(float(best[1]), 4)})
+    return out
+
+
 def print_table(result: dict) -> None:
     print(f"\nrealshop: {result['catalog']} ({result['products']} products) on {result['machine']}")
     print(f"{'stage':<10} {'runs':>4} {'seconds':>9} {'photos':>7} {'photos/s':>9}")
@@ -150,8 +189,12 @@ def print_table(result: dict) -> None:
     t = result["train"]
     print(f"train: {t['epochs']} epochs, {t['seconds_per_epoch']} s/epoch, {t['step_images_per_s']} img/s in steps")
     d = result["denoise"]
+    print(f"\nserved: {result.get('served')}")
     print(f"\ndenoise: threshold {d['threshold']}, precision {d['precision']}, recall {d['recall']} "
           f"({d['dropped']} dropped, {d['noise']} labelled noise of {d['photos']})")
+    print(f"\n{'descriptor':<10} {'products':<8} {'AUC':>6} {'best P':>7} {'best R':>7}   (distance to photo 0 vs noise)")
+    for r in result["denoise_separation"]:
+        print(f"{r['descriptor']:<10} {r['products']:<8} {r['auc']:>6.3f} {r['best_precision']:>7.3f} {r['best_recall']:>7.3f}")
     print(f"\n{'variant':<12} {'queries':>7} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'mAP':>7}   (genuine test photos)")
     for r in result["variants"]:
         print(f"{r['variant']:<12} {r['queries']:>7} {r['recall_at_1']:>7.3f} {r['recall_at_5']:>7.3f} "
@@ -174,9 +217,11 @@ def main() -> int:
         home = args.home or Path(tmp) / "home"
         settings, outcome, manifest = run_nightly(args.catalog, home)
         from warehouse import open_warehouse
+        from warehouse.model_registry import model_of_run
 
         wh = open_warehouse(settings)
         labels = noise_labels(manifest)
+        trained = model_of_run(wh, outcome["steps"]["train"])["model_id"]
         result = {
             "bench": "realshop", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, python {platform.python_version()}",
@@ -185,7 +230,9 @@ def main() -> int:
                                  if k.startswith("crawl.") and k in LOOPBACK_POLITENESS | {"crawl.max_products": 0}},
             "nightly": {"status": outcome.get("status"), "index_id": outcome.get("index_id")},
             "stages": stage_rows(wh), "train": train_speed(wh), "denoise": denoise_row(wh, labels),
-            "variants": variant_rows(settings, wh, outcome["model_id"], labels),
+            "served": outcome.get("served"),
+            "variants": variant_rows(settings, wh, trained, labels),
+            "denoise_separation": separation_rows(settings, wh, trained, labels),
             "total_seconds": round(time.perf_counter() - started, 1),
         }
     print_table(result)

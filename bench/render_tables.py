@@ -1,7 +1,7 @@
 """The README's quality tables, rendered from the committed JSON (so a figure in the README is the JSON's).
 
     .venv/bin/python bench/render_tables.py            # prints the markdown tables
-Reads bench/results/realshop.json, quality-footwear-dev.json and denoise_rules.json (those present).
+Reads bench/results/realshop.json, quality-footwear-dev.json, denoise_rules.json and rerank.json (those present).
 """
 
 from __future__ import annotations
@@ -26,6 +26,13 @@ def realshop(r: dict) -> list[str]:
     out += [f"| {v['variant']} | {v['queries']} | {v['recall_at_1']:.3f} | {v['recall_at_5']:.3f} | "
             f"{v['recall_at_10']:.3f} | {v['mean_ap']:.3f} | {v.get('product_recall_at_5', float('nan')):.3f} |"
             for v in r["variants"]]
+    if r.get("served"):
+        out += ["", f"Served by the nightly (baseline gate): {r['served']}."]
+    if r.get("denoise_separation"):
+        out += ["", "| descriptor | products | photos | noise | AUC | best precision | best recall |",
+                "|---|---|---:|---:|---:|---:|---:|"]
+        out += [f"| {x['descriptor']} | {x['products']} | {x['photos']} | {x['noise']} | {x['auc']:.3f} | "
+                f"{x['best_precision']:.3f} | {x['best_recall']:.3f} |" for x in r["denoise_separation"]]
     return out
 
 
@@ -46,9 +53,17 @@ def denoise_rules(r: dict) -> list[str]:
     return out + [f"| {name} | {v['dropped']} | {v['precision']} | {v['recall']} |" for name, v in r["rules"].items()]
 
 
+def rerank(r: dict) -> list[str]:
+    out = [f"`bench/results/rerank.json` ({r['date'][:10]}): {r['dataset']}, {r['photos']} genuine photos, mean over "
+           f"seeds {r['seeds']}", "", "| re-ranking | Recall@1 | Recall@5 | mAP | product R@1 | product R@5 |",
+           "|---|---:|---:|---:|---:|---:|"]
+    return out + [f"| {name} | {m['recall_at_1']:.3f} | {m['recall_at_5']:.3f} | {m['mean_ap']:.3f} | "
+                  f"{m['product_recall_at_1']:.3f} | {m['product_recall_at_5']:.3f} |" for name, m in r["summary"].items()]
+
+
 def main() -> int:
     for name, render in (("realshop.json", realshop), ("quality-footwear-dev.json", quality),
-                         ("denoise_rules.json", denoise_rules)):
+                         ("denoise_rules.json", denoise_rules), ("rerank.json", rerank)):
         path = RESULTS / name
         if path.exists():
             print("\n".join(render(json.loads(path.read_text()))) + "\n")

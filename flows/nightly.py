@@ -1,8 +1,10 @@
 """Prefect flow ``nightly``: crawl -> embed new photos -> denoise (the ``denoise`` flow, as a subflow)
 -> (re)train -> evaluate -> index -> gated switch -> analyst snapshot.
 
-Wiring only; the steps live in ``tasks/``. Training warm-starts from the model behind the current index
-(k-means only on a cold start). The new index becomes current only if its model's test Recall@1 does
+Wiring only; the steps live in ``tasks/``. Training warm-starts from the model behind the current index, or the
+newest trained model when the ImageNet descriptor serves (k-means only on a cold start). The index holds the
+trained model's vectors unless the ImageNet descriptor scored a higher test Recall@1 in the same evaluation
+(``schedule.baseline_gate``; ``tasks.gate.descriptor_to_serve``). The new index becomes current only if its model's test Recall@1 does
 not drop below the current one's (``schedule.gate_tolerance``); a refusal is recorded in ``indexes``
 and reported in the ``nightly`` artifact. Any failed step leaves the previous index serving, and the
 next run resumes (crawl jobs resume, embedding is incremental, an unchanged split is reused so
@@ -21,7 +23,7 @@ from flows.denoise import denoise_flow
 from tasks.crawl import crawl_task
 from tasks.embed import embed_images_task
 from tasks.evaluate import evaluate_task
-from tasks.gate import switch_index_task
+from tasks.gate import descriptor_to_serve_task, switch_index_task
 from tasks.index import build_index_task
 from tasks.kmeans import kmeans_init_task
 from tasks.nightly import (
@@ -54,8 +56,9 @@ def nightly(site: str | None = None, crawl: bool = True, home: str | None = None
         steps["train"] = train_model_task(settings, steps["split"], init_model_id=warm, kmeans_run_id=steps.get("kmeans"))
     model_id = model_id_of_run(settings, steps["train"])
     steps["evaluate"] = finished_evaluation_task(settings, model_id) or evaluate_task(settings, model_id)
-    steps["index"] = build_index_task.with_options(**retry)(settings, model_id)
+    served = descriptor_to_serve_task(settings, steps["evaluate"], model_id)
+    steps["index"] = build_index_task.with_options(**retry)(settings, served["model_spec"], steps["evaluate"])
     steps["switch"] = switch_index_task(settings, steps["index"])
-    outcome = report_nightly_task(settings, steps)
+    outcome = report_nightly_task(settings, steps, served["reason"])
     refresh_snapshot_task(settings)
     return outcome

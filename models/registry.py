@@ -59,21 +59,33 @@ def register_resolver(prefix: str, resolver: Resolver) -> None:
     RESOLVERS[prefix] = resolver
 
 
+def _pool_from_tag(tag: str) -> GlobalPool:
+    """The pooling a model id names (``gem3``, ``gem2.5``, ``avg``)."""
+    try:
+        return GlobalPool("avg") if tag == "avg" else GlobalPool("gem", float(tag.removeprefix("gem")))
+    except ValueError:
+        raise ShoesearchError(f"unknown pooling {tag!r} in a model id; expected gem<p> or avg") from None
+
+
+def _size_from_tag(tag: str) -> int:
+    if not (tag.endswith("px") and tag[:-2].isdigit() and int(tag[:-2]) > 0):
+        raise ShoesearchError(f"bad input size {tag!r} in a model id; expected e.g. 224px")
+    return int(tag[:-2])
+
+
 def _imagenet(rest: str, settings) -> Embedder:
+    """``imagenet:<backbone>`` at the settings' pooling and size, or a full model id
+    (``<backbone>@<weights>:<pool>:<size>px``): the id fixes pooling and size (an index built at 64 px is
+    searched at 64 px whatever ``embed.image_size`` says), the weights must be the ones installed."""
     head, _, tail = rest.partition(":")
     pool_tag, _, size_tag = tail.partition(":")
     name, _, weights_tag = head.partition("@")
     backbone = load_backbone(name or settings.embed.backbone, settings.embed.weights_path)
-    pool = GlobalPool(settings.embed.pooling, settings.embed.gem_p)
-    embedder = ImageNetEmbedder(backbone, pool, settings.embed.image_size)
+    pool = _pool_from_tag(pool_tag) if pool_tag else GlobalPool(settings.embed.pooling, settings.embed.gem_p)
+    size = _size_from_tag(size_tag) if size_tag else settings.embed.image_size
     if weights_tag and backbone.weights_id != f"{backbone.name}@{weights_tag}":
         raise ShoesearchError(f"asked for weights {head!r} but found {backbone.weights_id!r}")
-    if pool_tag and pool.tag != pool_tag:
-        raise ShoesearchError(
-            f"asked for pooling {pool_tag!r} but settings give {pool.tag!r} (embed.pooling / embed.gem_p)")
-    if size_tag and size_tag != f"{embedder.image_size}px":
-        raise ShoesearchError(f"asked for {size_tag} inputs but settings give {embedder.image_size}px (embed.image_size)")
-    return embedder.eval()
+    return ImageNetEmbedder(backbone, pool, size).eval()
 
 
 register_resolver("imagenet", _imagenet)

@@ -5,7 +5,8 @@ Recall@1/5/10 and mAP on the test split of the model's split run: (a) the off-th
 global descriptor of the same backbone, (b) NetVLAD at its k-means initialisation (untrained),
 (c) the trained model, and the same (b)/(c) for every model in ``compare`` (e.g. one trained on raw
 photos next to one trained on denoised photos). All variants see the same test photos.
-``protocol="all"``: each photo queries all other test photos. ``"consumer-to-shop"``: user photos
+The ImageNet row's ``model_id`` is that descriptor's id (``imagenet:...``), so the gate can compare it with
+trained models. ``protocol="all"``: each photo queries all other test photos. ``"consumer-to-shop"``: user photos
 (``images.domain = 'user'``) query shop photos only, as DeepFashion's consumer-to-shop benchmark.
 Rows go to ``evaluations``; the table and a PNG go to ``reports/`` and to a Prefect artifact.
 """
@@ -85,7 +86,7 @@ def evaluate(settings, model_id: str, protocol: str = "all", compare: tuple[str,
             if hasattr(embedder, "to"):
                 embedder.to(device)
             metrics = score(embedder, settings, test, protocol, device)
-            rows.append({"model_id": mid, "variant": variant, "photos": trained_on, "protocol": PROTOCOLS[protocol],
+            rows.append({"model_id": mid or embedder.model_id, "variant": variant, "photos": trained_on, "protocol": PROTOCOLS[protocol],
                          "split": "test", **metrics})
         run.write("evaluations", rows)
         write_report(settings, run.run_id, rows, test)

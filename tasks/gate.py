@@ -1,4 +1,9 @@
-"""The switch step and its gate: a built index becomes current only when its model is not worse.
+"""Which descriptor to serve, and the switch step with its gate: a built index becomes current only when its
+model is not worse.
+
+Before the nightly builds its index, :func:`descriptor_to_serve` picks the trained model or, when the
+off-the-shelf ImageNet descriptor scored better on the same test photos, that descriptor (a small catalogue can
+leave a trained model behind it: README "Retrieval quality").
 
 The gate compares the test Recall@1 of the index's model with the current index's model on the same
 test photos; a refusal is recorded as an ``indexes`` row with status ``refused`` and the previous index
@@ -11,32 +16,36 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from core.errors import ShoesearchError
+from serving.embedders import open_embedder
 from serving.index_store import INDEX_FILE, current_index_row, index_row, prune_indexes, write_pointer
 from warehouse import open_warehouse, start_run
-from warehouse.model_registry import find_model, model_params, model_row, test_recall
+from warehouse.model_registry import test_recall, test_split
 from warehouse.runs import now
 
 
 def recall_on_split(settings, model_id: str, split_run_id: str) -> float:
-    """Test Recall@1 of ``model_id`` measured on the test photos of ``split_run_id``."""
+    """Test Recall@1 of ``model_id`` (a trained model or the ImageNet descriptor) on the test photos of
+    ``split_run_id``, each photo querying all the others (as ``evaluate`` scores them)."""
     from models.device import pick_device
-    from models.netvlad_model import load_checkpoint
+    from tasks.evaluate import score
     from tasks.train_data import load_photos
-    from tasks.train_loop import recall
 
     wh = open_warehouse(settings)
-    model, _ = load_checkpoint(settings.home / model_row(wh, model_id)["path"])
     device = pick_device(settings.train.device)
-    return float(recall(model.to(device), settings, load_photos(wh, split_run_id, "auto", ("test",)), device)["recall_at_1"])
+    embedder = open_embedder(settings, model_id)
+    if hasattr(embedder, "to"):
+        embedder.to(device)
+    test = load_photos(wh, split_run_id, "auto", ("test",))
+    return float(score(embedder, settings, test, "all", device)["recall_at_1"])
 
 
 def gate_decision(wh, new_model_id: str, current: dict | None, tolerance: float,
                   settings=None) -> tuple[bool, str]:
     """Whether a new model may replace the current index's model, and why.
 
-    Both models are compared on the same test photos: when the current model was scored on an
-    older split (the catalogue grew), it is re-scored on the new model's test split (needs
-    ``settings``). A missing or NaN Recall@1 of the new model is a refusal.
+    Both models are compared on the same test photos: when the current model was scored on another
+    split (the catalogue grew), it is re-scored on the new model's test split (needs ``settings``).
+    A missing or NaN Recall@1 of the new model is a refusal.
     """
     if current is None:
         return True, "no current index"
@@ -44,9 +53,8 @@ def gate_decision(wh, new_model_id: str, current: dict | None, tolerance: float,
         return True, "same model as the current index"
     old = test_recall(wh, current["model_id"])
     new = test_recall(wh, new_model_id)
-    new_split = model_params(find_model(wh, new_model_id)).get("split_run_id")
-    old_split = model_params(find_model(wh, current["model_id"])).get("split_run_id")
-    if settings is not None and new_split and old_split not in (None, new_split):
+    new_split, old_split = test_split(wh, new_model_id), test_split(wh, current["model_id"])
+    if settings is not None and new_split and old_split != new_split:
         old = recall_on_split(settings, current["model_id"], new_split)
     if old is None:
         return True, f"current model {current['model_id']} has no test Recall@1; new: {new}"
@@ -56,6 +64,28 @@ def gate_decision(wh, new_model_id: str, current: dict | None, tolerance: float,
     if new < old - tolerance:
         return False, "refused: " + verdict
     return True, "accepted: " + verdict
+
+
+def descriptor_to_serve(settings, evaluate_run_id: str, model_id: str) -> dict:
+    """Which descriptor the nightly indexes: the trained model, unless the off-the-shelf ImageNet descriptor of
+    its backbone scored a higher test Recall@1 in the same evaluation (same test photos) and
+    ``schedule.baseline_gate`` is on. Returns ``{"model_spec", "evaluate_run_id", "reason"}``."""
+    wh = open_warehouse(settings)
+    rows = {r["variant"]: r for r in wh.query(
+        "SELECT variant, model_id, recall_at_1 FROM evaluations WHERE run_id = ? AND split = 'test'",
+        [evaluate_run_id]).to_pylist()}
+    trained, baseline = rows.get("trained"), rows.get("imagenet")
+    if trained is None or trained["model_id"] != model_id:
+        raise ShoesearchError(f"evaluation {evaluate_run_id} did not score model {model_id}")
+    choice = {"model_spec": model_id, "evaluate_run_id": evaluate_run_id}
+    if not settings.schedule.baseline_gate or baseline is None or baseline["model_id"] is None:
+        return {**choice, "reason": "trained model (no ImageNet comparison)"}
+    verdict = (f"test Recall@1 trained {trained['recall_at_1']:.4f} vs ImageNet {baseline['recall_at_1']:.4f} "
+               "on the same test photos")
+    if trained["recall_at_1"] >= baseline["recall_at_1"]:
+        return {**choice, "reason": f"trained model: {verdict}"}
+    print(f"serving the ImageNet descriptor, not {model_id}: {verdict}", flush=True)
+    return {**choice, "model_spec": baseline["model_id"], "reason": f"ImageNet descriptor: {verdict}"}
 
 
 def switch_index(settings, index_id: str, gate: bool = True) -> str:
@@ -90,3 +120,4 @@ def switch_index(settings, index_id: str, gate: bool = True) -> str:
 
 
 switch_index_task = task(switch_index, name="switch-index", cache_policy=NO_CACHE)
+descriptor_to_serve_task = task(descriptor_to_serve, name="descriptor-to-serve", cache_policy=NO_CACHE)

@@ -78,10 +78,11 @@ def _faiss_with_recall(vectors: np.ndarray, kind: str, cfg, use_gpu: bool):
     return index, recall, f"recall@{cfg.recall_k} vs exact on {len(queries)} sampled photos: {recall:.3f}"
 
 
-def build_index(settings, model_spec: str | None = None) -> str:
+def build_index(settings, model_spec: str | None = None, chosen_by: str | None = None) -> str:
     """Embed the catalogue photos with ``model_spec`` (incrementally) and build a faiss index over them.
 
     ``model_spec``: a trained model id or ``imagenet:<backbone>``; default: the newest trained model.
+    ``chosen_by``: the run that chose this descriptor (the nightly's evaluation), kept in the lineage.
     Records an ``indexes`` row (status ``built``) and returns the run id, which is also the index id.
     The index is not searched until ``tasks.gate.switch_index`` makes it current.
     """
@@ -96,7 +97,7 @@ def build_index(settings, model_spec: str | None = None) -> str:
     denoise_run = None if cfg.index_all_photos else wh.query(
         "SELECT any_value(run_id) AS r FROM denoise_current").column("r")[0].as_py()
     kind = choose_kind(len(vectors), cfg)
-    inputs = [embed_run, (find_model(wh, model_id) or {}).get("run_id"), denoise_run,
+    inputs = [embed_run, (find_model(wh, model_id) or {}).get("run_id"), chosen_by, denoise_run,
               *sorted(set(photos.column("run_id").to_pylist()))]
     params = {"model_spec": spec, "model_id": model_id, "kind": kind, "index": json.loads(settings.section_json("index"))}
     with start_run(wh, step="index", params=params, inputs=inputs) as run:

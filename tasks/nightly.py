@@ -3,7 +3,8 @@
 Resuming: a nightly run that failed part way leaves every finished step in the warehouse. The next run
 reuses the newest split when the product set is unchanged (so training resumes from its per-epoch
 checkpoints, which are keyed by the split), reuses a finished training run with the same split and
-parent model, and an evaluation of the same model, instead of redoing them.
+parent model (or the one that made the warm-start model on this very split), and an evaluation of the same
+model, instead of redoing them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from serving.index_store import current_index_row
 from tasks.split import make_split
 from warehouse import open_warehouse
-from warehouse.model_registry import TRAINED, find_model, trained_on_split
+from warehouse.model_registry import TRAINED, find_model, newest_model, trained_on_split
 
 
 def split_for_nightly(settings) -> str:
@@ -37,22 +38,25 @@ def split_for_nightly(settings) -> str:
 
 
 def warm_start_model(settings) -> str | None:
-    """The trained model behind the current index (warm start), or None for a cold start."""
+    """The trained model behind the current index, else (the ImageNet descriptor serves, or no index yet) the
+    newest trained model; None for a cold start."""
     wh = open_warehouse(settings)
     current = current_index_row(wh)
-    if current is None:
-        return None
-    row = find_model(wh, current["model_id"])
-    return current["model_id"] if row and row["kind"] == TRAINED else None
+    row = find_model(wh, current["model_id"]) if current else None
+    if row and row["kind"] == TRAINED:
+        return current["model_id"]
+    newest = newest_model(wh)
+    return newest["model_id"] if newest else None
 
 
 def finished_train(settings, split_run_id: str, parent_model_id: str | None) -> str | None:
-    """A successful train run on this split from this parent (any parent when None), if one exists."""
+    """A successful train run on this split from this parent (a cold start from k-means when None), or the run
+    that made the parent itself on this split (the products did not change since: nothing new to learn)."""
     wh = open_warehouse(settings)
     for row in trained_on_split(wh, split_run_id):
         parent = find_model(wh, row["parent_model_id"])
         cold = parent is not None and parent["kind"] == "kmeans"
-        if (parent_model_id is None and cold) or row["parent_model_id"] == parent_model_id:
+        if (parent_model_id is None and cold) or parent_model_id in (row["parent_model_id"], row["model_id"]):
             return row["run_id"]
     return None
 
@@ -66,7 +70,7 @@ def finished_evaluation(settings, model_id: str) -> str | None:
     return rows[0]["run_id"] if rows else None
 
 
-def report_nightly(settings, steps: dict) -> dict:
+def report_nightly(settings, steps: dict, served: str = "") -> dict:
     """Summarise the run (switch decision + evaluation table) as a Prefect artifact; returns it."""
     wh = open_warehouse(settings)
     decision = wh.query("SELECT * FROM indexes WHERE run_id = ?", [steps["switch"]]).to_pylist()[0]
@@ -75,6 +79,7 @@ def report_nightly(settings, steps: dict) -> dict:
            FROM evaluations WHERE run_id = ? ORDER BY variant""", [steps["evaluate"]]).to_pylist()
     lines = [f"# Nightly: index {decision['index_id']} {decision['status'].upper()}", "",
              f"model `{decision['model_id']}` — {decision['note']}", "",
+             *([f"served: {served}", ""] if served else []),
              f"index: {decision['kind']}, {decision['n_vectors']} photos, recall vs exact "
              f"{decision['recall_vs_exact']:.3f}", "",
              "| variant | photos | R@1 | R@5 | R@10 | mAP |", "|---|---|---|---|---|---|"]
@@ -87,7 +92,7 @@ def report_nightly(settings, steps: dict) -> dict:
     except Exception:  # noqa: BLE001 - outside a flow run there is nowhere to publish; the summary still returns
         pass
     return {"status": decision["status"], "index_id": decision["index_id"], "model_id": decision["model_id"],
-            "note": decision["note"], "evaluations": evals, "steps": steps, "summary": markdown}
+            "note": decision["note"], "served": served, "evaluations": evals, "steps": steps, "summary": markdown}
 
 
 split_for_nightly_task = task(split_for_nightly, name="split-or-reuse", cache_policy=NO_CACHE)

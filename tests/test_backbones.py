@@ -111,5 +111,6 @@ def test_embedder_is_normalised_and_deterministic(small_settings):
     assert torch.equal(a, b)
     with pytest.raises(ShoesearchError, match="unknown backbone"):
         load_embedder("imagenet:alexnet", small_settings)
+    assert load_embedder("imagenet:efficientnet_lite0@57934424:avg", small_settings).pool.tag == "avg"  # the id's
     with pytest.raises(ShoesearchError, match="pooling"):
-        load_embedder("imagenet:efficientnet_lite0@57934424:avg", small_settings)
+        load_embedder("imagenet:efficientnet_lite0@57934424:max", small_settings)

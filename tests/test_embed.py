@@ -128,3 +128,17 @@ def test_gpu_decode_path_applies_exif_orientation_like_the_cpu_path(tmp_path):
         expected = preprocess_path(path, 64, [0.5] * 3, [0.5] * 3)
         tol = 0.08 if k == 0 else 1e-5  # nvjpeg/libjpeg full decode vs PIL draft() on the upright JPEG
         assert (x[k] - expected).abs().mean() < tol, path.name
+
+
+def test_a_full_imagenet_model_id_fixes_its_pooling_and_size(small_settings):
+    """An index built at one size is searched at that size, whatever ``embed.image_size`` says now."""
+    from core.errors import ShoesearchError
+
+    default = load_embedder(None, small_settings)
+    weights = default.model_id.split(":")[1]
+    other = load_embedder(f"imagenet:{weights}:avg:40px", small_settings)
+    assert (other.image_size, other.pool.tag) == (40, "avg") and other.model_id == f"imagenet:{weights}:avg:40px"
+    assert default.image_size == small_settings.embed.image_size != 40
+    for bad, message in ((f"imagenet:{weights}:max:40px", "unknown pooling"), (f"imagenet:{weights}:gem3:40", "bad input size")):
+        with pytest.raises(ShoesearchError, match=message):
+            load_embedder(bad, small_settings)

@@ -246,6 +246,26 @@ def test_gate_refuses_a_worse_model(indexed_settings):
     assert gate_decision(wh, "m-new", None, tolerance=0.0) == (True, "no current index")
 
 
+def test_baseline_gate_serves_the_better_descriptor_of_one_evaluation(indexed_settings):
+    from core.settings import Settings
+    from tasks.gate import descriptor_to_serve
+
+    wh = open_warehouse(indexed_settings)
+    row = {"variant": "trained", "photos": "denoised", "protocol": "all-vs-all", "split": "test", "queries": 10,
+           "recall_at_5": 1.0, "recall_at_10": 1.0, "mean_ap": 0.5}
+    wh.write("evaluate-a", {"evaluations": [{**row, "model_id": "m-new", "recall_at_1": 0.7},
+                                            {**row, "variant": "imagenet", "model_id": "imagenet:b", "recall_at_1": 0.8}]})
+    wh.write("evaluate-b", {"evaluations": [{**row, "model_id": "m-new", "recall_at_1": 0.8},
+                                            {**row, "variant": "imagenet", "model_id": "imagenet:b", "recall_at_1": 0.8}]})
+    lost = descriptor_to_serve(indexed_settings, "evaluate-a", "m-new")
+    assert lost["model_spec"] == "imagenet:b" and "0.7000" in lost["reason"] and "0.8000" in lost["reason"]
+    assert descriptor_to_serve(indexed_settings, "evaluate-b", "m-new")["model_spec"] == "m-new"  # a tie keeps it
+    off = Settings.load(home=indexed_settings.home, overrides={"schedule.baseline_gate": False})
+    assert descriptor_to_serve(off, "evaluate-a", "m-new")["model_spec"] == "m-new"
+    with pytest.raises(ShoesearchError, match="did not score model m-other"):
+        descriptor_to_serve(indexed_settings, "evaluate-a", "m-other")
+
+
 # IVF-PQ through the index step, at the defaults (SQ8 refinement of 8x candidates, nprobe 32) except two values,
 # because the test catalogue has 134 photos: exact_max_vectors=10 (else search stays exact up to 200k) and
 # pq_bits=1 (PQ trains 2**pq_bits codewords on >= 39 points each: 8 bits need 9,984 vectors, 1 bit needs 78).

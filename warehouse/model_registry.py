@@ -92,6 +92,19 @@ def test_recall(wh, model_id: str) -> float | None:
     return float(value)
 
 
+def test_split(wh, model_id: str) -> str | None:
+    """The split run whose test photos :func:`test_recall` was measured on: a trained model's own split, else
+    (the ImageNet descriptor) the split of its newest successful evaluation."""
+    params = model_params(find_model(wh, model_id))
+    if params.get("split_run_id"):
+        return params["split_run_id"]
+    rows = wh.query("""SELECT s.run_id FROM evaluations e JOIN runs r ON r.run_id = e.run_id
+                       JOIN runs s ON list_contains(r.input_run_ids, s.run_id) AND s.step = 'split'
+                       WHERE e.model_id = ? AND e.split = 'test' AND r.status = 'success'
+                       ORDER BY r.finished_at DESC LIMIT 1""", [model_id]).to_pylist()
+    return rows[0]["run_id"] if rows else None
+
+
 def trained_on_split(wh, split_run_id: str) -> list[dict]:
     """Models of successful ``train`` runs that read split ``split_run_id``, newest first."""
     return wh.query("""SELECT m.*, r.finished_at FROM runs r JOIN models m ON m.run_id = r.run_id
