@@ -33,8 +33,9 @@ from bench.results_io import write_result  # noqa: E402
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def load(catalog: Path, home: Path, overrides: dict):
-    """(products: {product: [(position, vector, is_noise)]}) after ingest + ImageNet embedding."""
+def embedded_photos(catalog: Path, home: Path, overrides: dict):
+    """Ingest ``catalog`` and embed it with the ImageNet descriptor denoise uses: (image ids, their vectors,
+    the ``images_current`` rows by image id)."""
     from core.settings import Settings
     from serving.embedders import open_embedder
     from tasks.embed import embed_images, load_embeddings
@@ -48,6 +49,12 @@ def load(catalog: Path, home: Path, overrides: dict):
     ids, vectors = load_embeddings(wh, open_embedder(settings).model_id)
     rows = {r["image_id"]: r for r in wh.query(
         "SELECT image_id, product_id, position, is_noise FROM images_current WHERE status = 'ok'").to_pylist()}
+    return ids, vectors, rows
+
+
+def load(catalog: Path, home: Path, overrides: dict):
+    """(products: {product: [(position, vector, is_noise)]}) after ingest + ImageNet embedding."""
+    ids, vectors, rows = embedded_photos(catalog, home, overrides)
     products = defaultdict(list)
     for image_id, vec in zip(ids, vectors):
         r = rows[image_id]

@@ -23,6 +23,7 @@ set for footwear-dev on 2 CPU cores at the defaults.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -134,15 +135,19 @@ def main() -> int:
     if missing:
         print(f"quality: skipped, no {', '.join(missing)} under {DATA} (../shared/data is not on this machine)")
         return 0
+    from core.settings import Settings
+
     for name in args.datasets:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"quality-{name}-") as tmp:
             home = Path(tmp) / "home"
             labels, denoise_summary = prepare(name, overrides, home)
+            train_settings = json.loads(Settings.load(home=home, overrides=overrides).section_json("train"))
             per_seed = [one_seed(overrides, home, seed, args.photos, labels) for seed in args.seeds]
         result = {"bench": "quality", "dataset": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}",
                   "seeds": args.seeds, "photo_sets": args.photos, "settings_changed": overrides,
+                  "train_settings": train_settings,
                   "denoise": denoise_summary, "summary": summarise(per_seed), "per_seed": per_seed,
                   "total_seconds": round(time.perf_counter() - started, 1)}
         print_table(result)

@@ -61,12 +61,37 @@ def rerank(r: dict) -> list[str]:
                   f"{m['product_recall_at_1']:.3f} | {m['product_recall_at_5']:.3f} |" for name, m in r["summary"].items()]
 
 
+# Runs made before quality.py recorded its effective train settings: what they ran at.
+RECORDED_AT = {"quality-footwear-dev-blocks1.json": {"trainable_blocks": 1},  # the default until 2026-12-02
+               "quality-footwear-dev.json": {"trainable_blocks": 2}}  # the 2026-12-02 run, at the new default
+
+
+def recipe() -> list[str]:
+    """One row per footwear-dev quality run: what was changed, the seeds, trained vs ImageNet (mean)."""
+    out = ["| run (JSON) | trainable blocks | changed | seeds | ImageNet R@1 / mAP | trained R@1 / mAP | trained - ImageNet |",
+           "|---|---:|---|---|---|---|---|"]
+    for path in sorted(RESULTS.glob("quality-footwear-dev*.json")):
+        r = json.loads(path.read_text())
+        train = r.get("train_settings") or RECORDED_AT.get(path.name, {})
+        rows = {s["variant"]: s for s in r["summary"] if s["photos"] in (None, "denoised")}
+        if "trained" not in rows:
+            continue
+        base, tr = rows["imagenet"], rows["trained"]
+        blocks = train.get("trainable_blocks") or r["settings_changed"].get("train.trainable_blocks", "?")
+        out.append(f"| {path.name} | {blocks} | {r['settings_changed'] or 'none'} | "
+                   f"{r['seeds']} | {base['recall_at_1']:.3f} / {base['mean_ap']:.3f} | "
+                   f"{tr['recall_at_1']:.3f} / {tr['mean_ap']:.3f} | "
+                   f"{tr['recall_at_1'] - base['recall_at_1']:+.3f} / {tr['mean_ap'] - base['mean_ap']:+.3f} |")
+    return out
+
+
 def main() -> int:
     for name, render in (("realshop.json", realshop), ("quality-footwear-dev.json", quality),
                          ("denoise_rules.json", denoise_rules), ("rerank.json", rerank)):
         path = RESULTS / name
         if path.exists():
             print("\n".join(render(json.loads(path.read_text()))) + "\n")
+    print("\n".join(recipe()) + "\n")
     return 0
 
 

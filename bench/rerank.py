@@ -41,19 +41,9 @@ def descriptors(dataset: Path, home: Path, overrides: dict):
     """(N x D ImageNet GeM descriptors, product label per row) of the catalogue's genuine photos."""
     import torch
 
-    from core.settings import Settings
-    from serving.embedders import open_embedder
-    from tasks.embed import embed_images, load_embeddings
-    from tasks.ingest import ingest_catalog
-    from warehouse import open_warehouse
+    from bench.denoise_rules import embedded_photos
 
-    settings = Settings.load(home=home, overrides=overrides)
-    ingest_catalog(settings, dataset, name=dataset.name)
-    embed_images(settings)
-    wh = open_warehouse(settings)
-    ids, vectors = load_embeddings(wh, open_embedder(settings).model_id)
-    rows = {r["image_id"]: r for r in wh.query(
-        "SELECT image_id, product_id, is_noise FROM images_current WHERE status = 'ok'").to_pylist()}
+    ids, vectors, rows = embedded_photos(dataset, home, overrides)
     keep = [i for i, image_id in enumerate(ids) if not rows[image_id]["is_noise"]]
     products = {p: n for n, p in enumerate(sorted({rows[ids[i]]["product_id"] for i in keep}))}
     return torch.tensor(vectors[keep]), torch.tensor([products[rows[ids[i]]["product_id"]] for i in keep])

@@ -49,4 +49,7 @@ def serve_flows(settings, overrides: dict | None = None) -> None:
     """Serve both deployments until interrupted (schedules stay active after shutdown)."""
     print(f"serving 'nightly/nightly' (cron {settings.schedule.nightly_cron!r}, "
           f"{settings.schedule.timezone or local_timezone()}) and 'denoise/manual'; Ctrl-C to stop")
-    serve(*deployments(settings, overrides), pause_on_shutdown=False)
+    try:
+        serve(*deployments(settings, overrides), pause_on_shutdown=False)
+    except KeyboardInterrupt:  # Ctrl-C is how it stops: also while serve() is still starting its runner
+        print("stopped serving", flush=True)

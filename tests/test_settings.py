@@ -17,7 +17,7 @@ OLD_TRAIN_JSON = (
     '"descriptor_dim": 512, "device": "auto", "epochs": 10, "frozen_cache_mb": 2048, "hard_negatives": 10, '
     '"image_size": 224, "kmeans_descriptors": 50000, "kmeans_images": 1000, "kmeans_iterations": 25, "lr": 0.0001, '
     '"margin": 0.1, "max_positives": 5, "negatives_pool": 1000, "num_workers": 2, "patience": 3, '
-    '"queries_per_epoch": 0, "seed": 0, "split_fractions": [0.7, 0.1, 0.2], "trainable_blocks": 1, '
+    '"queries_per_epoch": 0, "seed": 0, "split_fractions": [0.7, 0.1, 0.2], "trainable_blocks": 2, '
     '"weight_decay": 0.0001, "whitening_photos": 8192}')
 OLD_INDEX_JSON = (
     '{"approximate": "ivfpq", "exact_max_vectors": 200000, "hnsw_ef_construction": 80, "hnsw_ef_search": 128, '
