@@ -10,7 +10,10 @@ shoes, packaging, size charts), with the ImageNet GeM descriptors the denoise st
   photo 0 is not this product);
 * ``robust k``: per product, ``median + k * MAD`` of its photos' distances, bounded by [lo, hi];
 * ``anchor check``: when photo 0 is itself far from the product's other photos (e.g. a box shot first),
-  the product's medoid is the reference.
+  the product's medoid is the reference;
+* ``step``: the denoise step itself (``tasks.denoise.denoise`` on the scratch warehouse) at a threshold, with
+  and without the cross-product rule (a picture also in another product belongs to the product whose first
+  photo it is closer to), scored per noise kind from the ``denoise`` table it wrote.
 
     .venv/bin/python bench/denoise_rules.py [--catalog DIR] [--set key=value ...]
 Writes bench/results/denoise_rules.json.
@@ -120,6 +123,45 @@ def rules(products: dict) -> dict:
     return out
 
 
+def noise_kinds(catalog: Path) -> dict[tuple[str, int], str]:
+    """(product folder, position) -> ``labels.csv`` ``noise_kind`` ("" for genuine photos)."""
+    import csv
+
+    folders = defaultdict(list)
+    with open(catalog / "labels.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            folder, name = row["image"].split("/", 1)
+            folders[folder].append((name, row.get("noise_kind") or ""))
+    return {(folder, pos): kind for folder, photos in folders.items() for pos, (_, kind) in enumerate(sorted(photos))}
+
+
+def step_rules(catalog: Path, home: Path, overrides: dict) -> dict:
+    """The denoise step as the pipeline runs it, at several thresholds, with and without the cross-product rule."""
+    from core.settings import Settings
+    from tasks.denoise import denoise
+    from warehouse import open_warehouse
+
+    kind_of = noise_kinds(catalog)
+    out = {}
+    for t in (1.0, 1.05, 1.1, 1.15, 1.2):
+        for cross in (False, True):
+            settings = Settings.load(home=home, overrides={**overrides, "denoise.cross_product": cross})
+            run_id = denoise(settings, threshold=t)
+            rows = open_warehouse(settings).query(
+                "SELECT NOT d.kept AS dropped, i.is_noise, i.product_id, i.position, d.reason FROM denoise d "
+                f"JOIN images_current i USING (image_id) WHERE d.run_id = '{run_id}' AND d.reason <> 'anchor'"
+            ).to_pylist()
+            for r in rows:
+                r["noise_kind"] = kind_of.get((r["product_id"].split(":", 1)[-1], r["position"]), "?")
+            name = f"step {t}" + (" + cross-product" if cross else "")
+            out[name] = score([(r["dropped"], bool(r["is_noise"])) for r in rows])
+            kinds = sorted({r["noise_kind"] for r in rows if r["is_noise"]})
+            out[name]["recall_by_kind"] = {k: round(sum(r["dropped"] for r in rows if r["noise_kind"] == k)
+                                                / sum(r["noise_kind"] == k for r in rows), 4) for k in kinds}
+            out[name]["genuine_dropped"] = sum(r["dropped"] and not r["is_noise"] for r in rows)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--catalog", type=Path, default=DATA / "footwear-dev-noisy")
@@ -131,7 +173,7 @@ def main() -> int:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     with tempfile.TemporaryDirectory(prefix="denoise-rules-") as tmp:
         products = load(args.catalog, Path(tmp) / "home", overrides)
-    result = rules(products)
+        result = {**rules(products), **step_rules(args.catalog, Path(tmp) / "home", overrides)}
     print(f"\ndenoise rules on {args.catalog.name} ({len(products)} products)")
     print(f"{'rule':<44} {'dropped':>7} {'P':>6} {'R':>6}")
     for name, r in result.items():

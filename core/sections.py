@@ -100,11 +100,18 @@ class EmbedSettings(_Section):
 
 @_section
 class DenoiseSettings(_Section):
-    # Euclidean distance between L2-normalised embeddings lies in [0, 2]. Photos of the same shoe
-    # from other angles mostly sit below 1.0 with ImageNet GeM descriptors; insoles, size charts,
-    # boxes and model shots lie above. Measured on ETH-80 and the synthetic shop (P 0.59 / R 0.89 on
-    # ETH-80 at 1.0; 1.1 gives P 0.95 / R 0.61): README "Choosing the default threshold", bench/denoise_threshold.py.
-    threshold: float = 1.0
+    # Euclidean distance between L2-normalised embeddings lies in [0, 2]. Genuine views of a shoe (soles,
+    # backs, worn shots) reach 1.0-1.1 with ImageNet GeM descriptors; size charts and boxes lie above 1.1.
+    # 1.0 dropped those genuine far views, the hard positives training needs (footwear-dev-noisy: P 0.75 /
+    # R 0.79); 1.1 drops almost only noise (P 0.99 / R 0.54; ETH-80 P 0.95 / R 0.61) and the cross-product
+    # rule below catches the other products' photos: P 0.94 / R 0.87 together (bench/denoise_rules.py).
+    threshold: float = 1.1
+    # A picture that is (near-)identically in another product's gallery belongs to the product whose first
+    # photo it is closer to: it is dropped from the other galleries (reason ``other_product``). Catches other
+    # products' photos (cross-promotion, a colourway's photo) that the threshold cannot: they are shoes too.
+    cross_product: bool = True
+    same_picture_distance: float = 0.05  # two photos this close (unit vectors) are the same picture
+    # (footwear-dev-noisy: re-encoded copies <= 0.017 apart; two different photos of one shoe >= 0.27)
     drop_rate: float | None = None  # calibration mode: pick the threshold dropping this fraction
     sheet_photos: int = 24  # photos per contact sheet (most distant dropped; borderline)
     sheet_thumb_px: int = 128  # thumbnail side in contact sheets

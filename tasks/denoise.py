@@ -14,11 +14,16 @@ Reasons (one per photo):
 ``near``            kept   distance to the reference <= threshold
 ``far``             drop   distance > threshold: noise (insole, size chart, box, other product)
 ``duplicate``       drop   the same picture (sha1) as an earlier photo of the same product
+``other_product``   drop   the same picture (or a near-identical copy) is in another product whose
+                           first photo it is closer to: it is that product's photo (``cross_product``)
 ``bad_image``       drop   missing, corrupt or unreadable photo: nothing to compare
 ==================  =====  ==============================================================
 
-A single-photo product keeps its photo (``anchor``). A photo shared by several products is
-judged in each product on its own.
+A single-photo product keeps its photo (``anchor``). A picture shared by several products (the same
+sha1, or copies closer than ``denoise.same_picture_distance``) is kept only where it is closest to the
+product's first photo; ties keep it everywhere. The threshold cannot catch another product's photo
+(it is a shoe too); this rule, still a distance to a first photo, can — when that product is in the
+catalogue.
 """
 
 from __future__ import annotations
@@ -101,6 +106,52 @@ def apply_threshold(decisions: list[dict], threshold: float) -> list[dict]:
     return out
 
 
+def same_pictures(matrix: np.ndarray, radius: float, index_cfg, k: int = 16) -> list[np.ndarray]:
+    """For each row of ``matrix`` (unit vectors, one per distinct picture), the other rows closer than
+    ``radius``: its near-identical copies. A faiss index of the size-chosen kind finds the ``k`` nearest
+    (exact below ``index.exact_max_vectors``); distances are then checked exactly."""
+    from tasks.faiss_build import build_faiss, choose_kind
+
+    n = len(matrix)
+    if n < 2:
+        return [np.empty(0, dtype=np.int64) for _ in range(n)]
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    index = build_faiss(matrix, choose_kind(n, index_cfg), index_cfg)
+    _, neighbours = index.search(matrix, min(k, n))
+    out = []
+    for i, row in enumerate(neighbours):
+        row = row[(row >= 0) & (row != i)]
+        close = np.linalg.norm(matrix[row] - matrix[i], axis=1) < radius
+        out.append(np.sort(row[close]))
+    return out
+
+
+def claim_shared_pictures(decisions: list[dict], vectors: dict[str, np.ndarray], radius: float,
+                          index_cfg) -> list[dict]:
+    """The cross-product rule: a kept ``near`` photo whose picture (or a copy of it) is also in another
+    product, and is closer to that product's reference photo than to its own, becomes ``other_product``."""
+    reference = {d["product_id"]: vectors[d["sha1"]] for d in decisions if d["reason"] in ("anchor", "substitute")}
+    sha1s = sorted({d["sha1"] for d in decisions if d["sha1"] in vectors})
+    row_of = {s: i for i, s in enumerate(sha1s)}
+    products_of: dict[str, set[str]] = defaultdict(set)
+    for d in decisions:
+        if d["sha1"] in row_of and d["reason"] != "bad_image":
+            products_of[d["sha1"]].add(d["product_id"])
+    copies = same_pictures(np.stack([vectors[s] for s in sha1s]), radius, index_cfg) if sha1s else []
+    out = []
+    for d in decisions:
+        if d["reason"] == "near":
+            own = d["product_id"]
+            picture = vectors[d["sha1"]]
+            holders = set(products_of[d["sha1"]]).union(*(products_of[sha1s[j]] for j in copies[row_of[d["sha1"]]]))
+            closer = [p for p in holders - {own} if p in reference
+                      and np.linalg.norm(picture - reference[p]) < d["distance"]]
+            if closer:
+                d = {**d, "kept": False, "reason": "other_product"}
+        out.append(d)
+    return out
+
+
 # --- the step ----------------------------------------------------------------------------------
 def choose_threshold(settings, threshold: float | None, drop_rate: float | None) -> tuple[float | None, float | None]:
     """(absolute threshold, drop rate): explicit arguments win over settings; never both."""
@@ -146,7 +197,9 @@ def denoise(settings, threshold: float | None = None, drop_rate: float | None = 
     if drop_rate is not None:
         threshold = threshold_for_drop_rate(candidate_distances(decisions), drop_rate)
         decisions = apply_threshold(decisions, threshold)
-    params = {"threshold": threshold, "drop_rate": drop_rate, "calibrated": drop_rate is not None,
+    if settings.denoise.cross_product:
+        decisions = claim_shared_pictures(decisions, by_sha1, settings.denoise.same_picture_distance, settings.index)
+    params = {"threshold": threshold, "cross_product": settings.denoise.cross_product, "drop_rate": drop_rate, "calibrated": drop_rate is not None,
               "model_spec": model_spec, "model_id": model_id}
     inputs = [embed_run_id, *sorted({p["run_id"] for p in photos})]
     rows = [{"image_id": d["image_id"], "product_id": d["product_id"], "position": d["position"],
@@ -156,7 +209,9 @@ def denoise(settings, threshold: float | None = None, drop_rate: float | None = 
         run.write("denoise", rows)
         kept = sum(r["kept"] for r in rows)
         how = f"calibrated for drop rate {drop_rate:g}" if drop_rate is not None else "given"
-        run.message = f"threshold {threshold:.4f} ({how}): kept {kept} of {len(rows)} photos"
+        claimed = sum(r["reason"] == "other_product" for r in rows)
+        run.message = (f"threshold {threshold:.4f} ({how}): kept {kept} of {len(rows)} photos"
+                       + (f"; {claimed} given to another product" if claimed else ""))
     return run.run_id
 
 

@@ -2,7 +2,8 @@
 
 Files under ``reports_dir/denoise-<run_id>/``: ``summary.json``, ``summary.md``, ``distances.png``
 (threshold marked; genuine vs noise when ground truth exists), ``sheet_far.png`` (the most distant
-dropped photos) and ``sheet_borderline.png`` (photos closest to the threshold), each next to its
+dropped photos), ``sheet_borderline.png`` (photos closest to the threshold) and, when there are any,
+``sheet_other_product.png`` (photos the cross-product rule gave to another product), each next to its
 product's reference photo. Inside a Prefect run the summary is also published as artifacts.
 """
 
@@ -205,6 +206,10 @@ def write_denoise_report(settings, run_id: str) -> Path:
         pairs(far), cfg.sheet_thumb_px, "most distant dropped photos (left: the product's reference photo)"))
     atomic_write_bytes(out / "sheet_borderline.png", contact_sheet(
         pairs(border), cfg.sheet_thumb_px, f"borderline photos around threshold {threshold:.3f}"))
+    claimed = [r for r in rows if r["reason"] == "other_product"][: cfg.sheet_photos]
+    if claimed:
+        atomic_write_bytes(out / "sheet_other_product.png", contact_sheet(
+            pairs(claimed), cfg.sheet_thumb_px, "given to another product whose first photo is closer (left: this one's)"))
     _publish_artifacts(summary, markdown, out)
     return out
 

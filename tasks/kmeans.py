@@ -33,7 +33,7 @@ def sample_local_descriptors(features: torch.Tensor, per_image: int, gen: torch.
 
 def kmeans_init(settings, split_run_id: str, photos: str = "auto") -> str:
     """Cluster local descriptors of training photos; returns the kmeans run id (model row inside)."""
-    from models.backbones import load_backbone
+    from models.backbones import id_part, load_backbone
 
     cfg = settings.train
     wh = open_warehouse(settings)
@@ -60,7 +60,7 @@ def kmeans_init(settings, split_run_id: str, photos: str = "auto") -> str:
                                   "add photos or lower train.clusters")
         centroids = LF.kmeans(descriptors.to(device), cfg.clusters, cfg.kmeans_iterations, cfg.seed).cpu()
         alpha = LF.netvlad_alpha(descriptors, centroids)
-        model_id = f"kmeans-{cfg.backbone}-{run.run_id.split('-', 1)[1]}"
+        model_id = f"kmeans-{id_part(cfg.backbone)}-{run.run_id.split('-', 1)[1]}"
         rel = f"models/kmeans/{model_id}.pt"
         _save_atomic(settings.home / rel, {"centroids": centroids, "alpha": alpha, "backbone": cfg.backbone,
                                             "weights_id": backbone.weights_id, "image_ids": image_ids})

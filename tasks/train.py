@@ -33,6 +33,7 @@ from prefect import task
 from tqdm import tqdm
 
 from core.errors import ShoesearchError
+from models.backbones import id_part
 from models.device import on_device, pick_device
 from models.netvlad_model import NetVLADModel, load_checkpoint, save_checkpoint
 from tasks.train_data import PhotoDataset, PhotoSet, load_photos
@@ -108,7 +109,7 @@ def train_rank(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> 
         job.fit(f"netvlad-{model.config.backbone}-rank{rank}", on_epoch=lambda *_: None)
         return ""
     with start_run(wh, step="train", params=params, inputs=[split_run_id, parent["run_id"], train_set.denoise_run_id]) as run:
-        model_id = f"netvlad-{model.config.backbone}-{run.run_id.split('-', 1)[1]}"
+        model_id = f"netvlad-{id_part(model.config.backbone)}-{run.run_id.split('-', 1)[1]}"
         state = job.fit(model_id, on_epoch=job.bookkeeper(run))
         run.write("models", [job.publish(state, params)])
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # committed: the next run with these inputs starts afresh

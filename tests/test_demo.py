@@ -58,7 +58,7 @@ def test_demo_stops_the_shop_when_a_step_fails(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SHOESEARCH_HOME", str(home))
     rc = main(["--home", str(home), "--set", "crawl.max_pages=0", "demo"])
     out, err = capsys.readouterr()
-    assert rc == 2
+    assert rc == 2, (out, err)
     assert err.strip() == "shoesearch: error: max products and max pages must be at least 1"
     url = re.search(r"serving on (http://127\.0\.0\.1:\d+)", out).group(1)
     assert f"demo shop on {url} stopped" in out

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from core.errors import ShoesearchError
-from tasks.denoise import decide_product, denoise, threshold_for_drop_rate
+from core.settings import Settings
+from tasks.denoise import claim_shared_pictures, decide_product, denoise, same_pictures, threshold_for_drop_rate
 from warehouse import open_warehouse
 
 
@@ -30,6 +31,55 @@ def test_decisions_cover_the_edge_cases():
     assert [d["reason"] for d in decide_product([_photo(0, "c")], vectors, 0.0)] == ["anchor"]
     unreadable = decide_product([_photo(0, "zzz"), _photo(1, "a")], vectors, 0.5)  # no embedding for zzz
     assert [d["reason"] for d in unreadable] == ["bad_image", "substitute"]
+
+
+def _unit(*v):
+    return np.array(v, dtype=np.float32) / np.linalg.norm(v)
+
+
+def _gallery(product, sha1s, vectors, threshold=1.1):
+    photos = [{"image_id": f"{product}#{i}", "product_id": product, "position": i, "sha1": s, "status": "ok"}
+              for i, s in enumerate(sha1s)]
+    return decide_product(photos, vectors, threshold)
+
+
+def test_a_picture_in_two_galleries_stays_only_where_its_first_photo_is_closer():
+    index_cfg = Settings().index
+    vectors = {"a0": _unit(1, 0, 0), "a1": _unit(1, 0.5, 0), "b0": _unit(0, 0, 1), "b1": _unit(0.1, 0.1, 1),
+               # the same picture as a1, re-encoded (distance ~0.01), sitting in B's gallery: A's photo
+               "a1_copy": _unit(1, 0.51, 0.005),
+               # a picture near both anchors, exactly in the middle: kept in both (a tie is no evidence)
+               "mid": _unit(1, 0, 1)}
+    decisions = (_gallery("A", ["a0", "a1", "mid"], vectors, 2.0) + _gallery("B", ["b0", "b1", "a1_copy", "mid"], vectors, 2.0))
+    assert [d["reason"] for d in decisions] == ["anchor", "near", "near", "anchor", "near", "near", "near"]
+    claimed = claim_shared_pictures(decisions, vectors, radius=0.05, index_cfg=index_cfg)
+    by_id = {d["image_id"]: d for d in claimed}
+    assert by_id["B#2"]["reason"] == "other_product" and not by_id["B#2"]["kept"]
+    assert by_id["B#2"]["distance"] == decisions[5]["distance"]  # the distance to its own first photo stays
+    assert by_id["A#1"]["reason"] == "near" and by_id["A#1"]["kept"]  # the owner keeps it
+    assert by_id["A#2"]["kept"] and by_id["B#3"]["kept"]  # equal distances: kept in both
+    assert [d["reason"] for d in claimed].count("other_product") == 1
+    # Copies farther apart than the radius are different pictures: nothing is claimed.
+    apart = claim_shared_pictures(decisions, vectors, radius=0.001, index_cfg=index_cfg)
+    assert [d["reason"] for d in apart] == [d["reason"] for d in decisions]
+    # The same file (one sha1) in both galleries is claimed the same way; a first photo is never dropped.
+    shared = _gallery("A", ["a0", "a1"], vectors, 2.0) + _gallery("B", ["b0", "a1", "a0"], vectors, 2.0)
+    out = claim_shared_pictures(shared, vectors, radius=0.05, index_cfg=index_cfg)
+    assert [d["reason"] for d in out] == ["anchor", "near", "anchor", "other_product", "other_product"]
+
+
+def test_same_pictures_finds_copies_exactly_with_any_index_kind():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(300, 32)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    copies = base[:40] + 0.002 * rng.normal(size=(40, 32)).astype(np.float32)
+    matrix = np.concatenate([base, copies / np.linalg.norm(copies, axis=1, keepdims=True)])
+    truth = [set(np.flatnonzero((np.linalg.norm(matrix - v, axis=1) < 0.05))) - {i} for i, v in enumerate(matrix)]
+    assert sum(map(len, truth)) == 80  # each of the 40 pairs, both ways
+    for overrides in ({}, {"index.exact_max_vectors": 10, "index.approximate": "hnsw"}):
+        cfg = Settings.load(overrides=overrides).index if overrides else Settings().index
+        found = same_pictures(matrix, 0.05, cfg)
+        assert [set(f) for f in found] == truth
 
 
 def test_calibration_drops_the_asked_fraction():
@@ -159,3 +209,48 @@ def test_default_threshold_finds_the_injected_noise(embedded_settings):
     precision = true_pos / max(len(dropped), 1)
     recall = true_pos / max(sum(bool(r["is_noise"]) for r in rows), 1)
     assert precision >= 0.8 and recall >= 0.8, (precision, recall)
+
+
+def test_another_products_photo_is_dropped_only_with_the_cross_product_rule(tmp_path, synthetic_catalog):
+    """A photo of product A, copied (another sha1) into product B's gallery: the threshold alone
+    judges it against B's first photo; the cross-product rule gives it to A, and changes nothing else."""
+    from PIL import Image
+
+    from tasks.embed import embed_images, load_embeddings
+    from tasks.ingest import ingest_catalog
+    from tests.fixtures_denoise import EMBED_TEST_OVERRIDES
+
+    catalog = tmp_path / "shoes"
+    shutil.copytree(synthetic_catalog, catalog)
+    folders = sorted(p for p in catalog.iterdir() if p.is_dir())
+    owner, host = folders[0], folders[5]
+    original = sorted(owner.glob("*.jpg"))[1]
+    # A copy with other bytes (lossless, so the same pixels: a JPEG re-encode of these flat synthetic drawings
+    # moves the 128 px descriptor by 0.2-0.6, real photos by <= 0.017).
+    Image.open(original).save(host / "99.png")
+    settings = Settings.load(home=tmp_path / "home", overrides=EMBED_TEST_OVERRIDES)
+    ingest_catalog(settings, catalog, name="shoes")
+    embed_images(settings)
+    wh = open_warehouse(settings)
+
+    def decisions(cross: bool) -> dict:
+        settings.set("denoise.cross_product", cross)
+        run_id = denoise(settings, threshold=2.0)  # every photo "near": only the cross-product rule drops
+        return {r["image_id"]: r for r in wh.query("SELECT * FROM denoise WHERE run_id = ?", [run_id]).to_pylist()}
+
+    plain, crossed = decisions(False), decisions(True)
+    copy_id, original_id = f"shoes:{host.name}#{len(list(host.glob('*.jpg')))}", f"shoes:{owner.name}#1"
+    assert plain[copy_id]["reason"] == "near" and crossed[copy_id]["reason"] == "other_product"
+    assert not crossed[copy_id]["kept"] and crossed[original_id]["kept"]
+    # Independently (numpy over the stored vectors): the claimed photos are exactly those with a copy in another
+    # product that is closer to that product's first photo than to their own.
+    ids, vectors = load_embeddings(wh, crossed[copy_id]["model_id"])
+    vec = dict(zip(ids, vectors))
+    product = {i: i.split("#")[0] for i in ids}
+    first = {p: vec[f"{p}#0"] for p in set(product.values())}
+    expected = {i for i in ids if not i.endswith("#0") and any(
+        product[j] != product[i] and np.linalg.norm(vec[i] - vec[j]) < settings.denoise.same_picture_distance
+        and np.linalg.norm(vec[i] - first[product[j]]) < np.linalg.norm(vec[i] - first[product[i]]) for j in ids)}
+    assert copy_id in expected
+    assert {i for i, r in crossed.items() if r["reason"] == "other_product"} == expected
+    assert all(plain[i]["reason"] == crossed[i]["reason"] for i in plain if i not in expected)

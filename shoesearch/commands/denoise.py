@@ -7,7 +7,7 @@ from core.errors import ShoesearchError
 
 def register(sub) -> None:
     p = sub.add_parser("embed", help="embed the current photos with an ImageNet backbone (incremental)")
-    p.add_argument("--backbone", help="vgg16 | resnet50 | efficientnet_lite0 (default: embed.backbone)")
+    p.add_argument("--backbone", help="vgg16 | resnet50 | efficientnet_lite0/1/2 | timm/<model> (default: embed.backbone)")
     p.add_argument("--model", help="a model spec instead: imagenet:<backbone> or a trained model id")
     p.set_defaults(func=cmd_embed)
 

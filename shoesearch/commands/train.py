@@ -7,7 +7,7 @@ from core.errors import ShoesearchError
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="split -> k-means -> train NetVLAD -> evaluate (Prefect flow `train`)")
-    p.add_argument("--backbone", help="vgg16 | resnet50 | efficientnet_lite0 (default: train.backbone)")
+    p.add_argument("--backbone", help="vgg16 | resnet50 | efficientnet_lite0/1/2 | timm/<model> (default: train.backbone)")
     p.add_argument("--epochs", type=int, help="maximum epochs (default: train.epochs)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: train.device")
     p.add_argument("--photos", choices=["auto", "raw", "denoised"], default="auto",
