@@ -49,10 +49,12 @@ def quality(r: dict) -> list[str]:
 
 def denoise_rules(r: dict) -> list[str]:
     out = [f"`bench/results/denoise_rules.json`: {r['catalog']}", "",
-           "| rule | dropped | genuine dropped | precision | recall | recall by noise kind |", "|---|---:|---:|---:|---:|---|"]
+           "| rule | dropped | genuine dropped | precision | recall | recall by noise kind |",
+           "|---|---:|---:|---:|---:|---|"]
     for name, v in r["rules"].items():
         kinds = ", ".join(f"{k} {x:.2f}" for k, x in v.get("recall_by_kind", {}).items())
-        out.append(f"| {name} | {v['dropped']} | {v.get('genuine_dropped', '')} | {v['precision']} | {v['recall']} | {kinds} |")
+        out.append(f"| {name} | {v['dropped']} | {v.get('genuine_dropped', '')} | {v['precision']} | "
+                   f"{v['recall']} | {kinds} |")
     return out
 
 

@@ -143,7 +143,8 @@ def claim_shared_pictures(decisions: list[dict], vectors: dict[str, np.ndarray],
         if d["reason"] == "near":
             own = d["product_id"]
             picture = vectors[d["sha1"]]
-            holders = set(products_of[d["sha1"]]).union(*(products_of[sha1s[j]] for j in copies[row_of[d["sha1"]]]))
+            copy_rows = copies[row_of[d["sha1"]]]
+            holders = set(products_of[d["sha1"]]).union(*(products_of[sha1s[j]] for j in copy_rows))
             closer = [p for p in holders - {own} if p in reference
                       and np.linalg.norm(picture - reference[p]) < d["distance"]]
             if closer:
@@ -199,8 +200,8 @@ def denoise(settings, threshold: float | None = None, drop_rate: float | None = 
         decisions = apply_threshold(decisions, threshold)
     if settings.denoise.cross_product:
         decisions = claim_shared_pictures(decisions, by_sha1, settings.denoise.same_picture_distance, settings.index)
-    params = {"threshold": threshold, "cross_product": settings.denoise.cross_product, "drop_rate": drop_rate, "calibrated": drop_rate is not None,
-              "model_spec": model_spec, "model_id": model_id}
+    params = {"threshold": threshold, "cross_product": settings.denoise.cross_product, "drop_rate": drop_rate,
+              "calibrated": drop_rate is not None, "model_spec": model_spec, "model_id": model_id}
     inputs = [embed_run_id, *sorted({p["run_id"] for p in photos})]
     rows = [{"image_id": d["image_id"], "product_id": d["product_id"], "position": d["position"],
              "sha1": d["sha1"], "distance": d["distance"], "threshold": threshold, "kept": d["kept"],

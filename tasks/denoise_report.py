@@ -209,7 +209,8 @@ def write_denoise_report(settings, run_id: str) -> Path:
     claimed = [r for r in rows if r["reason"] == "other_product"][: cfg.sheet_photos]
     if claimed:
         atomic_write_bytes(out / "sheet_other_product.png", contact_sheet(
-            pairs(claimed), cfg.sheet_thumb_px, "given to another product whose first photo is closer (left: this one's)"))
+            pairs(claimed), cfg.sheet_thumb_px,
+            "given to another product whose first photo is closer (left: this one's)"))
     _publish_artifacts(summary, markdown, out)
     return out
 

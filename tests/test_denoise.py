@@ -50,7 +50,8 @@ def test_a_picture_in_two_galleries_stays_only_where_its_first_photo_is_closer()
                "a1_copy": _unit(1, 0.51, 0.005),
                # a picture near both anchors, exactly in the middle: kept in both (a tie is no evidence)
                "mid": _unit(1, 0, 1)}
-    decisions = (_gallery("A", ["a0", "a1", "mid"], vectors, 2.0) + _gallery("B", ["b0", "b1", "a1_copy", "mid"], vectors, 2.0))
+    decisions = (_gallery("A", ["a0", "a1", "mid"], vectors, 2.0)
+                 + _gallery("B", ["b0", "b1", "a1_copy", "mid"], vectors, 2.0))
     assert [d["reason"] for d in decisions] == ["anchor", "near", "near", "anchor", "near", "near", "near"]
     claimed = claim_shared_pictures(decisions, vectors, radius=0.05, index_cfg=index_cfg)
     by_id = {d["image_id"]: d for d in claimed}

@@ -22,7 +22,8 @@ def weights(tmp_path_factory):
     torch.save(resnet.state_dict(), folder / "resnet10t.pth")
     mobile = timm.create_model("mobilenetv3_small_050", pretrained=False).eval()
     save_file({k: v.contiguous() for k, v in mobile.state_dict().items()}, str(folder / "mnv3.safetensors"))
-    return {"resnet10t": (resnet, folder / "resnet10t.pth"), "mobilenetv3_small_050": (mobile, folder / "mnv3.safetensors")}
+    return {"resnet10t": (resnet, folder / "resnet10t.pth"),
+            "mobilenetv3_small_050": (mobile, folder / "mnv3.safetensors")}
 
 
 @pytest.mark.parametrize("name", ["resnet10t", "mobilenetv3_small_050"])
