@@ -102,9 +102,14 @@ def train_speed(wh) -> dict:
             "per_epoch": [{k: round(float(v), 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]}
 
 
-def denoise_row(wh, labels: dict[str, bool]) -> dict:
-    rows = wh.query("SELECT image_id, kept, threshold, reason FROM denoise_current").to_pylist()
-    judged = [r for r in rows if r["image_id"] in labels and r["reason"] != "bad_image"]
+def denoise_row(wh, labels: dict[str, bool], run_id: str | None = None, products: set[str] | None = None) -> dict:
+    """Precision / recall of the dropped photos against the labels: of denoise run ``run_id`` (default: the current
+    decisions), on ``products`` only when given."""
+    rows = wh.query("SELECT image_id, product_id, kept, threshold, reason FROM denoise_current" if run_id is None
+                    else "SELECT image_id, product_id, kept, threshold, reason FROM denoise WHERE run_id = ?",
+                    [] if run_id is None else [run_id]).to_pylist()
+    judged = [r for r in rows if r["image_id"] in labels and r["reason"] != "bad_image"
+              and (products is None or r["product_id"] in products)]
     dropped = {r["image_id"] for r in judged if not r["kept"]}
     noise = {r["image_id"] for r in judged if labels[r["image_id"]]}
     hits = len(dropped & noise)
@@ -112,6 +117,22 @@ def denoise_row(wh, labels: dict[str, bool]) -> dict:
             "noise": len(noise), "dropped": len(dropped),
             "precision": round(hits / len(dropped), 4) if dropped else None,
             "recall": round(hits / len(noise), 4) if noise else None}
+
+
+def second_pass_rows(settings, wh, model_id: str, labels: dict[str, bool]) -> dict:
+    """What the next night's second denoise pass does with ``model_id`` (run here, as ``nightly`` would with the
+    model serving): its run message, and the first and second pass judged against the labels, on every photo
+    and on the re-judged products (outside the model's training split)."""
+    from tasks.denoise_second import first_pass_run, second_pass, trained_products
+
+    first = first_pass_run(wh, None)["run_id"]
+    run_id = second_pass(settings, model_id, first)
+    judged = {r["product_id"] for r in wh.query("SELECT DISTINCT product_id FROM denoise WHERE run_id = ?",
+                                                [run_id]).to_pylist()} - trained_products(wh, model_id)
+    message = wh.query("SELECT message FROM runs WHERE run_id = ?", [run_id]).column(0)[0].as_py()
+    return {"message": message, "all": {"first": denoise_row(wh, labels, first), "second": denoise_row(wh, labels, run_id)},
+            "rejudged": {"first": denoise_row(wh, labels, first, judged),
+                         "second": denoise_row(wh, labels, run_id, judged)}}
 
 
 def variant_rows(settings, wh, model_id: str, labels: dict[str, bool], baseline_too: bool = True) -> list[dict]:
@@ -195,6 +216,13 @@ def print_table(result: dict) -> None:
     print(f"\n{'descriptor':<10} {'products':<8} {'AUC':>6} {'best P':>7} {'best R':>7}   (distance to photo 0 vs noise)")
     for r in result["denoise_separation"]:
         print(f"{r['descriptor']:<10} {r['products']:<8} {r['auc']:>6.3f} {r['best_precision']:>7.3f} {r['best_recall']:>7.3f}")
+    sp = result["second_pass"]
+    print(f"\nsecond pass: {sp['message']}")
+    for part in ("all", "rejudged"):
+        for which in ("first", "second"):
+            r = sp[part][which]
+            print(f"  {part:<9} {which:<7} photos {r['photos']:>4} noise {r['noise']:>4} dropped {r['dropped']:>4} "
+                  f"precision {r['precision']} recall {r['recall']}")
     print(f"\n{'variant':<12} {'queries':>7} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'mAP':>7}   (genuine test photos)")
     for r in result["variants"]:
         print(f"{r['variant']:<12} {r['queries']:>7} {r['recall_at_1']:>7.3f} {r['recall_at_5']:>7.3f} "
@@ -233,6 +261,7 @@ def main() -> int:
             "served": outcome.get("served"),
             "variants": variant_rows(settings, wh, trained, labels),
             "denoise_separation": separation_rows(settings, wh, trained, labels),
+            "second_pass": second_pass_rows(settings, wh, trained, labels),
             "total_seconds": round(time.perf_counter() - started, 1),
         }
     print_table(result)

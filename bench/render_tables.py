@@ -33,6 +33,12 @@ def realshop(r: dict) -> list[str]:
                 "|---|---|---:|---:|---:|---:|---:|"]
         out += [f"| {x['descriptor']} | {x['products']} | {x['photos']} | {x['noise']} | {x['auc']:.3f} | "
                 f"{x['best_precision']:.3f} | {x['best_recall']:.3f} |" for x in r["denoise_separation"]]
+    if r.get("second_pass"):
+        sp = r["second_pass"]
+        out += ["", f"Second pass: {sp['message']}.", "", "| photos of | pass | photos | noise | dropped | precision "
+                "| recall |", "|---|---|---:|---:|---:|---:|---:|"]
+        out += [f"| {part} | {which} | {x['photos']} | {x['noise']} | {x['dropped']} | {x['precision']} | "
+                f"{x['recall']} |" for part in ("all", "rejudged") for which, x in sp[part].items()]
     return out
 
 
