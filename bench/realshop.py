@@ -130,7 +130,8 @@ def second_pass_rows(settings, wh, model_id: str, labels: dict[str, bool]) -> di
     judged = {r["product_id"] for r in wh.query("SELECT DISTINCT product_id FROM denoise WHERE run_id = ?",
                                                 [run_id]).to_pylist()} - trained_products(wh, model_id)
     message = wh.query("SELECT message FROM runs WHERE run_id = ?", [run_id]).column(0)[0].as_py()
-    return {"message": message, "all": {"first": denoise_row(wh, labels, first), "second": denoise_row(wh, labels, run_id)},
+    return {"message": message,
+            "all": {"first": denoise_row(wh, labels, first), "second": denoise_row(wh, labels, run_id)},
             "rejudged": {"first": denoise_row(wh, labels, first, judged),
                          "second": denoise_row(wh, labels, run_id, judged)}}
 

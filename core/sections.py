@@ -148,6 +148,10 @@ class TrainSettings(_Section):
     # False: NetVLAD's recipe, the whitening fixed while the network trains and refitted on the trained
     # descriptors at the end (not yet measured against True on real photos: see README "Retrieval quality").
     learn_whitening: bool = True
+    # Mirror each photo of a tuple left-right with probability 0.5 (the other shoe of the pair). Exact with the
+    # frozen-stage cache, which then holds both versions (2x its memory). Colour jitter and random crops would
+    # need the uncached path (~13x slower per step on CPU: README "Frozen-stage cache") and are not offered.
+    flip_augment: bool = False
     negatives_pool: int = 1000  # random negatives sampled per query (NetVLAD: 1000)
     hard_negatives: int = 10  # hardest kept per query (NetVLAD: 10)
     max_positives: int = 5  # positives embedded per query; the closest one is used

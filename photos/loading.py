@@ -133,6 +133,31 @@ class TupleDataset(Dataset):
         return torch.stack([self.photos[j] for j in self.tuples[i]])
 
 
+class WithMirrors(Dataset):
+    """``photos`` and their left-right mirrors: index ``i < N`` is photo ``i``, ``N + i`` is photo ``i`` mirrored
+    (the other shoe of the pair, seen from the same side). A frozen-stage cache of this dataset is exact: the
+    mirror is taken before the network, and the cache holds both versions."""
+
+    def __init__(self, photos: Dataset):
+        self.photos, self.n = photos, len(photos)
+        self.reads_files = reads_files(photos)
+
+    def __len__(self) -> int:
+        return 2 * self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = self.photos[i % self.n]
+        return x.flip(-1) if i >= self.n else x
+
+
+def mirror_some(tuples: list[list[int]], n: int, gen: torch.Generator, p: float = 0.5) -> list[list[int]]:
+    """Each photo index of each tuple replaced by its mirror's (``+ n`` in :class:`WithMirrors`) with
+    probability ``p``, drawn from ``gen`` (seeded: the same on resume)."""
+    flips = (torch.rand(sum(len(t) for t in tuples), generator=gen) < p).tolist()
+    it = iter(flips)
+    return [[j + n if next(it) else j for j in t] for t in tuples]
+
+
 def reads_files(dataset: Dataset) -> bool:
     """Whether items are decoded from files (worth worker processes) rather than held in memory."""
     while isinstance(dataset, Subset):

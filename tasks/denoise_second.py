@@ -92,7 +92,8 @@ def first_pass_run(wh, run_id: str | None) -> dict:
         if params.get("pass", 1) == 1:
             return {"run_id": run["run_id"], "params": params}
         return first_pass_run(wh, params["first_run_id"])
-    raise ShoesearchError(f"no denoise run {run_id}" if run_id else "no denoise run yet: run `shoesearch denoise` first")
+    raise ShoesearchError(f"no denoise run {run_id}" if run_id
+                          else "no denoise run yet: run `shoesearch denoise` first")
 
 
 # --- the step ----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from models import functional as LF
 from models.device import forward
 from models.loss import WeakTripletLoss
 from models.netvlad_model import FromFrozen, ModelConfig, NetVLADModel
-from photos.loading import TupleDataset, batches, make_loader
+from photos.loading import TupleDataset, WithMirrors, batches, make_loader, mirror_some
 from tasks.train_data import PhotoDataset, PhotoSet, embed_dataset
 
 
@@ -119,6 +119,8 @@ def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch:
     for start in range(0, len(queries), cfg.cache_refresh_queries):
         tuples = mine_chunk(model, settings, photo_set, photos, queries[start:start + cfg.cache_refresh_queries],
                             gen, device)
+        if cfg.flip_augment:  # photos is WithMirrors (see trainable): mined on the photos, trained on either side
+            tuples = mirror_some(tuples, len(photo_set), gen)
         model.train()
         for batch in batches(make_loader(TupleDataset(photos, tuples), cfg.batch_size, cfg.num_workers, device)):
             t0 = time.perf_counter()
@@ -230,6 +232,9 @@ def run_epochs(net, model, optimizer, settings, train_set: PhotoSet, photos: Dat
 
 def trainable(model, settings, photos: Dataset, device: torch.device, world: int):
     """(the network the loop feeds, the inputs it feeds it): the frozen-stage cache with ``FromFrozen`` when
-    it fits (exact: photos get no random augmentation; single process only), else the model and the photos."""
+    it fits (exact: the only augmentation, ``train.flip_augment``, is cached as a second version of each photo;
+    single process only), else the model and the photos (with their mirrors when flipping)."""
+    if settings.train.flip_augment:
+        photos = WithMirrors(photos)
     cached = frozen_cache(model, settings, photos, device) if world == 1 else None
     return (FromFrozen(model), cached) if cached is not None else (model, photos)

@@ -108,4 +108,5 @@ def test_nightly_chains_the_second_pass_with_the_served_model(prefect_harness, t
     assert all(after[i]["distance"] == pytest.approx(d[i], abs=1e-5) for i in judged)
     # Training reads the re-judged photos (denoise_current), and the index holds them.
     kept = sum(r["kept"] for r in after.values())
-    assert wh.query("SELECT n_vectors FROM indexes WHERE index_id = ?", [second["index_id"]]).column(0)[0].as_py() == kept
+    index = wh.query("SELECT n_vectors FROM indexes WHERE index_id = ?", [second["index_id"]]).to_pylist()[0]
+    assert index["n_vectors"] == kept

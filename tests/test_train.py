@@ -190,6 +190,49 @@ def test_frozen_cache_is_exact(trained):
         assert torch.allclose(g, p.grad, atol=1e-5)
 
 
+def test_flip_augmentation_trains_on_exactly_cached_mirrors(trained, monkeypatch):
+    """``train.flip_augment``: the frozen-stage cache holds every photo and its mirror (each row equal to the frozen
+    stages run on that image), and an epoch's tuples use both versions, seeded."""
+    import tasks.train_loop as L
+    from core.settings import Settings
+    from models.loss import WeakTripletLoss
+    from models.netvlad_model import FromFrozen, load_checkpoint
+    from photos.loading import PhotoDataset, TupleDataset, mirror_some
+    from tasks.train_data import load_photos
+    from warehouse import open_warehouse
+
+    settings, split, _, run = trained
+    flip = Settings.load(home=settings.home, overrides={**SHORT, "train.flip_augment": True})
+    wh = open_warehouse(flip)
+    model, _ = load_checkpoint(flip.home / _model_row(wh, run)["path"])
+    train_set = load_photos(wh, split, "raw", ("train",))
+    photos = PhotoDataset(flip, train_set.paths, TRAIN_IMAGE_SIZE, model.backbone.mean, model.backbone.std)
+    net, inputs = L.trainable(model, flip, photos, torch.device("cpu"), 1)
+    n = len(photos)
+    assert isinstance(net, FromFrozen) and len(inputs) == 2 * n
+    model.eval()
+    with torch.no_grad():
+        for i in (0, n - 1):
+            assert torch.allclose(inputs[i], model.frozen_features(photos[i][None])[0], rtol=1e-4, atol=1e-4)
+            mirrored = model.frozen_features(photos[i].flip(-1)[None])[0]
+            assert torch.allclose(inputs[n + i], mirrored, rtol=1e-4, atol=1e-4)
+            assert not torch.allclose(inputs[i], inputs[n + i], atol=1e-3)
+    tuples = [[0, 1, 2, 3]] * 200
+    a, b = (mirror_some(tuples, n, torch.Generator().manual_seed(3)) for _ in range(2))
+    flipped = sum(j >= n for t in a for j in t)
+    assert a == b and all(j in (k, k + n) for t, u in zip(tuples, a) for k, j in zip(t, u)) and 300 < flipped < 500
+    fed = []
+
+    def spy(dataset, epoch_tuples):  # the tuples an epoch feeds
+        fed.extend(epoch_tuples)
+        return TupleDataset(dataset, epoch_tuples)
+
+    monkeypatch.setattr(L, "TupleDataset", spy)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    loss, _ = L.train_epoch(net, optimizer, WeakTripletLoss(0.1), flip, train_set, inputs, 0, torch.device("cpu"))
+    assert math.isfinite(loss) and any(j >= n for t in fed for j in t) and any(j < n for t in fed for j in t)
+
+
 def test_interrupted_training_resumes_from_last_epoch(trained, monkeypatch):
     """A run killed after epoch 1 leaves a checkpoint; the rerun does epoch 2 only, one metrics row each."""
     import tasks.train as T
