@@ -78,9 +78,11 @@ RECORDED_AT = {"quality-footwear-dev-blocks1.json": {"trainable_blocks": 1},  # 
 
 
 def recipe() -> list[str]:
-    """One row per footwear-dev quality run: what was changed, the seeds, trained vs ImageNet (mean)."""
-    out = ["| run (JSON) | trainable blocks | changed | seeds | ImageNet R@1 / mAP | trained R@1 / mAP | trained - ImageNet |",
-           "|---|---:|---|---|---|---|---|"]
+    """One row per footwear-dev quality run: what was changed, the seeds, trained vs ImageNet (mean), and the
+    default run (``quality-footwear-dev.json``) trained on the same seeds (splits): the sweep's comparison."""
+    default = json.loads((RESULTS / "quality-footwear-dev.json").read_text())
+    out = ["| run (JSON) | trainable blocks | changed | denoise kept | seeds | ImageNet R@1 / mAP | trained R@1 / mAP | "
+           "trained - ImageNet | default on these seeds: trained R@1 / mAP |", "|---|---:|---|---|---|---|---|---|---|"]
     for path in sorted(RESULTS.glob("quality-footwear-dev*.json")):
         r = json.loads(path.read_text())
         train = r.get("train_settings") or RECORDED_AT.get(path.name, {})
@@ -89,11 +91,23 @@ def recipe() -> list[str]:
             continue
         base, tr = rows["imagenet"], rows["trained"]
         blocks = train.get("trainable_blocks") or r["settings_changed"].get("train.trainable_blocks", "?")
-        out.append(f"| {path.name} | {blocks} | {r['settings_changed'] or 'none'} | "
+        same = _trained_on_seeds(default, r["seeds"]) if r["dataset"] == default["dataset"] else None
+        kept = f"{r['denoise']['kept']} of {r['denoise']['photos']}" if r.get("denoise") else "?"
+        out.append(f"| {path.name} | {blocks} | {r['settings_changed'] or 'none'} | {kept} | "
                    f"{r['seeds']} | {base['recall_at_1']:.3f} / {base['mean_ap']:.3f} | "
                    f"{tr['recall_at_1']:.3f} / {tr['mean_ap']:.3f} | "
-                   f"{tr['recall_at_1'] - base['recall_at_1']:+.3f} / {tr['mean_ap'] - base['mean_ap']:+.3f} |")
+                   f"{tr['recall_at_1'] - base['recall_at_1']:+.3f} / {tr['mean_ap'] - base['mean_ap']:+.3f} | "
+                   f"{'%.3f / %.3f' % same if same else '-'} |")
     return out
+
+
+def _trained_on_seeds(run: dict, seeds: list[int]) -> tuple[float, float] | None:
+    """Mean trained (denoised) Recall@1 and mAP of ``run`` over ``seeds``; None when it lacks one of them."""
+    rows = [x for s in run["per_seed"] if s["seed"] in seeds for x in s["rows"]
+            if x["variant"] == "trained" and x.get("photos") in (None, "denoised")]
+    if len(rows) != len(seeds):
+        return None
+    return (sum(x["recall_at_1"] for x in rows) / len(rows), sum(x["mean_ap"] for x in rows) / len(rows))
 
 
 def main() -> int:

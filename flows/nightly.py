@@ -1,9 +1,8 @@
-"""Prefect flow ``nightly``: crawl -> embed new photos -> denoise (the ``denoise`` flow, as a subflow)
--> second denoise pass with the served trained model -> (re)train -> evaluate -> index -> gated switch
--> analyst snapshot.
+"""Prefect flow ``nightly``: crawl -> embed new photos -> denoise (the ``denoise`` flow, as a subflow: its
+second pass uses the served trained model) -> (re)train -> evaluate -> index -> gated switch -> analyst snapshot.
 
-Over nights this is the chain denoise -> train -> re-denoise -> retrain: the second pass re-judges, with the
-model that serves (switched in by an earlier night), the products it never trained on
+Over nights this is the chain denoise -> train -> re-denoise -> retrain: the denoise flow's second pass
+re-judges, with the model that serves (switched in by an earlier night), the products it never trained on
 (``tasks.denoise_second``); new products enter training judged by it, and the index holds its decisions.
 Each pass is a ``denoise`` run with lineage (first-pass run, the model's train run, its embed run). A model
 never re-judges photos before it has passed the switch gate.
@@ -28,7 +27,6 @@ from core.settings import Settings
 from flows import flow_settings
 from flows.denoise import denoise_flow
 from tasks.crawl import crawl_task
-from tasks.denoise_second import second_pass_task
 from tasks.embed import embed_images_task
 from tasks.evaluate import evaluate_task
 from tasks.gate import descriptor_to_serve_task, switch_index_task
@@ -38,7 +36,6 @@ from tasks.nightly import (
     finished_evaluation_task,
     finished_train_task,
     report_nightly_task,
-    served_trained_model_task,
     split_for_nightly_task,
     warm_start_model_task,
 )
@@ -56,9 +53,6 @@ def nightly(site: str | None = None, crawl: bool = True, home: str | None = None
     steps["crawl"] = crawl_task.with_options(**retry)(settings, site=site) if crawl else None
     steps["embed"] = embed_images_task.with_options(**retry)(settings, None)
     steps["denoise"] = denoise_flow(**flow_settings(settings), embed_run_id=steps["embed"])
-    served_before = served_trained_model_task(settings) if settings.denoise.second_pass else None
-    if served_before:  # re-denoise with the served model before it retrains
-        steps["denoise_second"] = second_pass_task(settings, served_before, steps["denoise"])
     steps["split"] = split_for_nightly_task(settings)
     warm = warm_start_model_task(settings)
     steps["train"] = finished_train_task(settings, steps["split"], warm)

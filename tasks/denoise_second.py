@@ -15,8 +15,8 @@ trained on as positives and now sits close to photo 0. So the second pass
 Anchors, duplicates, unreadable photos and the cross-product rule's ``other_product`` drops (a question of
 picture identity, decided on ImageNet copies) are carried over. The result is a new ``denoise`` run (params
 ``pass = 2``, inputs: the first-pass run, the model's train run, the embed run), so ``denoise_current`` and
-everything downstream use it; a later first pass replaces it, and the nightly flow chains the second pass
-after it again.
+everything downstream use it. The ``denoise`` flow (by hand, and inside ``nightly``) chains it after every
+first pass when ``denoise.second_pass`` is on and a trained model serves.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from core.errors import ShoesearchError
+from serving.index_store import current_index_row
 from tasks.denoise import distances_to, threshold_for_drop_rate
 from tasks.embed import embed_images, load_embeddings
 from warehouse import open_warehouse, start_run
@@ -96,6 +97,14 @@ def first_pass_run(wh, run_id: str | None) -> dict:
                           else "no denoise run yet: run `shoesearch denoise` first")
 
 
+def served_trained_model(settings) -> str | None:
+    """The trained model behind the current index; None when the ImageNet descriptor serves or there is no index."""
+    wh = open_warehouse(settings)
+    current = current_index_row(wh)
+    row = find_model(wh, current["model_id"]) if current else None
+    return current["model_id"] if row and row["kind"] == TRAINED else None
+
+
 # --- the step ----------------------------------------------------------------------------------
 def second_pass(settings, model_id: str, first_run_id: str | None = None) -> str:
     """Re-judge the products ``model_id`` never trained on with its descriptors; returns the new denoise run id."""
@@ -125,3 +134,4 @@ def second_pass(settings, model_id: str, first_run_id: str | None = None) -> str
 
 
 second_pass_task = task(second_pass, name="denoise-second-pass", cache_policy=NONE)
+served_trained_model_task = task(served_trained_model, name="served-trained-model", cache_policy=NONE)

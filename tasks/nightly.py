@@ -13,10 +13,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from serving.index_store import current_index_row
+from tasks.denoise_second import served_trained_model
 from tasks.split import make_split
 from warehouse import open_warehouse
-from warehouse.model_registry import TRAINED, find_model, newest_model, trained_on_split
+from warehouse.model_registry import find_model, newest_model, trained_on_split
 
 
 def split_for_nightly(settings) -> str:
@@ -46,14 +46,6 @@ def warm_start_model(settings) -> str | None:
     wh = open_warehouse(settings)
     newest = newest_model(wh)
     return newest["model_id"] if newest else None
-
-
-def served_trained_model(settings) -> str | None:
-    """The trained model behind the current index; None when the ImageNet descriptor serves or there is no index."""
-    wh = open_warehouse(settings)
-    current = current_index_row(wh)
-    row = find_model(wh, current["model_id"]) if current else None
-    return current["model_id"] if row and row["kind"] == TRAINED else None
 
 
 def finished_train(settings, split_run_id: str, parent_model_id: str | None) -> str | None:
@@ -103,7 +95,6 @@ def report_nightly(settings, steps: dict, served: str = "") -> dict:
 
 
 split_for_nightly_task = task(split_for_nightly, name="split-or-reuse", cache_policy=NO_CACHE)
-served_trained_model_task = task(served_trained_model, name="served-trained-model", cache_policy=NO_CACHE)
 warm_start_model_task = task(warm_start_model, name="warm-start-model", cache_policy=NO_CACHE)
 finished_train_task = task(finished_train, name="finished-train", cache_policy=NO_CACHE)
 finished_evaluation_task = task(finished_evaluation, name="finished-evaluation", cache_policy=NO_CACHE)

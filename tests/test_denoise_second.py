@@ -71,22 +71,22 @@ def test_nightly_chains_the_second_pass_with_the_served_model(prefect_harness, t
     overrides = {**NIGHTLY_SETTINGS, "schedule.baseline_gate": False}
     with DemoShop(load_catalog(nightly_catalog)[:NIGHTLY_PRODUCTS], page_size=10) as shop:
         first = nightly(site=shop.url, home=str(home), overrides=overrides)
-        assert first["status"] == "current" and "denoise_second" not in first["steps"]  # nothing trained served yet
         second = nightly(site=shop.url, home=str(home), overrides=overrides)
     from core.settings import Settings
 
     wh = open_warehouse(Settings.load(home=home, overrides=overrides))
-    run_id, model_id = second["steps"]["denoise_second"], first["model_id"]
-    params = json.loads(wh.query("SELECT parameters FROM runs WHERE run_id = ?", [run_id]).column(0)[0].as_py())
-    assert params["pass"] == 2 and params["model_id"] == model_id
-    assert params["first_run_id"] == second["steps"]["denoise"]
+    assert first["status"] == "current" and pass_of(wh, first["steps"]["denoise"])["pass"] == 1  # nothing served yet
+    run_id, model_id = second["steps"]["denoise"], first["model_id"]
+    params = pass_of(wh, run_id)
+    assert params["pass"] == 2 and params["model_id"] == model_id and model_id.startswith("netvlad")
+    first_pass = params["first_run_id"]
+    assert pass_of(wh, first_pass)["pass"] == 1
     steps = {r["run_id"]: r["step"] for r in lineage(wh, second["steps"]["index"])}
-    assert run_id in steps and second["steps"]["denoise"] in steps and "train" in steps.values()
+    assert run_id in steps and first_pass in steps and "train" in steps.values()
 
     train = {r["product_id"] for r in wh.query("SELECT product_id FROM splits WHERE run_id = ? AND split = 'train'",
                                                [first["steps"]["split"]]).to_pylist()}
-    before = {r["image_id"]: r for r in wh.query("SELECT * FROM denoise WHERE run_id = ?",
-                                                 [second["steps"]["denoise"]]).to_pylist()}
+    before = {r["image_id"]: r for r in wh.query("SELECT * FROM denoise WHERE run_id = ?", [first_pass]).to_pylist()}
     after = {r["image_id"]: r for r in wh.query("SELECT * FROM denoise_current").to_pylist()}
     assert set(after) == set(before) and 0 < len(train) < len({r["product_id"] for r in after.values()})
     for image_id, r in after.items():
@@ -110,3 +110,25 @@ def test_nightly_chains_the_second_pass_with_the_served_model(prefect_harness, t
     kept = sum(r["kept"] for r in after.values())
     index = wh.query("SELECT n_vectors FROM indexes WHERE index_id = ?", [second["index_id"]]).to_pylist()[0]
     assert index["n_vectors"] == kept
+
+    # By hand: the denoise flow chains the second pass too (the served model), and with it switched off it does not.
+    from flows.denoise import denoise_flow
+
+    again = denoise_flow(home=str(home), overrides=overrides)
+    assert pass_of(wh, again)["pass"] == 2 and pass_of(wh, pass_of(wh, again)["first_run_id"])["pass"] == 1
+    assert pass_of(wh, denoise_flow(home=str(home), overrides={**overrides, "denoise.second_pass": False}))["pass"] == 1
+    # The command says what each pass did.
+    from tests.test_cli_readonly import run_cli
+
+    res = run_cli("--set", f"embed.image_size={NIGHTLY_SETTINGS['embed.image_size']}", "denoise", cwd=tmp_path,
+                  home=home, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    first_line, second_line, report = res.stdout.strip().splitlines()[-3:]
+    assert "kept" in first_line and f"second pass with {model_id}" in second_line and report.startswith("report:")
+    assert first_line.split(":")[0] in report
+
+
+def pass_of(wh, run_id: str) -> dict:
+    """A denoise run's parameters, with ``pass`` (1 unless the run says 2)."""
+    params = json.loads(wh.query("SELECT parameters FROM runs WHERE run_id = ?", [run_id]).column(0)[0].as_py())
+    return {"pass": 1, **params}

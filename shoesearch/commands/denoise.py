@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from core.errors import ShoesearchError
 
 
@@ -41,8 +43,13 @@ def cmd_denoise(args, settings) -> int:
     choose_threshold(settings, args.threshold, args.drop_rate)  # bad values fail before Prefect starts
     run_id = run_flow(denoise_flow, settings, args.debug, threshold=args.threshold, drop_rate=args.drop_rate,
                       backbone=args.backbone)
-    row = open_warehouse(settings).query("SELECT message FROM runs WHERE run_id = ?", [run_id]).to_pylist()
-    print(f"{run_id}: {row[0]['message'] if row else ''}")
-    print(f"report: {settings.reports_dir / f'denoise-{run_id}'}")
+    wh = open_warehouse(settings)
+    row = wh.query("SELECT message, parameters FROM runs WHERE run_id = ?", [run_id]).to_pylist()[0]
+    first = json.loads(row["parameters"] or "{}").get("first_run_id")
+    if first:  # the second pass ran after the first
+        first_message = wh.query("SELECT message FROM runs WHERE run_id = ?", [first]).column(0)[0].as_py()
+        print(f"{first}: {first_message}")
+    print(f"{run_id}: {row['message']}")
+    print(f"report: {settings.reports_dir / f'denoise-{first or run_id}'}")
     return 0
 
