@@ -86,10 +86,13 @@ def one_seed(overrides: dict, home: Path, seed: int, photo_sets: list[str], labe
         km = kmeans_init(settings, split, photos)
         model = model_id_of_run(settings, train_model(settings, split, kmeans_run_id=km, photos=photos))
         seconds[f"kmeans+train {photos}"] = round(time.perf_counter() - t0, 1)
-        epochs = wh.query("SELECT count(*) n FROM train_metrics WHERE model_id = ?", [model]).column("n")[0].as_py()
+        curve = [{key: round(v, 4) if isinstance(v, float) else v for key, v in e.items()} for e in wh.query(
+            "SELECT epoch, loss, val_recall_at_1 FROM train_metrics WHERE model_id = ? ORDER BY epoch",
+            [model]).to_pylist()]  # the schedule question: where validation Recall@1 peaked
         for row in variant_rows(settings, wh, model, labels, baseline_too=k == 0):
             rows.append({**row, "photos": None if row["variant"] == "imagenet" else photos, "seed": seed,
-                         "epochs": None if row["variant"] == "imagenet" else epochs})
+                         "epochs": None if row["variant"] == "imagenet" else len(curve),
+                         **({"per_epoch": curve} if row["variant"] == "trained" else {})})
     return {"seed": seed, "rows": rows, "seconds": seconds}
 
 
