@@ -79,10 +79,11 @@ RECORDED_AT = {"quality-footwear-dev-blocks1.json": {"trainable_blocks": 1},  # 
 
 def recipe() -> list[str]:
     """One row per footwear-dev quality run: what was changed, the seeds, trained vs ImageNet (mean), and the
-    default run (``quality-footwear-dev.json``) trained on the same seeds (splits): the sweep's comparison."""
+    reference run (``quality-footwear-dev.json``, 3 seeds at 2 blocks) on the same seeds (splits): the sweep's
+    comparison."""
     default = json.loads((RESULTS / "quality-footwear-dev.json").read_text())
     out = ["| run (JSON) | trainable blocks | changed | denoise kept | seeds | ImageNet R@1 / mAP | trained R@1 / mAP | "
-           "trained - ImageNet | default on these seeds: trained R@1 / mAP |", "|---|---:|---|---|---|---|---|---|---|"]
+           "trained - ImageNet | quality-footwear-dev.json (2 blocks) on these seeds: trained R@1 / mAP |", "|---|---:|---|---|---|---|---|---|---|"]
     for path in sorted(RESULTS.glob("quality-footwear-dev*.json")):
         r = json.loads(path.read_text())
         train = r.get("train_settings") or RECORDED_AT.get(path.name, {})
