@@ -26,7 +26,7 @@ def denoise_flow(threshold: float | None = None, drop_rate: float | None = None,
     """Embed (incremental) -> denoise -> report -> second pass -> analyst snapshot; returns the denoise run id
     (the second pass's when it ran: its ``first_run_id`` parameter names the first pass).
 
-    Second pass (``denoise.second_pass``, default on): when a trained model serves the index, it re-judges the
+    Second pass (``denoise.second_pass``, default off: measured worse): when a trained model serves, it re-judges the
     products it never trained on (``tasks.denoise_second``). Nothing happens while the ImageNet descriptor serves.
 
     ``threshold`` is an absolute distance in [0, 2]; ``drop_rate`` calibrates it instead; neither

@@ -60,7 +60,7 @@ def test_second_pass_with_nothing_to_rejudge_changes_nothing():
 def test_nightly_chains_the_second_pass_with_the_served_model(prefect_harness, tmp_path, nightly_catalog, monkeypatch):
     """Night 1 serves a trained model (baseline gate off); night 2 re-judges, with it, the products outside its
     train split: a second ``denoise`` run with lineage, equal to an independent computation from the stored
-    embeddings, that training, evaluation and the index then read. ``denoise.second_pass=false`` skips it."""
+    embeddings, that training, evaluation and the index then read. At the default (off) the flow skips it."""
     from demo_shop.server import DemoShop, load_catalog
     from flows.nightly import nightly
     from tests.test_nightly import NIGHTLY_PRODUCTS, NIGHTLY_SETTINGS
@@ -68,7 +68,7 @@ def test_nightly_chains_the_second_pass_with_the_served_model(prefect_harness, t
 
     home = tmp_path / "home"
     monkeypatch.setenv("SHOESEARCH_HOME", str(home))
-    overrides = {**NIGHTLY_SETTINGS, "schedule.baseline_gate": False}
+    overrides = {**NIGHTLY_SETTINGS, "schedule.baseline_gate": False, "denoise.second_pass": True}  # off by default
     with DemoShop(load_catalog(nightly_catalog)[:NIGHTLY_PRODUCTS], page_size=10) as shop:
         first = nightly(site=shop.url, home=str(home), overrides=overrides)
         second = nightly(site=shop.url, home=str(home), overrides=overrides)
@@ -111,17 +111,17 @@ def test_nightly_chains_the_second_pass_with_the_served_model(prefect_harness, t
     index = wh.query("SELECT n_vectors FROM indexes WHERE index_id = ?", [second["index_id"]]).to_pylist()[0]
     assert index["n_vectors"] == kept
 
-    # By hand: the denoise flow chains the second pass too (the served model), and with it switched off it does not.
+    # By hand: the denoise flow chains the second pass too (the served model); at the default (off) it does not.
     from flows.denoise import denoise_flow
 
     again = denoise_flow(home=str(home), overrides=overrides)
     assert pass_of(wh, again)["pass"] == 2 and pass_of(wh, pass_of(wh, again)["first_run_id"])["pass"] == 1
-    assert pass_of(wh, denoise_flow(home=str(home), overrides={**overrides, "denoise.second_pass": False}))["pass"] == 1
+    assert pass_of(wh, denoise_flow(home=str(home), overrides=NIGHTLY_SETTINGS))["pass"] == 1
     # The command says what each pass did.
     from tests.test_cli_readonly import run_cli
 
-    res = run_cli("--set", f"embed.image_size={NIGHTLY_SETTINGS['embed.image_size']}", "denoise", cwd=tmp_path,
-                  home=home, timeout=600)
+    size = f"embed.image_size={NIGHTLY_SETTINGS['embed.image_size']}"
+    res = run_cli("--set", size, "--set", "denoise.second_pass=true", "denoise", cwd=tmp_path, home=home, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     first_line, second_line, report = res.stdout.strip().splitlines()[-3:]
     assert "kept" in first_line and f"second pass with {model_id}" in second_line and report.startswith("report:")
