@@ -29,7 +29,7 @@ from prefect.cache_policies import NONE
 
 from core.errors import ShoesearchError
 from serving.index_store import current_index_row
-from tasks.denoise import distances_to, threshold_for_drop_rate
+from tasks.denoise import threshold_for_drop_rate
 from tasks.embed import embed_images, load_embeddings
 from warehouse import open_warehouse, start_run
 from warehouse.model_registry import TRAINED, find_model, model_params, model_row
@@ -57,8 +57,8 @@ def redecide(rows: list[dict], anchors: dict[str, np.ndarray], vectors: dict[str
     if not todo:
         return [dict(r) for r in rows], None
     first = np.array([rows[i]["distance"] for i in todo], dtype=np.float64)
-    second = np.array([float(distances_to(anchors[rows[i]["product_id"]], vectors[rows[i]["image_id"]][None])[0])
-                       for i in todo])
+    second = np.linalg.norm(np.stack([vectors[rows[i]["image_id"]] for i in todo])
+                            - np.stack([anchors[rows[i]["product_id"]] for i in todo]), axis=1).astype(np.float64)
     threshold = transferred_threshold(first, float(rows[todo[0]]["threshold"]), second)
     out = [dict(r) for r in rows]
     for i, d in zip(todo, second):
