@@ -104,6 +104,22 @@ def triplet_loss_min_positive(
     return F.relu(closest + margin - d_neg).sum(1).mean()
 
 
+def triplet_live_members(query: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
+                         margin: float) -> torch.Tensor:
+    """B x (1+P+N) bool: the tuple members :func:`triplet_loss_min_positive` has a gradient for.
+
+    Those are the query and its closest positive, and the negatives whose hinge is open
+    (``min_i d^2(q, p_i) + m - d^2(q, n_j) > 0``); every other member gets a zero gradient. The query and
+    closest positive are always marked, so a forward pass over the marked members reaches every parameter.
+    """
+    d_pos = ((positives - query.unsqueeze(1)) ** 2).sum(-1)  # B x P
+    d_neg = ((negatives - query.unsqueeze(1)) ** 2).sum(-1)  # B x N
+    closest = d_pos.min(dim=1)
+    pos = torch.zeros_like(d_pos, dtype=torch.bool).scatter_(1, closest.indices.unsqueeze(1), True)
+    neg = closest.values.unsqueeze(1) + margin - d_neg > 0
+    return torch.cat([torch.ones_like(pos[:, :1]), pos, neg], dim=1)
+
+
 def pca_whitening(descriptors: torch.Tensor, dim: int, eps: float = 1e-6,
                   shrink: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """PCA whitening fitted on rows of ``descriptors`` (N x D): returns (mean D, projection dim x D).

@@ -88,9 +88,20 @@ def frozen_cache(model: NetVLADModel, settings, photos: PhotoDataset, device: to
 
 def tuple_loss(model, batch: torch.Tensor, criterion, positives: int, device: torch.device,
                amp: bool = True) -> torch.Tensor:
-    """Loss of a batch of tuples B x (1+P+N) x 3 x S x S."""
+    """Loss of a batch of tuples B x (1+P+N) x 3 x S x S, with the gradient of the full loss at a fraction
+    of its cost: every member is embedded without autograd, then only the members the loss has a gradient
+    for (``LF.triplet_live_members``: query, closest positive, negatives inside the margin) run again with
+    it. The backbone's batch-norm is frozen and nothing is random, so a member's descriptor does not
+    depend on the batch it is in: value and gradient are those of the full computation (up to rounding).
+    """
     b, t = batch.shape[:2]
-    desc = forward(model, batch.flatten(0, 1), device, amp).view(b, t, -1)
+    flat = batch.flatten(0, 1)
+    with torch.no_grad():
+        desc = forward(model, flat, device, amp).view(b, t, -1)
+    live = LF.triplet_live_members(desc[:, 0], desc[:, 1:1 + positives], desc[:, 1 + positives:],
+                                   criterion.margin).flatten().nonzero().squeeze(1)
+    fresh = forward(model, flat[live.to(flat.device)], device, amp)
+    desc = desc.flatten(0, 1).index_copy(0, live, fresh).view(b, t, -1)
     return criterion(desc[:, 0], desc[:, 1:1 + positives], desc[:, 1 + positives:])
 
 
