@@ -14,9 +14,9 @@ by denoise; every photo when there are no labels):
 Every setting is the pipeline default unless given with ``--set key=value`` (printed and stored). Prints
 one table per dataset (mean +- std over the seeds, and every seed) and writes
 ``bench/results/quality-<dataset>.json``, one file per dataset run. Sizes are flags: the default run (footwear-dev,
-seed 0, the denoised photos) takes about 16-18 minutes on 2 CPU cores at the defaults (ingest + embed + denoise
-~2 min, k-means + training 13.5-15.7 min per seed and photo set); ``--seeds 0 1 2`` gives the spread the README
-quotes (~47 min), ``--datasets footwear-dev footwear-dev-noisy --photos raw denoised`` the raw-vs-denoised check.
+seed 0, the denoised photos) takes 15-17 minutes on 2 CPU cores at the defaults (ingest + embed + denoise
+~2 min, k-means + training 13-15 min per seed and photo set); ``--seeds 0 1 2`` gives the spread the README
+quotes (~42 min), ``--datasets footwear-dev footwear-dev-noisy --photos raw denoised`` the raw-vs-denoised check.
 
     .venv/bin/python bench/quality.py [--datasets footwear-dev] [--seeds 0] [--photos denoised]
                                       [--set train.epochs=4 ...] [--tag T]

@@ -74,16 +74,19 @@ def rerank(r: dict) -> list[str]:
 
 # Runs made before quality.py recorded its effective train settings: what they ran at.
 RECORDED_AT = {"quality-footwear-dev-blocks1.json": {"trainable_blocks": 1},  # the default until 2026-12-02
-               "quality-footwear-dev.json": {"trainable_blocks": 2}}  # the 2026-12-02 run, at the new default
+               "quality-footwear-dev-blocks2-3seeds.json": {"trainable_blocks": 2}}  # the default until 2026-12-04
+# The 3-seed run at each number of trainable blocks: the sweep compares a one-seed run with it on the same seed.
+REFERENCE_BY_BLOCKS = {1: "quality-footwear-dev-blocks1.json", 2: "quality-footwear-dev-blocks2-3seeds.json",
+                       3: "quality-footwear-dev.json"}
 
 
 def recipe() -> list[str]:
     """One row per footwear-dev quality run: what was changed, the seeds, trained vs ImageNet (mean), and the
-    reference run (``quality-footwear-dev.json``, 3 seeds at 2 blocks) on the same seeds (splits): the sweep's
-    comparison."""
-    default = json.loads((RESULTS / "quality-footwear-dev.json").read_text())
+    3-seed run at the same number of trainable blocks (``REFERENCE_BY_BLOCKS``) on the same seeds (splits): the
+    sweep's comparison."""
     out = ["| run (JSON) | trainable blocks | changed | denoise kept | seeds | ImageNet R@1 / mAP | trained R@1 / mAP | "
-           "trained - ImageNet | quality-footwear-dev.json (2 blocks) on these seeds: trained R@1 / mAP |", "|---|---:|---|---|---|---|---|---|---|"]
+           "trained - ImageNet | 3-seed run at these blocks, on these seeds: trained R@1 / mAP |",
+           "|---|---:|---|---|---|---|---|---|---|"]
     for path in sorted(RESULTS.glob("quality-footwear-dev*.json")):
         r = json.loads(path.read_text())
         train = r.get("train_settings") or RECORDED_AT.get(path.name, {})
@@ -92,7 +95,7 @@ def recipe() -> list[str]:
             continue
         base, tr = rows["imagenet"], rows["trained"]
         blocks = train.get("trainable_blocks") or r["settings_changed"].get("train.trainable_blocks", "?")
-        same = _trained_on_seeds(default, r["seeds"]) if r["dataset"] == default["dataset"] else None
+        same = _reference_on_seeds(r, int(blocks)) if str(blocks).isdigit() else None
         kept = f"{r['denoise']['kept']} of {r['denoise']['photos']}" if r.get("denoise") else "?"
         out.append(f"| {path.name} | {blocks} | {r['settings_changed'] or 'none'} | {kept} | "
                    f"{r['seeds']} | {base['recall_at_1']:.3f} / {base['mean_ap']:.3f} | "
@@ -100,6 +103,15 @@ def recipe() -> list[str]:
                    f"{tr['recall_at_1'] - base['recall_at_1']:+.3f} / {tr['mean_ap'] - base['mean_ap']:+.3f} | "
                    f"{'%.3f / %.3f' % same if same else '-'} |")
     return out
+
+
+def _reference_on_seeds(run: dict, blocks: int) -> tuple[float, float] | None:
+    """The 3-seed reference run at ``blocks`` on ``run``'s seeds, where one exists for the same dataset."""
+    path = RESULTS / REFERENCE_BY_BLOCKS.get(blocks, "-")
+    if not path.exists():
+        return None
+    ref = json.loads(path.read_text())
+    return _trained_on_seeds(ref, run["seeds"]) if ref["dataset"] == run["dataset"] else None
 
 
 def _trained_on_seeds(run: dict, seeds: list[int]) -> tuple[float, float] | None:
