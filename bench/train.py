@@ -38,7 +38,7 @@ from bench.results_io import write_result  # noqa: E402
 H100_LIMIT_IMG_S = 3300  # measured: VGG16 conv5 + NetVLAD, 224 px, bf16, one H100 (shared/reference)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--backbone", default="efficientnet_lite0")
@@ -49,19 +49,21 @@ def main() -> None:
     ap.add_argument("--positives", type=int, default=2)
     ap.add_argument("--negatives", type=int, default=4)
     ap.add_argument("--clusters", type=int, default=64)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     from core.settings import Settings
     from demo_shop.synthetic import generate_catalog
-    from models.device import forward, keep_freed_memory
+    from models.device import keep_freed_memory
     from models.loss import WeakTripletLoss
-    from models.netvlad_model import FromFrozen
     from tasks.ingest import ingest_catalog
     from tasks.kmeans import kmeans_init
     from tasks.split import make_split
     from tasks.train import model_from_kmeans
     from tasks.train_data import PhotoDataset, load_photos
-    from tasks.train_loop import frozen_cache, train_epoch
     from warehouse import open_warehouse
     from warehouse.model_registry import model_of_run
 
@@ -91,48 +93,16 @@ def main() -> None:
         ds = PhotoDataset(settings, photos.paths, args.image_size, model.backbone.mean, model.backbone.std)
         step_images = args.batch_size * tuple_size
 
-        def sync():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
         # bare: random tensors, same model, same loss, same optimizer, every member back-propagated
         x = torch.randn(args.batch_size, tuple_size, 3, args.image_size, args.image_size)
-        model.train()
-
-        def bare_loop() -> float:
-            for i in range(args.steps + 1):  # the first step warms up
-                if i == 1:
-                    sync()
-                    t0 = time.perf_counter()
-                d = forward(model, x.flatten(0, 1), device).view(args.batch_size, tuple_size, -1)
-                loss = crit(d[:, 0], d[:, 1:1 + args.positives], d[:, 1 + args.positives:])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            sync()
-            return args.steps * step_images / (time.perf_counter() - t0)
-
         glibc_default_allocator()  # kmeans_init's pick_device set the kept-memory one
-        bare = bare_loop()
+        bare = bare_images_per_s(model, optimizer, crit, x, args.positives, args.steps, device)
         keep_freed_memory()
-        bare_kept = bare_loop()
+        bare_kept = bare_images_per_s(model, optimizer, crit, x, args.positives, args.steps, device)
 
-        t0 = time.perf_counter()
-        _, step_ips = train_epoch(model, optimizer, crit, settings, photos, ds, 0, device)
-        sync()
-        epoch_ips = args.steps * step_images / (time.perf_counter() - t0)
-
-        settings.set("train.frozen_cache_mb", 8192)
-        t0 = time.perf_counter()
-        cache = frozen_cache(model, settings, ds, device)
-        cache_s = time.perf_counter() - t0
-        rows = {"bare": bare, "bare, memory kept": bare_kept, "train step": step_ips, "train epoch": epoch_ips}
-        if cache is not None:
-            t0 = time.perf_counter()
-            _, cached_step_ips = train_epoch(FromFrozen(model), optimizer, crit, settings, photos, cache, 1, device)
-            sync()
-            rows["cached epoch"] = args.steps * step_images / (time.perf_counter() - t0)
-            rows["cached step"] = cached_step_ips
+        rows, cache_s = trainer_images_per_s(model, optimizer, crit, settings, photos, ds, step_images * args.steps,
+                                             device)
+        rows = {"bare": bare, "bare, memory kept": bare_kept, **rows}
 
     config = {"device": str(device), "device_name": torch.cuda.get_device_name() if device.type == "cuda" else
               platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -142,6 +112,58 @@ def main() -> None:
               "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
               "trainable_blocks": settings.train.trainable_blocks,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    report(config, rows, device)
+
+
+def trainer_images_per_s(model, optimizer, crit, settings, photos, ds, images: int, device) -> tuple[dict, float]:
+    """The trainer's rows (uncached step and epoch, then cached step and epoch when the cache fits) and the
+    seconds the frozen-stage cache took to build; ``images`` = images per measured epoch."""
+    from models.netvlad_model import FromFrozen
+    from tasks.train_loop import frozen_cache, train_epoch
+
+    t0 = time.perf_counter()
+    _, step_ips = train_epoch(model, optimizer, crit, settings, photos, ds, 0, device)
+    _sync(device)
+    rows = {"train step": step_ips, "train epoch": images / (time.perf_counter() - t0)}
+    settings.set("train.frozen_cache_mb", 8192)
+    t0 = time.perf_counter()
+    cache = frozen_cache(model, settings, ds, device)
+    cache_s = time.perf_counter() - t0
+    if cache is not None:
+        t0 = time.perf_counter()
+        _, cached_step_ips = train_epoch(FromFrozen(model), optimizer, crit, settings, photos, cache, 1, device)
+        _sync(device)
+        rows["cached epoch"] = images / (time.perf_counter() - t0)
+        rows["cached step"] = cached_step_ips
+    return rows, cache_s
+
+
+def bare_images_per_s(model, optimizer, crit, x: torch.Tensor, positives: int, steps: int, device) -> float:
+    """Images/s of forward + loss + backward (every member) + Adam on the tuple batch ``x`` (B x T x 3 x S x S)."""
+    from models.device import forward
+
+    model.train()
+    for i in range(steps + 1):  # the first step warms up
+        if i == 1:
+            _sync(device)
+            t0 = time.perf_counter()
+        d = forward(model, x.flatten(0, 1), device).view(x.shape[0], x.shape[1], -1)
+        loss = crit(d[:, 0], d[:, 1:1 + positives], d[:, 1 + positives:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _sync(device)
+    return steps * x.shape[0] * x.shape[1] / (time.perf_counter() - t0)
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def report(config: dict, rows: dict, device) -> None:
+    """Print the table and write ``bench/results/train.json``."""
+    bare = rows["bare"]
     print("config: " + ", ".join(f"{k}={v}" for k, v in config.items()))
     print(f"{'path':<18} {'images/s':>10} {'vs bare':>8}")
     for name, v in rows.items():
@@ -157,7 +179,10 @@ def glibc_default_allocator() -> None:
     """glibc's defaults back (mmap for big blocks, trim at 128 KB): the baseline of ``bare``."""
     import ctypes
 
-    libc = ctypes.CDLL("libc.so.6")
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to reset
+        return
     libc.mallopt(-4, 65536)  # M_MMAP_MAX
     libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
 
