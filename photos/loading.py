@@ -120,17 +120,37 @@ class PhotoDataset(Dataset):
 
 
 class TupleDataset(Dataset):
-    """The images of one mined tuple, stacked: (1 + P + N) x 3 x S x S."""
+    """The images of one mined tuple, stacked: (1 + P + N) x 3 x S x S; each through ``augment`` when given."""
 
-    def __init__(self, photos: Dataset, tuples: list[list[int]]):
-        self.photos, self.tuples = photos, tuples
+    def __init__(self, photos: Dataset, tuples: list[list[int]], augment=None):
+        self.photos, self.tuples, self.augment = photos, tuples, augment
         self.reads_files = reads_files(photos)  # photos: workers decode them; the frozen cache: in memory
 
     def __len__(self) -> int:
         return len(self.tuples)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.stack([self.photos[j] for j in self.tuples[i]])
+        images = [self.photos[j] for j in self.tuples[i]]
+        return torch.stack([self.augment(x) for x in images] if self.augment else images)
+
+
+class CropColour:
+    """A random resized crop (``scale`` of the area, aspect 3:4 to 4:3, back to the photo's size) and colour
+    jitter (brightness, contrast, saturation ``jitter``, hue ``hue``) of one normalised photo: the crop and
+    lighting of another shot of the same shoe. Works in pixel space (un-normalise, transform, normalise)."""
+
+    def __init__(self, mean, std, scale: tuple[float, float] = (0.6, 1.0), jitter: float = 0.3, hue: float = 0.05):
+        self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+        self.scale, self.jitter, self.hue = scale, jitter, hue
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import v2
+
+        size = list(x.shape[-2:])
+        t = v2.Compose([v2.RandomResizedCrop(size, scale=self.scale, antialias=True),
+                        v2.ColorJitter(self.jitter, self.jitter, self.jitter, self.hue)])
+        pixels = (x * self.std + self.mean).clamp(0, 1)
+        return (t(pixels).clamp(0, 1) - self.mean) / self.std
 
 
 class WithMirrors(Dataset):

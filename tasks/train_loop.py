@@ -20,7 +20,7 @@ from models import functional as LF
 from models.device import forward
 from models.loss import WeakTripletLoss
 from models.netvlad_model import FromFrozen, ModelConfig, NetVLADModel
-from photos.loading import TupleDataset, WithMirrors, batches, make_loader, mirror_some
+from photos.loading import CropColour, TupleDataset, WithMirrors, batches, make_loader, mirror_some
 from tasks.train_data import PhotoDataset, PhotoSet, embed_dataset
 
 
@@ -133,7 +133,8 @@ def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch:
         if cfg.flip_augment:  # photos is WithMirrors (see trainable): mined on the photos, trained on either side
             tuples = mirror_some(tuples, len(photo_set), gen)
         model.train()
-        for batch in batches(make_loader(TupleDataset(photos, tuples), cfg.batch_size, cfg.num_workers, device)):
+        fed = TupleDataset(photos, tuples, _crop_colour(model, cfg))
+        for batch in batches(make_loader(fed, cfg.batch_size, cfg.num_workers, device)):
             t0 = time.perf_counter()
             loss = tuple_loss(model, batch, criterion, cfg.max_positives, device, cfg.amp)
             optimizer.zero_grad(set_to_none=True)
@@ -145,6 +146,15 @@ def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch:
             bar.set_postfix(loss=f"{total / steps:.4f}")
     bar.close()
     return total / max(steps, 1), images / max(busy, 1e-9)
+
+
+def _crop_colour(model, cfg) -> CropColour | None:
+    """The training tuples' crop + colour augmentation (``train.crop_colour_augment``; never on the frozen-stage
+    cache, which ``trainable`` turns off for it)."""
+    if not cfg.crop_colour_augment:
+        return None
+    m = _module(model)
+    return CropColour(m.backbone.mean, m.backbone.std)
 
 
 def recall(model, settings, photo_set: PhotoSet, device: torch.device) -> dict[str, float]:
@@ -243,9 +253,11 @@ def run_epochs(net, model, optimizer, settings, train_set: PhotoSet, photos: Dat
 
 def trainable(model, settings, photos: Dataset, device: torch.device, world: int):
     """(the network the loop feeds, the inputs it feeds it): the frozen-stage cache with ``FromFrozen`` when
-    it fits (exact: the only augmentation, ``train.flip_augment``, is cached as a second version of each photo;
-    single process only), else the model and the photos (with their mirrors when flipping)."""
+    it fits (exact: ``train.flip_augment`` is cached as a second version of each photo; single process only; never
+    with ``train.crop_colour_augment``, which changes the frozen stages' input), else the model and the photos
+    (with their mirrors when flipping)."""
     if settings.train.flip_augment:
         photos = WithMirrors(photos)
-    cached = frozen_cache(model, settings, photos, device) if world == 1 else None
+    exact = world == 1 and not settings.train.crop_colour_augment
+    cached = frozen_cache(model, settings, photos, device) if exact else None
     return (FromFrozen(model), cached) if cached is not None else (model, photos)

@@ -228,14 +228,54 @@ def test_flip_augmentation_trains_on_exactly_cached_mirrors(trained, monkeypatch
     assert a == b and all(j in (k, k + n) for t, u in zip(tuples, a) for k, j in zip(t, u)) and 300 < flipped < 500
     fed = []
 
-    def spy(dataset, epoch_tuples):  # the tuples an epoch feeds
+    def spy(dataset, epoch_tuples, augment=None):  # the tuples an epoch feeds
         fed.extend(epoch_tuples)
-        return TupleDataset(dataset, epoch_tuples)
+        return TupleDataset(dataset, epoch_tuples, augment)
 
     monkeypatch.setattr(L, "TupleDataset", spy)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     loss, _ = L.train_epoch(net, optimizer, WeakTripletLoss(0.1), flip, train_set, inputs, 0, torch.device("cpu"))
     assert math.isfinite(loss) and any(j >= n for t in fed for j in t) and any(j < n for t in fed for j in t)
+
+
+def test_crop_colour_augmentation_trains_uncached_on_new_crops_of_the_photos(trained, monkeypatch):
+    """``train.crop_colour_augment``: no frozen-stage cache (it would be inexact), and every epoch feeds tuples whose
+    photos are new random crops / colours of the mined photos: same shape, pixels inside the photo's range,
+    different on every draw; mining still sees the plain photos."""
+    import tasks.train_loop as L
+    from core.settings import Settings
+    from models.loss import WeakTripletLoss
+    from models.netvlad_model import FromFrozen, load_checkpoint
+    from photos.loading import CropColour, PhotoDataset, TupleDataset
+    from tasks.train_data import load_photos
+    from warehouse import open_warehouse
+
+    settings, split, _, run = trained
+    aug = Settings.load(home=settings.home, overrides={**SHORT, "train.crop_colour_augment": True})
+    wh = open_warehouse(aug)
+    model, _ = load_checkpoint(aug.home / _model_row(wh, run)["path"])
+    train_set = load_photos(wh, split, "raw", ("train",))
+    photos = PhotoDataset(aug, train_set.paths, TRAIN_IMAGE_SIZE, model.backbone.mean, model.backbone.std)
+    plain_net, _ = L.trainable(model, settings, photos, torch.device("cpu"), 1)
+    net, inputs = L.trainable(model, aug, photos, torch.device("cpu"), 1)
+    assert isinstance(plain_net, FromFrozen) and net is model and inputs is photos  # the cache fits, yet is off
+    datasets = []
+
+    def spy(dataset, epoch_tuples, augment=None):
+        datasets.append(TupleDataset(dataset, epoch_tuples, augment))
+        return datasets[-1]
+
+    monkeypatch.setattr(L, "TupleDataset", spy)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    loss, _ = L.train_epoch(net, optimizer, WeakTripletLoss(0.1), aug, train_set, inputs, 0, torch.device("cpu"))
+    assert math.isfinite(loss) and datasets and isinstance(datasets[0].augment, CropColour)
+    fed, tuple_ = datasets[0], datasets[0].tuples[0]
+    plain = torch.stack([photos[j] for j in tuple_])
+    a, b = fed[0], fed[0]
+    assert a.shape == b.shape == plain.shape and not torch.allclose(a, b) and not torch.allclose(a, plain)
+    mean, std = fed.augment.mean, fed.augment.std
+    pixels = a * std + mean
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 
 
 def test_interrupted_training_resumes_from_last_epoch(trained, monkeypatch):
