@@ -63,6 +63,23 @@ def _model_row(wh, run_id: str) -> dict:
     return wh.query("SELECT * FROM models WHERE run_id = ?", [run_id]).to_pylist()[0]
 
 
+def _trained_model_and_photos(trained, overrides: dict):
+    """(settings with ``overrides`` on SHORT, the trained model from its checkpoint, training PhotoSet, PhotoDataset)."""
+    from core.settings import Settings
+    from models.netvlad_model import load_checkpoint
+    from photos.loading import PhotoDataset
+    from tasks.train_data import load_photos
+    from warehouse import open_warehouse
+
+    settings, split, _, run = trained
+    changed = Settings.load(home=settings.home, overrides={**SHORT, **overrides})
+    wh = open_warehouse(changed)
+    model, _ = load_checkpoint(changed.home / _model_row(wh, run)["path"])
+    train_set = load_photos(wh, split, "raw", ("train",))
+    photos = PhotoDataset(changed, train_set.paths, TRAIN_IMAGE_SIZE, model.backbone.mean, model.backbone.std)
+    return changed, model, train_set, photos
+
+
 def _epochs(wh, model_id: str) -> list[int]:
     rows = wh.query("SELECT epoch FROM train_metrics WHERE model_id = ? ORDER BY epoch", [model_id]).to_pylist()
     return [r["epoch"] for r in rows]
@@ -199,19 +216,11 @@ def test_flip_augmentation_trains_on_exactly_cached_mirrors(trained, monkeypatch
     """``train.flip_augment``: the frozen-stage cache holds every photo and its mirror (each row equal to the frozen
     stages run on that image), and an epoch's tuples use both versions, seeded."""
     import tasks.train_loop as L
-    from core.settings import Settings
     from models.loss import WeakTripletLoss
-    from models.netvlad_model import FromFrozen, load_checkpoint
-    from photos.loading import PhotoDataset, TupleDataset, mirror_some
-    from tasks.train_data import load_photos
-    from warehouse import open_warehouse
+    from models.netvlad_model import FromFrozen
+    from photos.loading import TupleDataset, mirror_some
 
-    settings, split, _, run = trained
-    flip = Settings.load(home=settings.home, overrides={**SHORT, "train.flip_augment": True})
-    wh = open_warehouse(flip)
-    model, _ = load_checkpoint(flip.home / _model_row(wh, run)["path"])
-    train_set = load_photos(wh, split, "raw", ("train",))
-    photos = PhotoDataset(flip, train_set.paths, TRAIN_IMAGE_SIZE, model.backbone.mean, model.backbone.std)
+    flip, model, train_set, photos = _trained_model_and_photos(trained, {"train.flip_augment": True})
     net, inputs = L.trainable(model, flip, photos, torch.device("cpu"), 1)
     n = len(photos)
     assert isinstance(net, FromFrozen) and len(inputs) == 2 * n
@@ -243,20 +252,12 @@ def test_crop_colour_augmentation_trains_uncached_on_new_crops_of_the_photos(tra
     photos are new random crops / colours of the mined photos: same shape, pixels inside the photo's range,
     different on every draw; mining still sees the plain photos."""
     import tasks.train_loop as L
-    from core.settings import Settings
     from models.loss import WeakTripletLoss
-    from models.netvlad_model import FromFrozen, load_checkpoint
-    from photos.loading import CropColour, PhotoDataset, TupleDataset
-    from tasks.train_data import load_photos
-    from warehouse import open_warehouse
+    from models.netvlad_model import FromFrozen
+    from photos.loading import CropColour, TupleDataset
 
-    settings, split, _, run = trained
-    aug = Settings.load(home=settings.home, overrides={**SHORT, "train.crop_colour_augment": True})
-    wh = open_warehouse(aug)
-    model, _ = load_checkpoint(aug.home / _model_row(wh, run)["path"])
-    train_set = load_photos(wh, split, "raw", ("train",))
-    photos = PhotoDataset(aug, train_set.paths, TRAIN_IMAGE_SIZE, model.backbone.mean, model.backbone.std)
-    plain_net, _ = L.trainable(model, settings, photos, torch.device("cpu"), 1)
+    aug, model, train_set, photos = _trained_model_and_photos(trained, {"train.crop_colour_augment": True})
+    plain_net, _ = L.trainable(model, trained[0], photos, torch.device("cpu"), 1)
     net, inputs = L.trainable(model, aug, photos, torch.device("cpu"), 1)
     assert isinstance(plain_net, FromFrozen) and net is model and inputs is photos  # the cache fits, yet is off
     datasets = []
