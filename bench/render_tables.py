@@ -1,12 +1,15 @@
 """The README's quality tables, rendered from the committed JSON (so a figure in the README is the JSON's).
 
     .venv/bin/python bench/render_tables.py            # prints the markdown tables
-Reads bench/results/realshop.json, quality-footwear-dev.json, denoise_rules.json and rerank.json (those present).
+Reads bench/results/realshop.json, quality-footwear-dev.json, denoise_rules.json and rerank.json (those present),
+the footwear-dev quality runs (the recipe table) and the footwear-dev-noisy runs at the defaults (raw vs denoised,
+pooled over their seeds).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -51,6 +54,44 @@ def quality(r: dict) -> list[str]:
                            for m in ("recall_at_1", "recall_at_5", "mean_ap", "product_recall_at_5"))
         out.append(f"| {s['variant']} | {s['photos'] or '-'} | {cells} |")
     return out
+
+
+NOISY_DEFAULT_RUNS = ("quality-footwear-dev-noisy.json", "quality-footwear-dev-noisy-seeds12.json")
+
+
+def raw_vs_denoised() -> list[str]:
+    """footwear-dev-noisy at the defaults, raw vs denoised training, pooled over the seeds of ``NOISY_DEFAULT_RUNS``
+    (runs of the same code and settings on different splits): mean ± sample std, then trained denoised − raw
+    per seed."""
+    runs = [json.loads((RESULTS / n).read_text()) for n in NOISY_DEFAULT_RUNS if (RESULTS / n).exists()]
+    if not runs or any(_differences(r["train_settings"], runs[0]["train_settings"]) for r in runs):
+        return []
+    seeds = [s for r in runs for s in r["per_seed"]]
+    metrics = ("recall_at_1", "recall_at_5", "mean_ap", "product_recall_at_5")
+    out = [f"{', '.join(f'`{n}`' for n in NOISY_DEFAULT_RUNS)}: seeds {[s['seed'] for s in seeds]}, genuine test "
+           "photos, mean ± std over the seeds", "", "| variant | trained on | Recall@1 | Recall@5 | mAP | product R@5 |",
+           "|---|---|---:|---:|---:|---:|"]
+    for variant, photos in (("imagenet", None), ("kmeans_init", "raw"), ("trained", "raw"),
+                            ("kmeans_init", "denoised"), ("trained", "denoised")):
+        rows = [x for s in seeds for x in s["rows"] if x["variant"] == variant and x.get("photos") == photos]
+        cells = " | ".join(_mean_std([x[m] for x in rows]) for m in metrics)
+        out.append(f"| {variant} | {photos or '-'} | {cells} |")
+    out += ["", "| seed | trained denoised − raw: Recall@1 | mAP |", "|---|---:|---:|"]
+    for s in seeds:
+        tr = {x.get("photos"): x for x in s["rows"] if x["variant"] == "trained"}
+        out.append(f"| {s['seed']} | {tr['denoised']['recall_at_1'] - tr['raw']['recall_at_1']:+.3f} | "
+                   f"{tr['denoised']['mean_ap'] - tr['raw']['mean_ap']:+.3f} |")
+    return out
+
+
+def _differences(a: dict, b: dict) -> set[str]:
+    """Settings two runs both recorded with different values, the split seed aside (a later run may record a
+    setting added since, at its default)."""
+    return {k for k in a.keys() & b.keys() if k != "seed" and a[k] != b[k]}
+
+
+def _mean_std(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
 
 
 def denoise_rules(r: dict) -> list[str]:
@@ -130,6 +171,7 @@ def main() -> int:
         if path.exists():
             print("\n".join(render(json.loads(path.read_text()))) + "\n")
     print("\n".join(recipe()) + "\n")
+    print("\n".join(raw_vs_denoised()) + "\n")
     return 0
 
 
