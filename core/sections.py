@@ -126,7 +126,7 @@ class DenoiseSettings(_Section):
 @_section
 class TrainSettings(_Section):
     backbone: str = "efficientnet_lite0"  # the paper uses vgg16 (conv5_3) when its weights exist
-    image_size: int = 224
+    image_size: int = 224  # ImageNet's; 288 measured 0.772 / 0.658 vs 0.812 / 0.663 (footwear-dev seed 0)
     clusters: int = 64  # K, NetVLAD clusters (paper: 64)
     margin: float = 0.1  # triplet margin m (paper: 0.1)
     descriptor_dim: int = 256  # PCA-whitened output dimension (0 keeps the raw K*D vector); capped at photos - 1
@@ -157,7 +157,8 @@ class TrainSettings(_Section):
     flip_augment: bool = False
     # A random resized crop (60-100 % of the area) and colour jitter of every tuple photo in training (mining,
     # validation and evaluation see the plain photos). It changes the frozen stages' input, so it turns the
-    # frozen-stage cache off (README "Training recipe" for its cost and measurement).
+    # frozen-stage cache off. Footwear-dev seed 0, 3 blocks: 0.782 / 0.676 against 0.812 / 0.663 without, for
+    # 2.9x the training time (README "Training recipe").
     crop_colour_augment: bool = False
     negatives_pool: int = 1000  # random negatives sampled per query (NetVLAD: 1000)
     hard_negatives: int = 10  # hardest kept per query (NetVLAD: 10)
