@@ -10,6 +10,7 @@ to stop. ``tasks.train`` does the bookkeeping around this loop (runs, checkpoint
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -117,10 +118,20 @@ def mine_chunk(model, settings, photo_set: PhotoSet, photos: PhotoDataset, chunk
     return mine_tuples(chunk, photo_set.product_ids, cache, pool, cfg.max_positives, cfg.hard_negatives, gen)
 
 
+def epoch_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """The learning rate of epoch ``epoch`` (from 0): ``lr``, or cosine-annealed from ``lr`` towards 0 over
+    ``epochs``. A closed form of the epoch rather than a stateful scheduler: a resumed run is at the same rate."""
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / max(epochs, 1)))
+    return lr
+
+
 def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch: int,
                 device: torch.device, rank: int = 0, world: int = 1) -> tuple[float, float]:
     """One pass over the (shuffled) queries; returns (mean loss, training images per second)."""
     cfg = settings.train
+    for group in optimizer.param_groups:
+        group["lr"] = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
     gen = torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)  # same order on resume and on every rank
     queries = query_indices(photo_set)
     order = torch.randperm(len(queries), generator=gen).tolist()[: cfg.queries_per_epoch or None]

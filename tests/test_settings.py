@@ -43,7 +43,8 @@ def _home(tmp_path: Path, toml: str = "") -> Path:
 
 # Defaults changed on purpose since those literals were captured (README "Training recipe").
 TRAIN_DEFAULT_CHANGES = {"descriptor_dim": 256, "learn_whitening": True, "whitening_shrinkage": 0.1,
-                         "trainable_blocks": 3, "flip_augment": False, "crop_colour_augment": False}
+                         "trainable_blocks": 3, "flip_augment": False, "crop_colour_augment": False,
+                         "lr_schedule": "constant"}
 
 
 def test_section_json_matches_the_old_implementation_on_defaults():

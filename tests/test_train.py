@@ -279,6 +279,30 @@ def test_crop_colour_augmentation_trains_uncached_on_new_crops_of_the_photos(tra
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 
 
+def test_cosine_schedule_trains_each_epoch_at_its_annealed_rate(trained):
+    """``train.lr_schedule=cosine``: epoch e of E steps at lr * (1 + cos(pi e / E)) / 2 (half the rate mid-way,
+    whatever rate the optimizer held, e.g. after a resume); ``constant`` (the default) keeps ``train.lr``; an unknown
+    schedule is a one-line settings error."""
+    import tasks.train_loop as L
+    from core.errors import ShoesearchError
+    from core.settings import Settings
+    from models.loss import WeakTripletLoss
+
+    cos, model, train_set, photos = _trained_model_and_photos(
+        trained, {"train.lr_schedule": "cosine", "train.epochs": 4, "train.queries_per_epoch": 8})
+    assert [L.epoch_lr(1.0, "cosine", e, 4) for e in range(5)] == pytest.approx([1, 0.853553, 0.5, 0.146447, 0], abs=1e-6)
+    assert L.epoch_lr(1e-4, "constant", 3, 4) == 1e-4 and Settings.load(home=cos.home).train.lr_schedule == "constant"
+    with pytest.raises(ShoesearchError, match="lr_schedule"):
+        Settings.load(home=cos.home, overrides={"train.lr_schedule": "step"})
+    net, inputs = L.trainable(model, cos, photos, torch.device("cpu"), 1)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=7.0)  # a stale rate
+    rates = []
+    real_step = optimizer.step
+    optimizer.step = lambda *a, **k: (rates.append(optimizer.param_groups[0]["lr"]), real_step(*a, **k))[1]
+    L.train_epoch(net, optimizer, WeakTripletLoss(0.1), cos, train_set, inputs, 2, torch.device("cpu"))
+    assert rates and all(r == pytest.approx(cos.train.lr / 2) for r in rates)
+
+
 def test_interrupted_training_resumes_from_last_epoch(trained, monkeypatch):
     """A run killed after epoch 1 leaves a checkpoint; the rerun does epoch 2 only, one metrics row each."""
     import tasks.train as T
