@@ -130,8 +130,9 @@ def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch:
                 device: torch.device, rank: int = 0, world: int = 1) -> tuple[float, float]:
     """One pass over the (shuffled) queries; returns (mean loss, training images per second)."""
     cfg = settings.train
+    rate = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
     for group in optimizer.param_groups:
-        group["lr"] = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
+        group["lr"] = rate
     gen = torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)  # same order on resume and on every rank
     queries = query_indices(photo_set)
     order = torch.randperm(len(queries), generator=gen).tolist()[: cfg.queries_per_epoch or None]

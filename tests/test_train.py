@@ -290,7 +290,8 @@ def test_cosine_schedule_trains_each_epoch_at_its_annealed_rate(trained):
 
     cos, model, train_set, photos = _trained_model_and_photos(
         trained, {"train.lr_schedule": "cosine", "train.epochs": 4, "train.queries_per_epoch": 8})
-    assert [L.epoch_lr(1.0, "cosine", e, 4) for e in range(5)] == pytest.approx([1, 0.853553, 0.5, 0.146447, 0], abs=1e-6)
+    expected = [1, 0.853553, 0.5, 0.146447, 0]
+    assert [L.epoch_lr(1.0, "cosine", e, 4) for e in range(5)] == pytest.approx(expected, abs=1e-6)
     assert L.epoch_lr(1e-4, "constant", 3, 4) == 1e-4 and Settings.load(home=cos.home).train.lr_schedule == "constant"
     with pytest.raises(ShoesearchError, match="lr_schedule"):
         Settings.load(home=cos.home, overrides={"train.lr_schedule": "step"})
