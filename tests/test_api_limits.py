@@ -3,7 +3,8 @@ framing and the stalls are exactly what is sent):
 
 * an upload is refused at the limit while it streams, also when it is chunked (no Content-Length);
 * a stalled request head or body is closed / answered 408, not held open;
-* requests beyond ``api.max_connections`` open connections get 503;
+* requests beyond ``api.max_connections`` in flight get 503; connections still sending their head hold no
+  slot, and one client address holds at most ``api.max_connections_per_client`` connections;
 * concurrent uploads decode at most ``api.max_decodes`` photos at once.
 """
 
@@ -30,8 +31,9 @@ def api_settings(home, **api):
     return settings
 
 
-def connect(base: str, first: bytes, timeout: float = 20) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port_of(base)), timeout=timeout)
+def connect(base: str, first: bytes, timeout: float = 20, source: str = "127.0.0.1") -> socket.socket:
+    """A connection from loopback address ``source`` (another client address: 127.0.0.2 ...) that sent ``first``."""
+    sock = socket.create_connection(("127.0.0.1", port_of(base)), timeout=timeout, source_address=(source, 0))
     sock.sendall(first)
     return sock
 
@@ -84,7 +86,8 @@ def test_chunked_upload_is_refused_at_the_limit_while_it_streams(indexed_home):
 
 
 def test_stalled_heads_and_bodies_are_timed_out(indexed_home):
-    settings = api_settings(indexed_home, header_timeout_s=1.0, body_timeout_s=1.0, keep_alive_s=1.0)
+    settings = api_settings(indexed_home, header_timeout_s=1.0, body_timeout_s=1.0, keep_alive_s=1.0,
+                            max_connections_per_client=16)
     partial_head = b"POST /search HTTP/1.1\r\nHost: t\r\nContent-Type: multip"
     opening, _, content_type = multipart(b"")
     sized = (f"POST /search HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n"
@@ -108,17 +111,46 @@ def test_stalled_heads_and_bodies_are_timed_out(indexed_home):
     assert elapsed < 6, elapsed
 
 
+def _waiting_bodies(base: str, n: int) -> list[socket.socket]:
+    """``n`` POST /search requests whose head is complete and whose body never comes (each holds a request slot)."""
+    opening, _, content_type = multipart(b"")
+    head = (f"POST /search HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n"
+            "Content-Length: 100000\r\n\r\n").encode()
+    return [connect(base, head + opening, timeout=10) for _ in range(n)]
+
+
 def test_requests_beyond_the_connection_cap_get_503(indexed_home):
-    settings = api_settings(indexed_home, max_connections=4, header_timeout_s=2.0)
+    settings = api_settings(indexed_home, max_connections=4, body_timeout_s=30.0)
     with serve_api(settings) as base:
-        time.sleep(0.5)  # the start-up probe's connection is gone
-        held = [connect(base, b"GET /health HTTP/1.1\r\n", timeout=10) for _ in range(3)]
-        time.sleep(0.2)
-        assert raw_http(base, GET_HEALTH)[0] == 503  # the 4th open connection
-        assert [read_until_closed(s) for s in held] == [b""] * 3  # the head deadline frees them
+        held = _waiting_bodies(base, 4)
+        time.sleep(0.3)  # the four requests are in the app, waiting for their bodies
+        refused = raw_http(base, GET_HEALTH)
+        assert refused[0] == 503 and b"busy" in refused[1], refused  # the 5th request in flight
         for s in held:
             s.close()
+        deadline = time.monotonic() + 10
+        while raw_http(base, GET_HEALTH)[0] != 200:  # the closed requests free their slots
+            assert time.monotonic() < deadline, "slots not freed after the clients closed"
+            time.sleep(0.1)
+
+
+def test_one_client_holding_incomplete_heads_starves_no_one(indexed_home):
+    """Issue 25 item 2: a client holding more half-sent heads than there are request slots (reopened under the
+    head deadline) kept every other client at 503. Its connections hold no slot, and it is capped itself."""
+    settings = api_settings(indexed_home, max_connections=4, max_connections_per_client=6, header_timeout_s=30.0)
+    with serve_api(settings) as base:
+        abuser = [connect(base, b"GET /health HTTP/1.1\r\nHost: t\r\n", source="127.0.0.2") for _ in range(6)]
+        time.sleep(0.3)
+        statuses = [raw_http(base, GET_HEALTH)[0] for _ in range(5)]  # another client address: 127.0.0.1
+        with connect(base, b"GET /health HTTP/1.1\r\nHost: t\r\n", source="127.0.0.2", timeout=10) as seventh:
+            refused = read_until_closed(seventh)
+        for s in abuser:
+            s.settimeout(0.2)
+            assert read_until_closed(s) is None  # still open: waiting for its head, not refused
+            s.close()
         assert raw_http(base, GET_HEALTH)[0] == 200
+    assert statuses == [200] * 5, statuses
+    assert status_of(refused) == 503 and b"too_many_connections" in refused, refused
 
 
 def test_concurrent_uploads_decode_at_most_max_decodes_photos_at_once(indexed_home, monkeypatch):
