@@ -261,7 +261,7 @@ class ApiSettings(_Section):
     max_connections: Count = 32  # a request arriving with this many requests in flight (head received, response
     # not sent) gets 503: bounds the uploads held at once (32 x 10 MB in memory + 32 x 10 MB spooled). Connections
     # still sending their head hold no slot (header_timeout_s and max_connections_per_client bound those)
-    max_connections_per_client: int = 8  # connections one client address may hold open, complete head or not
+    max_connections_per_client: Count = 8  # connections one client address may hold open, complete head or not
     # (the next gets 503 and a close): browsers open at most 6 per host, +2 for an upload beside a page's photo
     # loads; one address then holds at most 8 of the 32 request slots. Behind a reverse proxy every client has
     # the proxy's address: raise it to max_connections there (the proxy then bounds its clients)

@@ -35,7 +35,7 @@ import os
 from contextvars import ContextVar
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import tomllib
 from pydantic import Field, ValidationError, field_validator
@@ -50,8 +50,11 @@ from core.sections import (  # noqa: F401 - the sections are imported from here 
     EmbedSettings,
     IndexSettings,
     ScheduleSettings,
+    SqlSettings,
     TrainSettings,
     UnknownSetting,
+    bare_type,
+    readable_as,
 )
 
 ENV_HOME = "SHOESEARCH_HOME"
@@ -89,6 +92,7 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    sql: SqlSettings = Field(default_factory=SqlSettings)
 
     @field_validator("home")
     @classmethod
@@ -208,10 +212,42 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def _range(annotation: Any, metadata: list) -> str:
+    """A field's valid values in words ("an integer >= 1 and <= 65535", "a finite number > 0"), from its
+    ``Field`` constraints at every level (``core.sections``); "" when it has none."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _range(args[0], [*metadata, *(m for info in args[1:] for m in getattr(info, "metadata", [info]))])
+    if origin in (Union, UnionType):
+        inner = " or ".join(r for r in (_range(a, metadata) for a in args if a is not NoneType) if r)
+        return f"{inner}, or none" if inner else ""
+    if origin is tuple:
+        return f"{len(args)} numbers, each {_range(args[0], metadata)}"
+    bounds = [f"{word} {getattr(m, name)}" for m in metadata for name, word in _BOUNDS if hasattr(m, name)]
+    finite = any(getattr(m, "allow_inf_nan", True) is False for m in metadata)
+    kind = "an integer" if annotation is int else "a finite number" if finite else "a number"
+    return f"{kind} {' and '.join(bounds)}".strip() if bounds or finite else ""
+
+
 def _explained(exc: ValidationError, prefix: tuple[str, ...] = ()) -> BadSettingValue:
-    """pydantic's first error (at ``section, field[, item]``: names are checked before) as one line."""
+    """pydantic's first error (at ``section[, field[, item]]``: names are checked before) as one line: a value
+    that cannot be read as its type, one outside its range (naming the range), or a check across fields."""
     error = exc.errors()[0]
-    section_name, key, *item = (*prefix, *map(str, error["loc"]))
-    expected = _type_name(SECTIONS[section_name].__pydantic_fields__[key].annotation)
-    where = f" (item {'.'.join(item)}: {error['msg']})" if item else ""
-    return BadSettingValue(f"setting {section_name}.{key}: cannot read {error['input']!r} as {expected}{where}")
+    section_name, *loc = (*prefix, *map(str, error["loc"]))
+    detail = str(error.get("ctx", {}).get("error", ""))
+    if not loc:  # a section's check across its fields: its message names them
+        return BadSettingValue(f"settings: {detail or error['msg']}")
+    key, *item = loc
+    info = SECTIONS[section_name].__pydantic_fields__[key]
+    bare = bare_type(info.annotation)
+    at = f" (item {'.'.join(item)})" if item else ""
+    if not readable_as(get_args(bare)[0] if item else bare, error["input"]):
+        where = f" (item {'.'.join(item)}: {error['msg']})" if item else ""
+        return BadSettingValue(f"setting {section_name}.{key}: cannot read {error['input']!r} as {_type_name(bare)}"
+                               f"{where}")
+    because = f": {detail}" if detail else ""
+    return BadSettingValue(f"setting {section_name}.{key}: {error['input']!r}{at} is out of range{because} "
+                           f"(allowed: {_range(info.annotation, info.metadata)})")

@@ -56,10 +56,10 @@ def test_demo_stops_the_shop_when_a_step_fails(tmp_path, monkeypatch, capsys):
 
     home = tmp_path / "home"
     monkeypatch.setenv("SHOESEARCH_HOME", str(home))
-    rc = main(["--home", str(home), "--set", "crawl.max_pages=0", "demo"])
+    rc = main(["--home", str(home), "--set", "crawl.categories=shoes", "demo"])  # in range, refused by the crawl
     out, err = capsys.readouterr()
     assert rc == 2, (out, err)
-    assert err.strip() == "shoesearch: error: max products and max pages must be at least 1"
+    assert err.strip() == "shoesearch: error: category 'shoes' is not a JD category id like 1318,12099,9756"
     url = re.search(r"serving on (http://127\.0\.0\.1:\d+)", out).group(1)
     assert f"demo shop on {url} stopped" in out
     with pytest.raises(httpx.ConnectError):

@@ -238,3 +238,75 @@ def test_home_argument_env_and_default(tmp_path, monkeypatch):
         h / "warehouse", h / "images", h / "crawl", h / "models", h / "indexes", h / "reports")
     assert (s.catalog_path, s.snapshot_path, s.config_path) == (
         h / "catalog.duckdb", h / "snapshot.duckdb", h / "shoesearch.toml")
+
+
+# --- ranges (issue 25 item 10): every numeric setting has one, and a value outside it is a one-line error ------
+ISSUE_EXAMPLES = [  # (setting, value, the range the error names): each was accepted before
+    ("train.epochs", "0", "an integer >= 1"), ("train.clusters", "-3", "an integer >= 1"),
+    ("train.margin", "nan", "a finite number > 0"), ("index.keep_indexes", "-5", "an integer >= 1"),
+    ("api.port", "99999", "an integer >= 1 and <= 65535"),
+    ("schedule.gate_tolerance", "nan", "a finite number >= 0 and <= 1"),
+    ("embed.gem_p", "nan", "a finite number > 0 and <= 16"), ("embed.image_size", "0", "an integer >= 32"),
+]
+
+
+@pytest.mark.parametrize(("dotted", "value", "allowed"), ISSUE_EXAMPLES)
+def test_out_of_range_values_are_refused_in_one_line_by_cli_env_and_toml(tmp_path, monkeypatch, capsys, dotted,
+                                                                          value, allowed):
+    from shoesearch.cli import main
+
+    home = _home(tmp_path)
+    expected = f"setting {dotted}: '{value}' is out of range (allowed: {allowed})"
+    assert main(["--home", str(home), "--set", f"{dotted}={value}", "settings"]) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"shoesearch: error: {expected}\n")
+    section, key = dotted.split(".")
+    monkeypatch.setenv(f"SHOESEARCH_{section.upper()}__{key.upper()}", value)
+    assert str(_one_line_error(lambda: Settings.load(home=home))) == expected
+    monkeypatch.delenv(f"SHOESEARCH_{section.upper()}__{key.upper()}")
+    (home / "shoesearch.toml").write_text(f"[{section}]\n{key} = {value}\n")  # a TOML number (nan is one too)
+    _one_line_error(lambda: Settings.load(home=home), f"setting {dotted}: ", " is out of range", f"(allowed: {allowed})")
+    _one_line_error(lambda: Settings().set(dotted, value), expected)
+
+
+def _numeric_fields() -> list[tuple[str, type]]:
+    """(section.field, int or float) for every field holding numbers (alone, in a tuple or optional)."""
+    from typing import get_args
+
+    from core.sections import bare_type
+
+    out = []
+    for name, cls in SECTIONS.items():
+        for key, info in cls.__pydantic_fields__.items():
+            bare = bare_type(info.annotation)
+            kinds = [k for k in (float, int) if k in (bare, *get_args(bare))]
+            if kinds:
+                out.append((f"{name}.{key}", kinds[0]))
+    return out
+
+
+@pytest.mark.parametrize(("dotted", "kind"), _numeric_fields())
+def test_every_numeric_setting_has_a_range_that_its_default_satisfies(tmp_path, dotted, kind):
+    """A new numeric field cannot skip its range: ints refuse a huge negative count, floats NaN and infinities."""
+    section, key = dotted.split(".")
+    default = getattr(Settings(), section).__dict__[key]
+    assert getattr(Settings.load(home=_home(tmp_path), overrides={dotted: default}), section).__dict__[key] == default
+    width = len(default) if isinstance(default, tuple) else 1
+    for bad in (["-1" + "0" * 30] if kind is int else ["nan", "inf", "-inf", "-1e300"]):
+        text = ";".join([bad] * width)
+        _one_line_error(lambda: Settings.load(home=_home(tmp_path), overrides={dotted: text}), f"setting {dotted}: ",
+                        "is out of range (allowed: ")
+
+
+def test_checks_across_fields_and_inside_tuples_are_one_line(tmp_path):
+    home = _home(tmp_path)
+    _one_line_error(lambda: Settings.load(home=home, overrides={"train.split_fractions": "0.5;0.6;0.1"}),
+                    "setting train.split_fractions: '0.5;0.6;0.1' is out of range: the train / val / test shares "
+                    "must sum to 1, not 1.2")
+    _one_line_error(lambda: Settings.load(home=home, overrides={"train.split_fractions": [0.5, 2, 0.1]}),
+                    "setting train.split_fractions: 2 (item 1) is out of range", "each a finite number >= 0 and <= 1")
+    _one_line_error(lambda: Settings.load(home=home, overrides={"train.hard_negatives": 20, "train.negatives_pool": 8}),
+                    "settings: train.hard_negatives (20) must not exceed train.negatives_pool (8)")
+    assert Settings.load(home=home, overrides={"denoise.drop_rate": "none"}).denoise.drop_rate is None
+    _one_line_error(lambda: Settings.load(home=home, overrides={"denoise.drop_rate": "1"}),
+                    "setting denoise.drop_rate: '1' is out of range (allowed: a finite number >= 0 and < 1, or none)")
