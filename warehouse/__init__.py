@@ -7,6 +7,7 @@ from warehouse.store import (
     SchemaError,
     Transaction,
     TransactionLost,
+    UnreadableFile,
     Warehouse,
     atomic_write_bytes,
     atomic_write_text,
@@ -15,8 +16,8 @@ from warehouse.store import (
 )
 
 __all__ = [
-    "TABLES", "Run", "SchemaError", "Transaction", "TransactionLost", "Warehouse", "atomic_write_bytes",
-    "atomic_write_text", "MissingHome", "conform", "key_of", "latest_run", "lineage", "open_warehouse", "require_home",
+    "TABLES", "Run", "SchemaError", "Transaction", "TransactionLost", "UnreadableFile", "Warehouse",
+    "atomic_write_bytes", "atomic_write_text", "MissingHome", "conform", "key_of", "latest_run", "lineage", "open_warehouse", "require_home",
     "start_run", "upstream_of",
 ]
 
@@ -52,7 +53,11 @@ def open_warehouse(settings, must_exist: bool = False) -> Warehouse:
     wh = Warehouse(settings.warehouse_dir)
     sql_path = settings.home / "catalog.sql"
     stale = not sql_path.exists() or wh.glob("runs") not in sql_path.read_text(encoding="utf-8")
-    if stale or wh.migrated or not settings.catalog_path.exists():  # missing, moved / copied, or upgraded
-        write_catalog(wh, settings.catalog_path, sql_path)
+    # A read-only home is read as committed; its catalog file is rewritten by the next writer.
+    if not wh.read_only and (stale or wh.migrated or not settings.catalog_path.exists()):  # missing, moved, upgraded
+        try:
+            write_catalog(wh, settings.catalog_path, sql_path)
+        except UnreadableFile:  # reported by the queries that need that table; the next open retries
+            pass
     wh.effective_settings = settings.as_overrides()
     return wh

@@ -9,12 +9,27 @@ writer never holds a lock that an analyst would trip over.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import uuid
 from pathlib import Path
 
+from core.errors import ShoesearchError
 from warehouse.files import atomic_write_text
 from warehouse.schemas import TABLES
+
+
+class UnreadableFile(ShoesearchError):
+    """A committed file DuckDB cannot read (truncated, corrupt, missing), named relative to the data home."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot read {path}: {reason} (restore the file, or move its batch directory out "
+                         "of the warehouse to drop that batch)")
+        self.path = path
+        self.reason = reason
+
+
+_QUOTED_PATH = re.compile(r"""['"](/[^'"]+)['"]""")
 
 # Views derived from the raw tables: "what is true now". A decision in ``denoise_current`` is about
 # the photo now at that position (same content hash): a re-crawled photo has none until denoise reruns.
@@ -47,6 +62,13 @@ DERIVED_VIEWS = {
 }
 
 
+# ``denoise_current`` pinned to one run (the ``?``): a step that reads the current run id once (``latest_run``)
+# and selects by it names in its lineage the run its photos came from, even if a denoise commits meanwhile.
+DENOISE_OF_RUN = """(SELECT d.* FROM denoise d
+    JOIN images_current i ON i.image_key = d.image_key AND i.sha1 IS NOT DISTINCT FROM d.sha1
+    WHERE d.run_id = ?)"""
+
+
 def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -71,8 +93,54 @@ def view_statements(warehouse, materialize: bool = False) -> list[str]:
     return stmts
 
 
-def confine(con, directories: list[Path]) -> None:
+def unreadable(exc: Exception, root: Path) -> UnreadableFile | None:
+    """The file a DuckDB error is about when it lies under the warehouse ``root`` (None otherwise), on one line:
+    the file relative to the data home (``root``'s parent) and DuckDB's reason without its ``LINE n:`` excerpt."""
+    text = str(exc)
+    home = Path(root).parent
+    for found in _QUOTED_PATH.findall(text):
+        path = Path(found)
+        if path.is_relative_to(root):
+            reason = text.split("\n", 1)[0].split(": ", 1)[-1]  # DuckDB's first line, without "IO Error: "
+            reason = re.sub(r"""\s*['"]""" + re.escape(found) + r"""['"]""", "", reason).strip() or "unreadable"
+            return UnreadableFile(str(path.relative_to(home)), reason)
+    return None
+
+
+def create_views(con, warehouse, materialize: bool = False) -> dict[str, UnreadableFile]:
+    """Run :func:`view_statements` on ``con``, one by one; returns the views left out, each with its cause.
+
+    DuckDB reads every file's footer when it creates a view, so one unreadable file of one table would
+    otherwise fail the whole connection. A table with such a file (and any view built on it) is left out;
+    a query naming it is refused by :func:`check_query` with the file named, and the others still work.
+    """
+    import duckdb
+
+    broken: dict[str, UnreadableFile] = {}
+    for stmt in view_statements(warehouse, materialize):
+        name = stmt.split(" AS ", 1)[0].split()[-1]
+        try:
+            con.execute(stmt)
+        except duckdb.Error as exc:
+            cause = unreadable(exc, warehouse.root) or next(
+                (err for dep, err in broken.items() if re.search(rf"\b{dep}\b", stmt.split(" AS ", 1)[1])), None)
+            if cause is None:
+                raise
+            broken[name] = cause
+    return broken
+
+
+def check_query(sql: str, broken: dict[str, UnreadableFile]) -> None:
+    """Raise the cause of the first left-out view that ``sql`` names (see :func:`create_views`)."""
+    for name, cause in broken.items():
+        if re.search(rf"\b{name}\b", sql, re.I):
+            raise cause
+
+
+def confine(con, directories: list[Path], limits: dict[str, str] | None = None) -> None:
     """Let ``con`` touch files only under ``directories`` (none: no files at all), for good.
+
+    ``limits`` (e.g. ``memory_limit``, ``max_temp_directory_size``) are set too, and locked with the rest.
 
     ``enable_external_access = false`` stops every file, network and extension access; DuckDB's
     ``allowed_directories`` (plus its own temp directory, set here to a private one under the system
@@ -83,6 +151,8 @@ def confine(con, directories: list[Path]) -> None:
     """
     spill = Path(tempfile.gettempdir()) / f"shoesearch-duckdb-{uuid.uuid4().hex[:12]}"
     con.execute(f"SET temp_directory = {_sql_string(str(spill))}")
+    for name, value in (limits or {}).items():
+        con.execute(f"SET {name} = {_sql_string(value)}")
     if directories:
         listed = ", ".join(_sql_string(str(Path(d).resolve()).rstrip("/") + "/") for d in directories)
         con.execute(f"SET allowed_directories = [{listed}]")
@@ -98,21 +168,24 @@ def write_catalog(warehouse, db_path: Path, sql_path: Path | None = None, materi
     """(Re)create the catalog database atomically; also write the view statements as a .sql file."""
     import duckdb
 
-    stmts = view_statements(warehouse, materialize)
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = db_path.with_name(f".{db_path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    wal = tmp.with_name(tmp.name + ".wal")
     con = duckdb.connect(str(tmp))
     try:
-        for stmt in stmts:
-            con.execute(stmt)
+        broken = create_views(con, warehouse, materialize)
+        if broken:  # never publish a catalog without some tables: the old one stays, the next open retries
+            raise next(iter(broken.values()))
         con.execute("CHECKPOINT")
-    finally:
+    except BaseException:
         con.close()
+        tmp.unlink(missing_ok=True)
+        wal.unlink(missing_ok=True)
+        raise
+    con.close()
     os.replace(tmp, db_path)
-    wal = tmp.with_name(tmp.name + ".wal")
-    if wal.exists():
-        wal.unlink()
+    wal.unlink(missing_ok=True)
     if sql_path is not None:
 
         atomic_write_text(Path(sql_path), ";\n".join(view_statements(warehouse)) + ";\n")

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.errors import ShoesearchError
+from warehouse.catalog import UnreadableFile, check_query, unreadable  # noqa: F401 - UnreadableFile re-exported
 from warehouse.conform import SchemaError, conform, key_of  # noqa: F401 - re-exported (cli, crawlers)
 from warehouse.files import atomic_write_bytes, atomic_write_text  # noqa: F401 - re-exported
 from warehouse.locks import HeldLock, file_lock, pid_alive, take_if_abandoned  # noqa: F401 - file_lock re-exported
@@ -77,6 +78,7 @@ class Transaction:
         self.dir = warehouse.staging_dir / self.txn_id
         self._lock = HeldLock(_txn_lock_path(self.dir))
         self.rows: dict[str, int] = {}
+        self.nulled: dict[str, int] = {}  # {"products.price": n}: non-finite numbers stored as null (conform)
         self._parts: dict[str, int] = {}
         self.closed = False
 
@@ -84,15 +86,19 @@ class Transaction:
         """Stage rows for ``table`` (validated now, visible after commit). Returns the row count."""
         if self.closed:
             raise RuntimeError("transaction already closed")
-        tbl = conform(table, data, self.run_id)
+        tbl = conform(table, data, self.run_id, self.nulled)
         if tbl.num_rows == 0:
             return 0
         target = self.dir / table
         target.mkdir(parents=True, exist_ok=True)
         n = self._parts.get(table, 0)
         part = target / f"part-{n:05d}.parquet"
-        pq.write_table(tbl, part, compression="zstd")
-        _fsync(part)  # on disk before COMMIT can name it: a power loss never rolls forward a torn file
+        try:
+            pq.write_table(tbl, part, compression="zstd")
+            _fsync(part)  # on disk before COMMIT can name it: a power loss never rolls forward a torn file
+        except OSError as exc:  # disk full, quota: one line naming the file (the staging is rolled back)
+            part.unlink(missing_ok=True)
+            raise ShoesearchError(f"cannot write {part}: {exc.strerror or exc}") from exc
         self._parts[table] = n + 1
         self.rows[table] = self.rows.get(table, 0) + tbl.num_rows
         return tbl.num_rows
@@ -171,6 +177,13 @@ class Warehouse:
         self.root = Path(root).resolve()
         self.effective_settings: dict | None = None  # recorded in every run's parameters (open_warehouse)
         self.staging_dir = self.root / "_staging"
+        self.broken: dict = {}  # views the last connect() left out, with the unreadable file behind each
+        # A home we may not write (read-only mount, another user's files) is read as committed: recovery and
+        # migration need writes and a lock file, and a reader must not fail for want of them.
+        self.read_only = self.root.is_dir() and not os.access(self.root, os.W_OK)
+        self.migrated: list[str] = []
+        if self.read_only:
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         self.staging_dir.mkdir(exist_ok=True)
         for name, schema in TABLES.items():
@@ -247,28 +260,37 @@ class Warehouse:
             raise SchemaError(f"unknown table {table!r}; tables are: {', '.join(TABLES)}")
         return str(self.root / table / "batch-*" / "*.parquet")
 
-    def connect(self, confined: bool = False):
+    def connect(self, confined: bool = False, limits: dict[str, str] | None = None):
         """A fresh in-memory DuckDB connection with every table (and ``*_current``) as a view.
 
         ``confined`` (for SQL typed by a user): the connection reads files under the warehouse
-        directory only, and its settings are locked so a query cannot lift that (see ``catalog.confine``).
+        directory only, and its settings (with ``limits``) are locked so a query cannot lift that
+        (see ``catalog.confine``).
         """
         import duckdb
 
-        from warehouse.catalog import confine, view_statements
+        from warehouse.catalog import confine, create_views
 
         con = duckdb.connect(":memory:")
-        for stmt in view_statements(self):
-            con.execute(stmt)
+        self.broken = create_views(con, self)  # a table with an unreadable file is left out: see check_query
         if confined:
-            confine(con, [self.root])
+            confine(con, [self.root], limits)
         return con
 
     def query(self, sql: str, params: Iterable[Any] | None = None) -> pa.Table:
+        """Run ``sql`` over the views; a file it cannot read is :class:`UnreadableFile` (named, one line)."""
+        import duckdb
+
         con = self.connect()
         try:
+            check_query(sql, self.broken)
             cur = con.execute(sql, list(params) if params is not None else None)
             return cur.fetch_arrow_table()
+        except duckdb.Error as exc:
+            err = unreadable(exc, self.root)
+            if err is None:
+                raise
+            raise err from None
         finally:
             con.close()
 

@@ -6,12 +6,14 @@ import json
 import re
 
 from core.errors import ShoesearchError
+from shoesearch.output import printable
 
 # Statements `shoesearch sql` runs. DESCRIBE, SHOW, SUMMARIZE, FROM-first, VALUES, TABLE and UNPIVOT
 # all parse as SELECT; EXPLAIN is let through only around a SELECT (EXPLAIN ANALYZE executes it).
 READ_ONLY_HINT = "use SELECT / WITH / FROM / DESCRIBE / SHOW / SUMMARIZE / PIVOT / VALUES / EXPLAIN"
 _LEADING_NOISE = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|\()*", re.S)
 _EXPLAIN = re.compile(r"^EXPLAIN\b(?:\s+ANALY[SZ]E\b)?\s*(?:\([^)]*\))?", re.I)
+SQL_BATCH_ROWS = 2048  # rows fetched (and written) at a time by `sql --format csv/json`: DuckDB's vector size
 
 
 def register(sub) -> None:
@@ -67,7 +69,7 @@ def one_line(exc: Exception) -> str:
             break
         if line.strip():
             lines.append(line.strip())
-    return " ".join(lines)
+    return printable(" ".join(lines))  # the data it quotes may hold terminal escapes
 
 
 def parse_read_only(query: str):
@@ -118,33 +120,54 @@ def _explained_type(text: str):
     return inner[0].type if len(inner) == 1 else duckdb.StatementType.INVALID
 
 
+def _print_result(con, statement, args, budget) -> None:
+    """Stream the result to stdout: every row as CSV / JSON, or the rows the table shows (+1 to see more)."""
+    import sys
+
+    from shoesearch.output import write_rows
+
+    shown = args.max_rows if args.format == "table" else None
+    reader = con.execute(statement).to_arrow_reader(SQL_BATCH_ROWS if shown is None else shown + 1)
+    write_rows(reader, reader.schema.names, args.format, budget.writer(sys.stdout), shown)
+
+
 def cmd_sql(args, settings) -> int:
     import duckdb
 
-    from shoesearch.output import format_table
+    from shoesearch.bounded import run_bounded
     from warehouse import open_warehouse
-    from warehouse.catalog import confine
+    from warehouse.catalog import check_query, confine, unreadable
 
     statement = parse_read_only(args.query)  # before touching the home: a bad query changes nothing
+    if args.max_rows < 0:
+        raise ShoesearchError(f"--max-rows must be 0 or more, got {args.max_rows}")
     wh = open_warehouse(settings, must_exist=True)
+    limits = {"memory_limit": settings.sql.memory_limit,
+              "max_temp_directory_size": settings.sql.max_temp_directory_size}
     if args.snapshot:
         if not settings.snapshot_path.exists():
             raise ShoesearchError("no snapshot yet: run `shoesearch catalog --snapshot` first")
         con = duckdb.connect(str(settings.snapshot_path), read_only=True)
-        confine(con, [])  # its tables are inside the file: no other file is needed
+        confine(con, [], limits)  # its tables are inside the file: no other file is needed
     else:
-        con = wh.connect(confined=True)  # in-memory, and reads files under the warehouse only
+        con = wh.connect(confined=True, limits=limits)  # in-memory, and reads files under the warehouse only
     try:
-        result = con.execute(statement).fetch_arrow_table()
+        check_query(args.query, wh.broken)  # a table with an unreadable file: name the file, in one line
+        run_bounded(con, lambda budget: _print_result(con, statement, args, budget), settings.sql.timeout_s)
     except duckdb.Error as exc:
+        if unreadable(exc, wh.root):
+            raise unreadable(exc, wh.root) from None
         message = one_line(exc)
         if message.startswith("Permission Error"):
             where = "no files" if args.snapshot else f"only the files under {wh.root}"
             message += f" (shoesearch sql reads {where}: query the tables and views)"
+        elif message.startswith("Out of Memory Error"):  # DuckDB's advice (SET ...) cannot run here: its settings
+            message = message.split(" Possible solutions:")[0] + (  # are locked; ours can be raised
+                f" (shoesearch sql's bounds: sql.memory_limit={settings.sql.memory_limit}, sql.max_temp_directory_size="
+                f"{settings.sql.max_temp_directory_size}; raise them with --set)")
         raise ShoesearchError(f"query failed: {message}") from None
     finally:
         con.close()
-    print(format_table(result, args.format, args.max_rows if args.format == "table" else None))
     return 0
 
 
