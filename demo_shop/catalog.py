@@ -10,6 +10,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
 from core.errors import ShoesearchError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
@@ -49,6 +51,58 @@ def jfs_for(rel: str) -> str:
     return f"jfs/t1/{zlib.crc32(rel.encode()) % 100_000}/{digest[:24]}{'.jpg' if suffix == '.jpeg' else suffix}"
 
 
+class ProductFields(BaseModel):
+    """One product's entry in ``products.json`` (docs/ARCHITECTURE.md lists the fields); other keys are kept."""
+
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True, allow_inf_nan=False)
+    sku: str | None = None
+    title: str | None = None
+    brand: str | None = None
+    brand_id: str | None = None
+    category: str | None = None
+    category_ids: str | None = None
+    shop_id: str | None = None
+    shop_name: str | None = None
+    price: float | None = None
+    list_price: float | None = None
+    url: str | None = None
+    variants: list[str] | None = None
+
+
+PRODUCTS_JSON = TypeAdapter(dict[str, ProductFields])
+
+
+def read_products_json(catalog_dir: Path) -> dict[str, dict]:
+    """``DIR/products.json`` as {folder: fields given} ({} if absent), checked whole before anything uses it:
+    a wrong shape is one line naming the file and the place in it, e.g. ``"boot".price: ...``."""
+    path = Path(catalog_dir) / "products.json"
+    if not path.exists():
+        return {}
+    try:
+        products = PRODUCTS_JSON.validate_python(json.loads(path.read_text(encoding="utf-8")))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, ValidationError
+        raise ShoesearchError(f"{path}: {_shape_error(exc)}") from None
+    return {folder: fields.model_dump(exclude_unset=True) for folder, fields in products.items()}
+
+
+def _shape_error(exc: ValueError) -> str:
+    if not isinstance(exc, ValidationError):
+        return f"not valid JSON: {exc}"
+    first = exc.errors(include_url=False)[0]
+    loc, msg = first["loc"], first["msg"]
+    if first["type"] == "model_type":  # not "... or instance of ProductFields": the class is ours, not the file's
+        msg = "Input should be a valid dictionary"
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc[1:])
+    where = f"{json.dumps(loc[0], ensure_ascii=False)}{where}" if loc else "top level"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {msg}, got {_short(first['input'])}{more}"
+
+
+def _short(value) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str, allow_nan=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def synth_metadata(folder: str) -> dict:
     """Deterministic product fields for a catalogue folder without ``products.json``."""
     h = int(hashlib.sha1(folder.encode("utf-8")).hexdigest(), 16)
@@ -81,8 +135,7 @@ def load_catalog(catalog_dir: Path, noise_rate: float = 0.0, seed: int = 0) -> l
         raise ShoesearchError(f"catalogue folder {catalog_dir} does not exist")
     if not 0 <= noise_rate < 1:
         raise ShoesearchError(f"--noise-rate must be in [0, 1), got {noise_rate}")
-    meta_path = catalog_dir / "products.json"
-    metadata = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+    metadata = read_products_json(catalog_dir)
     labels = _noise_labels(catalog_dir)
     products = []
     for folder in sorted(p for p in catalog_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):

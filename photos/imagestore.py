@@ -17,10 +17,16 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from core.errors import ShoesearchError
+
 # PIL's own decompression-bomb guard is replaced by our explicit pixel limit.
 Image.MAX_IMAGE_PIXELS = None
 
 FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
+
+
+class PhotoWriteError(ShoesearchError, OSError):
+    """A photo could not be written to the store (disk full ...): one line naming the file."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,32 @@ def store_image(data: bytes, images_dir: Path, limits: ImageLimits) -> StoredIma
     rel = f"{info.sha1[:2]}/{info.sha1}.{ext}"
     target = Path(images_dir) / rel
     if not target.exists():
+        write_atomic(target, data)
+    return StoredImage("ok", None, info.sha1, rel, info.width, info.height, info.bytes)
+
+
+def write_atomic(target: Path, data: bytes) -> None:
+    """Write ``target`` through a temporary file and one rename. A failed write (disk full, quota, file size
+    limit) removes the temporary and is reported as one line naming ``target``."""
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, target)
-    return StoredImage("ok", None, info.sha1, rel, info.width, info.height, info.bytes)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PhotoWriteError(f"cannot write photo {target}: {exc.strerror or exc}") from exc
+
+
+def read_photo(path: Path, limits: ImageLimits) -> bytes | StoredImage:
+    """The bytes of a local photo file, or ``too_large`` without reading it when its size is over the limit.
+    Never more than the limit is read, should the file grow after the ``stat`` (or report no size, as in /proc)."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > limits.max_bytes:
+            return StoredImage("too_large", f"{size} bytes > limit {limits.max_bytes}", bytes=size)
+        data = fh.read(limits.max_bytes + 1)
+    if len(data) > limits.max_bytes:
+        return StoredImage("too_large", f"more than the limit {limits.max_bytes} bytes (it grew while read)",
+                           bytes=len(data))
+    return data
