@@ -87,6 +87,15 @@ class CrawlSettings(_Section):
     image_size_code: str = "n1"  # CDN size code for full-size gallery photos
     max_image_bytes: Count = 15_000_000  # refuse larger downloads
     max_image_pixels: Count = 40_000_000  # decompression-bomb guard (PIL's own limit is ~89M)
+    # A JPEG with more scans is refused from its header (libjpeg's -maxscans): each scan is a pass over every
+    # coefficient, and a few KB of repeated scans cost minutes of CPU. Encoders write 1 (baseline) or about 10
+    # (libjpeg's standard progressive script); 100 leaves 10x room and a 40 Mpx JPEG of 100 scans decodes in
+    # ~3.4 s of CPU. (nvImageCodec's own limit is 256.)
+    max_image_scans: Count = 100
+    # A photo is decoded fully before it is stored, in a worker process killed past this much CPU time
+    # (photos.decode_worker; status `bomb`). The slowest good photos under max_image_pixels take ~1.5 s (a
+    # 40 Mpx WebP or PNG) and a 100-scan 40 Mpx JPEG ~3.4 s: 10 s refuses none of them on a loaded machine.
+    decode_cpu_s: Positive = 10.0
     # A page (listing, item page, price answer) larger than this is dropped unread, counted (Scrapy's own
     # default is 1 GB, times concurrent_requests). JD's pages are a few hundred KB: 5 MB is 10x the
     # largest, and 8 downloads at once stay under 40 MB. A quarter of it is logged as unusually large.
@@ -249,6 +258,9 @@ class ApiSettings(_Section):
     port: Port = 8000
     max_upload_bytes: Count = 10_000_000  # phone photos are 2-6 MB
     max_upload_pixels: Count = 40_000_000  # decompression-bomb guard
+    max_upload_scans: Count = 100  # JPEG scans, refused from the header (see crawl.max_image_scans)
+    decode_cpu_s: Positive = 10.0  # CPU seconds a query photo's decode may use before its worker process is
+    # killed (413 bomb): the slowest good photo under max_upload_pixels takes ~1.5 s (see crawl.decode_cpu_s)
     min_upload_side: Count = 16  # smaller is not a photo of anything
     max_k: Count = 100  # largest k a client may ask for
     # What one client can hold (README "Search by photo"). A request body is counted as it streams, whatever

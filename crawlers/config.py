@@ -31,6 +31,9 @@ def scrapy_settings(settings: Settings) -> dict:
         "RETRY_TIMES": c.retry_times,
         "RETRY_BACKOFF_S": c.retry_backoff_s,
         "DOWNLOAD_TIMEOUT": c.download_timeout_s,
+        "DOWNLOAD_MAXSIZE": c.max_page_bytes,  # photos: crawl.max_image_bytes per request (crawlers/pipelines.py)
+        "DOWNLOAD_WARNSIZE": c.max_page_bytes // 4,  # a page this large is already unusual: logged
+        "ROBOTSTXT_MAX_BYTES": c.max_robots_bytes,  # read by crawlers/middlewares.py
     }
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from scrapy import signals
 
-from crawlers.outcome import FAILURE_STAT, OFFSITE_PREFIX, crawl_failure, shortfall_reason, source_rows, sources_table
+from crawlers.outcome import (CAPPED_PREFIX, FAILURE_STAT, OFFSITE_PREFIX, crawl_failure, shortfall_reason, source_rows,
+                              sources_table)
 from warehouse.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class CrawlStatsFile:
             "parse_failures": {k.rsplit("/", 1)[1]: v for k, v in raw.items()
                                if k.startswith("shoesearch/parse_failed/")},
             "offsite_refused": {k[len(OFFSITE_PREFIX):]: v for k, v in raw.items() if k.startswith(OFFSITE_PREFIX)},
+            "capped": {k[len(CAPPED_PREFIX):]: v for k, v in raw.items() if k.startswith(CAPPED_PREFIX)},
             "requests_failed": {group: {k.split("/", 3)[3]: v for k, v in raw.items()
                                         if k.startswith(f"shoesearch/request_failed/{group}/")}
                                 for group in ("unreachable", "refused")},

@@ -5,23 +5,26 @@
   targets, photos, anything. The rule is ``SiteMap.refusal`` (``crawlers/jdsite.py``).
 - :class:`Rfc9309RobotsTxtMiddleware` (in the slot of Scrapy's ``RobotsTxtMiddleware``): a robots.txt
   answering 5xx (after retries) or not answering at all means "disallow everything" (RFC 9309 2.3.1.4):
-  the host's requests are refused and the crawl stops cleanly; 4xx means no rules (2.3.1.3).
+  the host's requests are refused and the crawl stops cleanly; 4xx means no rules (2.3.1.3). Only the
+  first ``ROBOTSTXT_MAX_BYTES`` (``crawl.max_robots_bytes``, 500 KiB) are read and parsed (2.5).
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from scrapy import signals
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
-from scrapy.exceptions import IgnoreRequest
+from scrapy.exceptions import IgnoreRequest, StopDownload
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.defer import Deferred
 
-from crawlers.outcome import OFFSITE_PREFIX, classify_failure
+from crawlers.outcome import CAPPED_PREFIX, OFFSITE_PREFIX, classify_failure
 
 BACKOFF_META = "shoesearch_backoff_s"
+ROBOTS_READ_META = "shoesearch_robots_bytes"  # bytes of robots.txt received so far
 
 
 class BackoffRetryMiddleware(RetryMiddleware):
@@ -85,11 +88,40 @@ class Rfc9309RobotsTxtMiddleware(RobotsTxtMiddleware):
 
     Relies on Scrapy's ``_parse_robots`` / ``_robots_error`` hooks (Scrapy 2.19); ``tests/test_crawl_outcome.py``
     checks the behaviour end to end.
+
+    RFC 9309 2.5 lets a crawler stop after 500 KiB: the download of robots.txt is stopped once
+    ``ROBOTSTXT_MAX_BYTES`` arrived (``bytes_received`` + ``StopDownload``, whatever its Content-Length says)
+    and only that much, up to its last complete line, is parsed (``tests/test_crawl_sizes.py``).
     """
 
     def __init__(self, crawler):
         super().__init__(crawler)
         self._schemes: dict[str, str] = {}
+        self.max_bytes = crawler.settings.getint("ROBOTSTXT_MAX_BYTES", 512_000)
+        self.page_cap = crawler.settings.getint("DOWNLOAD_MAXSIZE")
+        crawler.signals.connect(self._robots_bytes, signal=signals.bytes_received)
+
+    @staticmethod
+    def _is_robots(request) -> bool:
+        return bool(request.meta.get("dont_obey_robotstxt")) and urlparse_cached(request).path == "/robots.txt"
+
+    async def process_request(self, request, spider=None):
+        if self._is_robots(request):
+            # The download's own size check would refuse a robots.txt announcing more than the page cap before
+            # reading any of it: the transfer is bounded by _robots_bytes instead (at max_bytes).
+            request.meta["download_maxsize"] = 0
+            request.meta.pop(ROBOTS_READ_META, None)  # a retry counts afresh
+        return await super().process_request(request)
+
+    def _robots_bytes(self, data: bytes, request, spider=None) -> None:
+        """Stops the robots.txt download after ``max_bytes`` (its response carries what arrived)."""
+        if not self._is_robots(request):
+            return
+        request.meta["download_maxsize"] = self.page_cap  # bounds the decompression that follows
+        got = request.meta.get(ROBOTS_READ_META, 0) + len(data)
+        request.meta[ROBOTS_READ_META] = got
+        if got > self.max_bytes:
+            raise StopDownload(fail=False)
 
     async def robot_parser(self, request):
         parts = urlparse_cached(request)
@@ -110,6 +142,12 @@ class Rfc9309RobotsTxtMiddleware(RobotsTxtMiddleware):
             return
         if response.status >= 400:  # RFC 9309 2.3.1.3: no robots.txt, no rules (not the error page's text)
             response = response.replace(body=b"")
+        if len(response.body) > self.max_bytes:  # RFC 9309 2.5: parse the first 500 KiB (whole lines) only
+            response = response.replace(body=first_lines(response.body, self.max_bytes))
+            self._stats.inc_value(f"{CAPPED_PREFIX}robots")
+            self.crawler.spider.logger.warning(
+                "robots.txt of %s is larger than %d bytes: only its first %d bytes are parsed (RFC 9309 2.5)",
+                netloc, self.max_bytes, len(response.body))
         await super()._parse_robots(response, netloc, request)
 
     def _robots_error(self, exc: Exception, netloc: str) -> None:
@@ -133,3 +171,11 @@ class Rfc9309RobotsTxtMiddleware(RobotsTxtMiddleware):
             stop(reason, f"{message}: RFC 9309 says treat as disallow; crawl stopped")
         else:
             deferred_from_coro(self.crawler.engine.close_spider_async(reason=reason))
+
+
+def first_lines(body: bytes, limit: int) -> bytes:
+    """The complete lines within the first ``limit`` bytes (a cut line could read as another rule:
+    ``Disallow: /private`` cut to ``Disallow: /``)."""
+    head = body[:limit]
+    end = max(head.rfind(b"\n"), head.rfind(b"\r"))
+    return head[: end + 1]

@@ -20,6 +20,11 @@ site, dropped; ``request``: any other download; ``image``: a gallery photo off t
 out). A stop by robots.txt (RFC 9309: 5xx or no answer = disallow all) is ``shoesearch/stopped/robots_5xx``
 or ``robots_unreachable`` (the latter only once a page was parsed: before that, the crawl reached no site).
 
+What a size cap cut is counted under ``shoesearch/capped/<kind>`` (``page``: a page over
+``crawl.max_page_bytes``, dropped unread; ``robots``: a robots.txt over ``crawl.max_robots_bytes``, parsed
+up to there; ``photos``: gallery entries beyond ``crawl.max_photos_per_product``, left out). A photo over
+``crawl.max_image_bytes`` is an ``images`` row with status ``too_large``.
+
 A failed request is also counted by cause, ``shoesearch/request_failed/<group>/<cause>`` (group
 ``unreachable`` for network errors, ``refused`` for answers that were errors). A crawl that parsed no
 listing page at all has failed; :func:`crawl_failure` says why in one line. The stats file
@@ -37,6 +42,12 @@ from urllib.parse import urlsplit
 SOURCE_PREFIX = "shoesearch/source/"
 FAILED_PREFIX = "shoesearch/request_failed/"
 OFFSITE_PREFIX = "shoesearch/offsite/"
+CAPPED_PREFIX = "shoesearch/capped/"
+CAPPED_TEXT = {  # what each size cap did, for the one-line outcome
+    "page": "pages over crawl.max_page_bytes dropped",
+    "robots": "robots.txt cut at crawl.max_robots_bytes",
+    "photos": "gallery photos beyond crawl.max_photos_per_product left out",
+}
 FAILURE_STAT = "shoesearch/failure"  # the one-line failure, read by ``crawlers/commands/crawl.py``
 COUNTERS = ("pages", "listed", "new", "written", "unchanged", "resumed", "duplicates", "over_limit",
             "parse_failed", "refused")
@@ -73,11 +84,11 @@ def _resolver_says(host: str) -> str:
     return "it resolves now; the lookup failed during the crawl"
 
 
-def classify_failure(exc: BaseException, url: str) -> tuple[str, str]:
+def classify_failure(exc: BaseException, url: str, max_bytes: int | None = None) -> tuple[str, str]:
     """``(group, cause)`` of a request that failed: ``unreachable`` (network) or ``refused`` (an answer).
 
     Scrapy 2.13+ wraps Twisted's errors (``CannotResolveHostError`` for ``DNSLookupError`` ...); both
-    spellings are recognised.
+    spellings are recognised. ``max_bytes``: the request's size cap, named when it was exceeded.
     """
     from scrapy import exceptions as scrapy_errors
     from scrapy.spidermiddlewares.httperror import HttpError
@@ -91,6 +102,8 @@ def classify_failure(exc: BaseException, url: str) -> tuple[str, str]:
     host, host_port = _host_port(url)
     if isinstance(exc, HttpError):
         return "refused", f"HTTP {exc.response.status} from {host_port}"
+    if is_over_size(exc):
+        return "refused", f"answer from {host_port} over the {max_bytes or 'download'}-byte size cap, dropped"
     if isinstance(exc, scrapy_errors.IgnoreRequest):
         return "refused", f"{exc or 'request ignored'} ({host_port})"
     if isinstance(exc, (net.DNSLookupError, *wrapped("CannotResolveHostError"))):
@@ -107,6 +120,14 @@ def classify_failure(exc: BaseException, url: str) -> tuple[str, str]:
     if isinstance(exc, lost):
         return "unreachable", f"{host_port} closed the connection without a complete answer"
     return "refused", f"{type(exc).__name__} from {host_port}: {exc}"
+
+
+def is_over_size(exc: BaseException) -> bool:
+    """A download Scrapy cancelled: its answer (announced or received) exceeded the request's size cap."""
+    from scrapy import exceptions as scrapy_errors
+    from twisted.internet.defer import CancelledError
+
+    return isinstance(exc, (CancelledError, getattr(scrapy_errors, "DownloadCancelledError", CancelledError)))
 
 
 def _failed_by_cause(raw: dict, group: str) -> dict[str, int]:
@@ -182,6 +203,9 @@ def _accounting(s: dict) -> str:
     if offsite:
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(offsite.items()))
         parts += [f"{sum(offsite.values())} off-site URLs refused ({kinds})"]
+    capped = s.get("capped") or {}
+    if capped:
+        parts += ["size caps: " + ", ".join(f"{CAPPED_TEXT.get(k, k)}: {v}" for k, v in sorted(capped.items()))]
     return ", ".join(parts)
 
 

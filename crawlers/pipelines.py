@@ -65,7 +65,9 @@ class GalleryPipeline(MediaPipeline):
         self.known = {r["url"]: r for r in rows if r["path"] and (self.images_dir / r["path"]).exists()}
 
     def get_media_requests(self, item, info):
-        return [Request(url, meta={"download_maxsize": self.limits.max_bytes}) for url in item["gallery"]]
+        # A photo's own cap (crawl.max_image_bytes), not the page cap; no "large page" warning below it.
+        meta = {"download_maxsize": self.limits.max_bytes, "download_warnsize": self.limits.max_bytes}
+        return [Request(url, meta=dict(meta)) for url in item["gallery"]]
 
     def media_to_download(self, request, info, *, item=None):
         row = self.known.get(request.url)
@@ -154,8 +156,12 @@ class WarehousePipeline:
     def flush(self) -> None:
         if not self.products:
             return
-        self.wh.write(self.run_id, {"products": self.products, "images": self.images})
+        with self.wh.begin(self.run_id) as txn:
+            txn.write("products", self.products)
+            txn.write("images", self.images)
         stats = self.crawler.stats
+        for column, n in txn.nulled.items():  # a price API's NaN / Infinity: stored as null (warehouse.conform)
+            stats.inc_value(f"shoesearch/not_finite_nulled/{column}", n)
         stats.inc_value("shoesearch/products/written", len(self.products))
         stats.inc_value("shoesearch/images/written", len(self.images))
         for source in filter(None, self.sources):

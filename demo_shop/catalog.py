@@ -39,6 +39,7 @@ class ShopProduct:
     layout_fault: bool = False
     escape: str | None = None  # a fault that tries to lead the crawler off the site (demo_shop/faults.py)
     page_sku: str | None = None  # sku_swap: the SKU its item page claims
+    size_fault: str | None = None  # a size or length the crawler must not trust (demo_shop/faults.py)
 
     @property
     def sku(self) -> str:

@@ -6,6 +6,10 @@ redirects to another host or names another product's SKU, a gallery photo on ano
 host" is :class:`OffsiteHost`, a second loopback listener that serves marked copies and counts every
 request it gets: a correct crawler sends it none. ``/_shop/manifest.json`` says per product which
 escape fault it carries and what a correct crawler makes of it (``expected``).
+
+The *size* faults (item 7 of the second review) send what a crawler must not take whole: an item page
+of 8 MB without Content-Length, 5,000 photos in one pageConfig, a 6 MiB robots.txt whose last rule
+(after 500 KiB) disallows everything, a 16 MB photo.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from core.errors import ShoesearchError
 from demo_shop.catalog import ShopProduct
 from demo_shop.render import item_page
 
-IMAGE_FAULTS = {"corrupt": "corrupt", "not_image": "not_image", "bomb": "bomb", "missing": "missing"}
+IMAGE_FAULTS = {"corrupt": "corrupt", "not_image": "not_image", "bomb": "bomb", "missing": "missing",
+                "huge_photo": "too_large"}
 # Escape fault -> what a correct crawler does with the product (every N-th product, each fault its own).
 ESCAPE_FAULTS = {
     "file_link": "written",  # listing links a file:// decoy page: refused, the canonical item URL is used
@@ -35,9 +40,22 @@ ESCAPE_FAULTS = {
     "sku_swap": "parse_failed",  # item page names the next product's SKU: never stored under that id
     "offsite_image": "written",  # one more gallery photo on another host: left out of the gallery
 }
+# Size fault -> what a correct crawler does with the product it hits (every N-th product, each fault its own):
+# sizes and lengths a crawler must not trust (item 7 of the second hostile review).
+SIZE_FAULTS = {
+    "huge_page": "refused",  # item page of HUGE_PAGE_BYTES without Content-Length: over the page cap, dropped
+    "photo_flood": "written",  # FLOOD_PHOTOS more imageList entries: written with crawl.max_photos_per_product photos
+    "huge_robots": "refused",  # robots.txt disallows its item page in its first lines (see robots_txt)
+}
+HUGE_PAGE_BYTES = 8_000_000  # 3 MB over the crawler's page cap (crawl.max_page_bytes, 5 MB)
+HUGE_PHOTO_BYTES = 16_000_000  # over crawl.max_image_bytes (15 MB), announced in Content-Length
+HUGE_ROBOTS_BYTES = 6 * 2**20  # past RFC 9309's 500 KiB parsing limit, and past the page cap
+FLOOD_PHOTOS = 5_000
+FLOOD_PATH = re.compile(r"^jfs/t1/flood/(\d+)/\d+\.jpg$")
 ROBOTS_FAULTS = {"robots5xx": (500, 599), "robots4xx": (400, 499)}  # robots.txt answers this status
 FAULT_DEFAULTS = {"captcha": 5, "login": 2, "5xx": 2, "slow": 0.05, "corrupt": 3, "not_image": 3, "bomb": 3,
-                  "missing": 3, "layout": 2, **{k: 5 for k in ESCAPE_FAULTS}, "robots5xx": 503, "robots4xx": 404}
+                  "missing": 3, "layout": 2, **{k: 5 for k in ESCAPE_FAULTS}, "robots5xx": 503, "robots4xx": 404,
+                  "huge_photo": 3, **{k: 5 for k in SIZE_FAULTS}}
 FAULT_HELP = {
     "captcha": "price API answers {\"error\":\"pdos_captcha\"} from its N-th request on",
     "login": "search/list pages redirect to the login page from the N-th on",
@@ -55,6 +73,11 @@ FAULT_HELP = {
     "offsite_image": "every N-th gallery has one more photo on another host",
     "robots5xx": "robots.txt answers this 5xx status (default 503)",
     "robots4xx": "robots.txt answers this 4xx status (default 404)",
+    "huge_photo": f"one photo of every N-th product is {HUGE_PHOTO_BYTES} bytes (announced in Content-Length)",
+    "huge_page": f"every N-th item page is {HUGE_PAGE_BYTES} bytes, sent without Content-Length",
+    "photo_flood": f"every N-th item page lists {FLOOD_PHOTOS} more photos in pageConfig's imageList",
+    "huge_robots": f"robots.txt is {HUGE_ROBOTS_BYTES} bytes: its first lines disallow every N-th item page, "
+                   "a 'Disallow: /' follows after 500 KiB",
 }
 DECOY_SKU = "7007"
 OFFSITE_MARK = "[offsite] "  # title prefix of the copies another host serves
@@ -112,6 +135,7 @@ class Faults:
             for product in products:
                 product.layout_fault = product.index % every == 0
         self._assign_escapes(products)
+        self._assign_sizes(products)
 
     def _assign_escapes(self, products: list[ShopProduct]) -> None:
         """Escape fault k hits products whose index is k+1 modulo N (product 0 stays clean)."""
@@ -124,6 +148,71 @@ class Faults:
                     product.escape = kind
                     if kind == "sku_swap" and len(products) > 1:
                         product.page_sku = products[(product.index + 1) % len(products)].sku
+
+    def _assign_sizes(self, products: list[ShopProduct]) -> None:
+        """Size fault k hits products whose index is k modulo N (one fault per product)."""
+        for product in products:
+            product.size_fault = None
+        for k, kind in enumerate(SIZE_FAULTS):
+            every = int(self.get(kind) or 0)
+            for product in products if every else []:
+                if product.size_fault is None and product.index % every == k % every:
+                    product.size_fault = kind
+
+
+class Sizes:
+    """What the size faults change: a huge item page, a flooded gallery, a huge robots.txt, a huge photo."""
+
+    def __init__(self, products: list[ShopProduct], count):
+        self.by_sku = {p.sku: p for p in products}
+        self.faulty = {p.sku: p.size_fault for p in products if p.size_fault}
+        self.count = count
+
+    def robots_txt(self, rules: str) -> tuple[bytes, int, bytes] | None:
+        """``(head, total, tail)`` of a huge robots.txt: rules disallowing the hit item pages, comment lines,
+        then (at its end, far past 500 KiB) a rule that would disallow everything; None without the fault."""
+        hit = [sku for sku, kind in self.faulty.items() if kind == "huge_robots"]
+        if not hit:
+            return None
+        head = (rules + "".join(f"Disallow: /{sku}.html\n" for sku in hit)).encode()
+        return head, HUGE_ROBOTS_BYTES, b"\nDisallow: /\n"
+
+    def huge_page(self, p: ShopProduct) -> bool:
+        return p.size_fault == "huge_page"
+
+    def flood(self, p: ShopProduct) -> list[str]:
+        """The extra ``imageList`` entries of a flooded gallery (bare CDN paths, as JD lists them)."""
+        return [f"jfs/t1/flood/{p.sku}/{i}.jpg" for i in range(FLOOD_PHOTOS)] if p.size_fault == "photo_flood" else []
+
+    def flood_photo(self, jfs: str) -> Path | None:
+        """The file a flood entry serves (the product's front view), counted; None for other paths."""
+        m = FLOOD_PATH.match(jfs)
+        product = self.by_sku.get(m.group(1)) if m else None
+        if product is None or product.size_fault != "photo_flood":
+            return None
+        self.count("flood_images")
+        return product.gallery[0].file
+
+
+def send_padded(handler: BaseHTTPRequestHandler, content_type: str, head: bytes, total: int,
+                declare_length: bool, filler: bytes = b" ", tail: bytes = b"") -> None:
+    """A ``total``-byte answer: ``head``, ``filler`` repeated, ``tail``; written in 64 KiB chunks, never held
+    whole. Without ``declare_length`` no Content-Length is sent and the connection closes after it."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", content_type)
+    if declare_length:
+        handler.send_header("Content-Length", str(total))
+    else:
+        handler.send_header("Connection", "close")
+        handler.close_connection = True
+    handler.end_headers()
+    handler.wfile.write(head)
+    chunk = filler * (65536 // len(filler))
+    left = total - len(head) - len(tail)
+    while left > 0:
+        handler.wfile.write(chunk[:left])
+        left -= len(chunk[:left])
+    handler.wfile.write(tail)
 
 
 @lru_cache(maxsize=1)

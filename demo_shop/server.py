@@ -8,8 +8,9 @@ the price API and robots.txt. All JD hosts live on this one server (``crawl --si
 The catalogue is read by ``catalog.py``, pages are rendered by ``render.py``.
 
 Fault modes (``--faults captcha=5,login=2,5xx=2,slow=0.05,corrupt=3,not_image=3,bomb=3,missing=3,layout=2``,
-the escape faults ``file_link``, ``offsite_link``, ``offsite_redirect``, ``sku_swap``, ``offsite_image`` and
-``robots5xx``/``robots4xx``; see ``faults.py``) make it misbehave deterministically; ``/_shop/manifest.json``
+the escape faults ``file_link``, ``offsite_link``, ``offsite_redirect``, ``sku_swap``, ``offsite_image``,
+``robots5xx``/``robots4xx`` and the size faults ``huge_page``, ``photo_flood``, ``huge_robots``, ``huge_photo``;
+see ``faults.py``) make it misbehave deterministically; ``/_shop/manifest.json``
 holds the ground truth: every product, its ordered gallery (which photos are injected noise), which
 photo got which fault, and what a correct crawler makes of each escape fault.
 """
@@ -30,6 +31,7 @@ from core.errors import ShoesearchError
 from crawlers import jdsite
 from demo_shop.catalog import Photo, ShopProduct, jfs_for, load_catalog, synth_metadata  # noqa: F401
 from demo_shop.faults import ESCAPE_FAULTS, FAULT_DEFAULTS, FAULT_HELP, IMAGE_FAULTS, Escapes, Faults  # noqa: F401
+from demo_shop.faults import HUGE_PAGE_BYTES, HUGE_PHOTO_BYTES, SIZE_FAULTS, Sizes, send_padded
 from demo_shop.render import bomb_png, esc, item_page, listing_items, resized, template
 
 CURR = ' class="curr"'
@@ -58,6 +60,7 @@ class ShopState:
         self.url_hits: dict[str, int] = {}
         faults.assign(products)
         self.escapes = Escapes(products, host, self.count)
+        self.sizes = Sizes(products, self.count)
 
     def count(self, key: str) -> int:
         with self.lock:
@@ -93,7 +96,8 @@ class ShopState:
                                 "expected_status": IMAGE_FAULTS.get(ph.fault, "ok")})
             products.append({"sku": p.sku, "folder": p.folder, **{k: v for k, v in p.meta.items() if k != "sku"},
                              "layout_fault": p.layout_fault, "escape": p.escape, "claims_sku": p.page_sku,
-                             "expected": ESCAPE_FAULTS.get(p.escape, "written"), "gallery": gallery})
+                             "size_fault": p.size_fault, "gallery": gallery,
+                             "expected": SIZE_FAULTS.get(p.size_fault) or ESCAPE_FAULTS.get(p.escape, "written")})
         return {"source": self.source, "page_size": self.page_size, "faults": self.faults.values,
                 "products": products, **self.escapes.manifest()}
 
@@ -173,6 +177,10 @@ class ShopHandler(BaseHTTPRequestHandler):
         if status != 200:
             self.state.count("robots_errors")
             return self._send(status, f"<html><body>{status}</body></html>".encode(), "text/html")
+        huge = self.state.sizes.robots_txt(ROBOTS_TXT)
+        if huge:
+            head, total, tail = huge
+            return send_padded(self, "text/plain", head, total, True, b"# " + b"-" * 61 + b"\n", tail)
         return self._send(200, ROBOTS_TXT.encode(), "text/plain")
 
     def _login_wall(self) -> bool:
@@ -241,8 +249,11 @@ class ShopHandler(BaseHTTPRequestHandler):
         if self._burst(self.path):
             return
         st.count("item_pages")
-        page = item_page(product, sku=product.page_sku, extra_images=st.escapes.extra_images(product))
+        extra = st.escapes.extra_images(product) + st.sizes.flood(product)
+        page = item_page(product, sku=product.page_sku, extra_images=extra)
         body = page.encode("gbk", errors="xmlcharrefreplace")
+        if st.sizes.huge_page(product):  # no Content-Length: only counting what arrives finds it too big
+            return send_padded(self, "text/html; charset=gbk", body, HUGE_PAGE_BYTES, False)
         self._send(200, body, "text/html; charset=gbk")
 
     def _prices(self, q):
@@ -263,6 +274,9 @@ class ShopHandler(BaseHTTPRequestHandler):
     def _image(self, size_code, box, jfs):
         st = self.state
         photo = st.by_jfs.get(jfs)
+        flood = st.sizes.flood_photo(jfs) if photo is None else None
+        if flood is not None:
+            return self._send(200, flood.read_bytes(), "image/jpeg")
         if photo is None or photo.fault == "missing":
             return self._send(404, b"<html><body>404 Not Found</body></html>", "text/html")
         full = size_code in jdsite.FULL_SIZE_CODES and not box
@@ -276,6 +290,8 @@ class ShopHandler(BaseHTTPRequestHandler):
             return self._send(200, b"<!DOCTYPE html><html><body>\xe5\x95\x86\xe5\x93\x81\xe5\x9b\xbe\xe7\x89\x87\xe4\xb8\x8d\xe5\xad\x98\xe5\x9c\xa8</body></html>", "image/jpeg")
         if full and photo.fault == "bomb":
             return self._send(200, bomb_png(), "image/png")
+        if full and photo.fault == "huge_photo":
+            return send_padded(self, "image/jpeg", photo.file.read_bytes(), HUGE_PHOTO_BYTES, True, b"\0")
         if full:
             return self._send(200, photo.file.read_bytes(), CONTENT_TYPES.get(photo.file.suffix.lower(), "image/jpeg"))
         side = int(box) if box else SIZE_CODES.get(size_code, 220)

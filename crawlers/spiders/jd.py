@@ -13,6 +13,10 @@ item page, the category's next page) is requested instead; downloads off the sit
 ``crawlers.middlewares.SiteOnlyMiddleware``. An item page must name the listed SKU, else it is a
 parse failure (``shoesearch/parse_failed/sku_mismatch``), never a product under another id.
 
+Sizes are not trusted: a page over ``crawl.max_page_bytes`` is dropped unread, a gallery keeps its first
+``crawl.max_photos_per_product`` photos, robots.txt is parsed up to ``crawl.max_robots_bytes`` (each
+counted under ``shoesearch/capped/``, see :mod:`crawlers.outcome`); photos have ``crawl.max_image_bytes``.
+
 Incremental: a product whose parsed content (fields, price, gallery URLs) hashes to the value of
 its current row, and whose photos were all stored, is not yielded (its photos are not fetched).
 Resume: SKUs already written by the earlier, interrupted attempts of the same crawl job
@@ -34,9 +38,11 @@ from scrapy.utils.defer import deferred_from_coro
 from crawlers import jdsite
 from crawlers.config import crawl_settings_from
 from crawlers.items import ProductItem
-from crawlers.outcome import FAILED_PREFIX, OFFSITE_PREFIX, classify_failure, source_label, source_stat
+from crawlers.outcome import (CAPPED_PREFIX, FAILED_PREFIX, OFFSITE_PREFIX, classify_failure, is_over_size,
+                              source_label, source_stat)
 
 XHR_HEADERS = {"X-Requested-With": "XMLHttpRequest"}
+LOGGED_URLS = 5  # of a long list of refused gallery entries, the log quotes this many
 TRANSIENT_PHOTO_STATUSES = ("http_error", "timeout", "download_failed")  # worth a retry next crawl
 
 
@@ -53,6 +59,7 @@ class JdSpider(scrapy.Spider):
         spider.categories = [k for k in c.categories if k.strip()]
         spider.max_products = c.max_products
         spider.max_pages = c.max_pages
+        spider.max_photos = c.max_photos_per_product
         spider.run_id = crawler.settings.get("SHOESEARCH_RUN_ID")
         spider.done_runs = json.loads(crawler.settings.get("SHOESEARCH_DONE_RUNS") or "[]")
         spider.scheduled: set[str] = set()  # SKUs whose item page was requested
@@ -225,7 +232,12 @@ class JdSpider(scrapy.Spider):
         if page.refused_photos:
             self.crawler.stats.inc_value(f"{OFFSITE_PREFIX}image", len(page.refused_photos))
             self.logger.warning("left out %d gallery photos off the image CDN on %s: %s", len(page.refused_photos),
-                                response.url, ", ".join(page.refused_photos))
+                                response.url, ", ".join(page.refused_photos[:LOGGED_URLS]))
+        if len(page.gallery) > self.max_photos:  # never queue every entry of a page listing 50,000
+            self.crawler.stats.inc_value(f"{CAPPED_PREFIX}photos", len(page.gallery) - self.max_photos)
+            self.logger.warning("left out %d of %d gallery photos on %s (crawl.max_photos_per_product %d)",
+                                len(page.gallery) - self.max_photos, len(page.gallery), response.url, self.max_photos)
+            page.gallery = page.gallery[: self.max_photos]
         if page.layout != "pageConfig":
             self.crawler.stats.inc_value(f"shoesearch/layout/{page.layout}")
         yield self._request(self.site.price_url([page.sku]), self.parse_price, page=page, item_url=response.url)
@@ -307,7 +319,10 @@ class JdSpider(scrapy.Spider):
     def request_failed(self, failure) -> None:
         """Errback of every request (after retries): count it by cause and for its keyword/category."""
         request = failure.request
-        group, cause = classify_failure(failure.value, request.url)
+        max_bytes = request.meta.get("download_maxsize") or self.crawler.settings.getint("DOWNLOAD_MAXSIZE")
+        group, cause = classify_failure(failure.value, request.url, max_bytes)
         self.crawler.stats.inc_value(f"{FAILED_PREFIX}{group}/{cause}")
+        if is_over_size(failure.value):
+            self.crawler.stats.inc_value(f"{CAPPED_PREFIX}page")
         self._count(self._source(request.cb_kwargs), "refused")
         self.logger.warning("request failed (%s): %s %s", group, cause, request.url)
