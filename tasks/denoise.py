@@ -35,6 +35,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from core.errors import ShoesearchError
+from core.finite import require_finite
 from serving.embedders import open_embedder
 from tasks.embed import embed_images, load_embeddings
 from warehouse import open_warehouse, start_run
@@ -206,6 +207,7 @@ def denoise(settings, threshold: float | None = None, drop_rate: float | None = 
     rows = [{"image_id": d["image_id"], "product_id": d["product_id"], "position": d["position"],
              "sha1": d["sha1"], "distance": d["distance"], "threshold": threshold, "kept": d["kept"],
              "reason": d["reason"], "model_id": model_id} for d in decisions]
+    require_finite("denoise: distances", [r["distance"] for r in rows if r["distance"] is not None])  # never "far"
     with start_run(wh, step="denoise", params=params, inputs=inputs) as run:
         run.write("denoise", rows)
         kept = sum(r["kept"] for r in rows)

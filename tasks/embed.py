@@ -23,6 +23,7 @@ from prefect.cache_policies import NONE
 from tqdm import tqdm
 
 from core.errors import ShoesearchError
+from core.finite import require_finite
 from models.device import autocast, fast_input, on_device, pick_device
 from photos.loading import PhotoBytes, PhotoTensors, batches, is_upright_jpeg, make_loader
 from photos.transforms import fit_square, preprocess_path
@@ -30,6 +31,8 @@ from serving.embedders import open_embedder
 from warehouse import open_warehouse, start_run
 
 log = logging.getLogger(__name__)
+
+NOT_FINITE_HINT = "check the model's weights and the embed settings, e.g. embed.gem_p"
 
 CURRENT_PHOTOS_SQL = """
     SELECT image_id, sha1, path, run_id FROM images_current
@@ -141,6 +144,7 @@ def _embed_pending(run, todo: list[dict], embedder, settings, device: torch.devi
             x = fast_input(x, device)
             with torch.inference_mode(), autocast(device):
                 vectors = embed_batch(embedder, x[ok.to(x.device)])
+            require_finite(f"embed: {embedder.model_id} vectors of {len(vectors)} photos", vectors, NOT_FINITE_HINT)
             for i, vec in zip(index[ok].tolist(), vectors):
                 pending.append((todo[i]["image_id"], todo[i]["sha1"], vec))
             embedded += int(ok.sum())
@@ -182,6 +186,7 @@ def load_embeddings(wh, model_id: str, image_ids: list[str] | None = None) -> tu
     )
     ids = table.column("image_id").to_pylist()
     vectors = _matrix(table.column("vector"))
+    require_finite(f"stored {model_id} embeddings", vectors, "stored before embed checked its vectors")
     if image_ids is None:
         return ids, vectors
     row = {image_id: k for k, image_id in enumerate(ids)}

@@ -17,6 +17,7 @@ import torch
 from prefect import task
 
 from core.errors import ShoesearchError
+from core.finite import require_finite
 from models import functional as LF
 from models.device import pick_device
 from models.netvlad_model import NetVLADEmbedder, load_checkpoint
@@ -34,6 +35,8 @@ def score(embedder, settings, test: PhotoSet, protocol: str, device: torch.devic
     product-level Recall@k, ``models.functional.product_recall``; all photos query all)."""
     ds = PhotoDataset(settings, test.paths, embedder.image_size, embedder.mean, embedder.std)
     desc = embed_dataset(embedder, ds, settings.embed.batch_size, settings.train.num_workers, device, "evaluate")
+    require_finite(f"{getattr(embedder, 'model_id', 'the model')} descriptors of {len(test)} test photos", desc,
+                   "NaN scores no Recall@1: the model's weights or settings are broken")
     masks = {}
     if protocol == "consumer-to-shop":
         masks = {"query_mask": torch.tensor([d == "user" for d in test.domains]),
@@ -86,6 +89,9 @@ def evaluate(settings, model_id: str, protocol: str = "all", compare: tuple[str,
             if hasattr(embedder, "to"):
                 embedder.to(device)
             metrics = score(embedder, settings, test, protocol, device)
+            if not metrics["queries"]:  # recall_and_map's NaN for "nothing to score": not a result to store
+                raise ShoesearchError(f"no test photo has another photo of its product to find ({protocol})")
+            require_finite(f"evaluate: {variant} metrics", metrics)
             rows.append({"model_id": mid or embedder.model_id, "variant": variant, "photos": trained_on, "protocol": PROTOCOLS[protocol],
                          "split": "test", **metrics})
         run.write("evaluations", rows)

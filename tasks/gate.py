@@ -12,10 +12,13 @@ keeps serving. The pointer and the directory format are ``serving.index_store``'
 
 from __future__ import annotations
 
+import math
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from core.errors import ShoesearchError
+from core.finite import require_finite
 from serving.embedders import open_embedder
 from serving.index_store import INDEX_FILE, current_index_row, index_row, prune_indexes, write_pointer
 from warehouse import open_warehouse, start_run
@@ -45,8 +48,9 @@ def gate_decision(wh, new_model_id: str, current: dict | None, tolerance: float,
 
     Both models are compared on the same test photos: when the current model was scored on another
     split (the catalogue grew), it is re-scored on the new model's test split (needs ``settings``).
-    A missing or NaN Recall@1 of the new model is a refusal.
+    A missing or NaN Recall@1 of the new model is a refusal; a NaN tolerance is an error (it would accept any).
     """
+    require_finite("schedule.gate_tolerance", tolerance, "a NaN tolerance would let any model through")
     if current is None:
         return True, "no current index"
     if current["model_id"] == new_model_id:
@@ -56,6 +60,7 @@ def gate_decision(wh, new_model_id: str, current: dict | None, tolerance: float,
     new_split, old_split = test_split(wh, new_model_id), test_split(wh, current["model_id"])
     if settings is not None and new_split and old_split != new_split:
         old = recall_on_split(settings, current["model_id"], new_split)
+    old, new = (v if v is not None and math.isfinite(v) else None for v in (old, new))  # NaN: no score
     if old is None:
         return True, f"current model {current['model_id']} has no test Recall@1; new: {new}"
     if new is None:

@@ -16,6 +16,7 @@ import torch
 from prefect import task
 
 from core.errors import ShoesearchError
+from core.finite import require_finite
 from models import functional as LF
 from models.device import pick_device
 from tasks.train_data import PhotoDataset, embed_dataset, load_photos
@@ -60,6 +61,8 @@ def kmeans_init(settings, split_run_id: str, photos: str = "auto") -> str:
                                   "add photos or lower train.clusters")
         centroids = LF.kmeans(descriptors.to(device), cfg.clusters, cfg.kmeans_iterations, cfg.seed).cpu()
         alpha = LF.netvlad_alpha(descriptors, centroids)
+        require_finite("kmeans: centroids and alpha", {"centroids": centroids, "alpha": alpha},
+                       f"the {cfg.backbone} descriptors of the sampled photos are broken")
         model_id = f"kmeans-{id_part(cfg.backbone)}-{run.run_id.split('-', 1)[1]}"
         rel = f"models/kmeans/{model_id}.pt"
         _save_atomic(settings.home / rel, {"centroids": centroids, "alpha": alpha, "backbone": cfg.backbone,

@@ -33,6 +33,7 @@ from prefect import task
 from tqdm import tqdm
 
 from core.errors import ShoesearchError
+from core.finite import require_finite
 from models.backbones import id_part
 from models.device import on_device, pick_device
 from models.netvlad_model import NetVLADModel, load_checkpoint, save_checkpoint
@@ -40,6 +41,8 @@ from tasks.train_data import PhotoDataset, PhotoSet, load_photos
 from tasks.train_loop import fit_whitening, kmeans_model, new_state, query_indices, recall, run_epochs, trainable
 from warehouse import latest_run, open_warehouse, start_run
 from warehouse.model_registry import model_of_run, model_record, model_row
+
+NOT_FINITE_HINT = "training diverged: lower train.lr"
 
 
 def whiten_on_photos(model: NetVLADModel, settings, photos: PhotoSet, device: torch.device) -> None:
@@ -174,6 +177,7 @@ class _Job:
     def bookkeeper(self, run):
         """After each epoch: the best checkpoint, the ``train_metrics`` row (durable now), the last checkpoint."""
         def on_epoch(state, loss, ips, val, improved, seconds):
+            _require_finite_epoch(self.model, state["epoch"], loss, val)
             if improved:
                 save_checkpoint(self.ckpt_dir / "best.pt", self.model, {"state": state})
             run.commit_chunk("train_metrics", [{
@@ -191,6 +195,8 @@ class _Job:
         if best.whitening is not None and not self.settings.train.learn_whitening:
             whiten_on_photos(best.to(self.device), self.settings, self.train_set, self.device)
         test = recall(best.to(self.device), self.settings, self.test_set, self.device)
+        require_finite(f"train: {model_id} weights", best.state_dict(), NOT_FINITE_HINT)
+        require_finite(f"train: {model_id} test metrics", _scored(test), NOT_FINITE_HINT)
         rel, init_rel = f"models/{model_id}.pt", f"models/{model_id}.init.pt"
         save_checkpoint(home / rel, best)
         shutil.copyfile(self.ckpt_dir / "init.pt", home / f"{init_rel}.tmp")
@@ -199,6 +205,19 @@ class _Job:
                             {**params, "init_path": init_rel, "epochs_run": state["epoch"],
                              "best_val_recall_at_1": state["best"], "dim": best.dim,
                              "start_val_recall_at_1": state.get("start_val_recall_at_1")}, {"split": "test", **test})
+
+
+def _require_finite_epoch(model, epoch: int, loss: float, val: dict) -> None:
+    """Refuse an epoch (before its metrics row and checkpoints) whose loss, validation scores or weights hold NaN
+    or infinity: a diverged model would otherwise be committed, scored and served."""
+    require_finite(f"train: epoch {epoch} loss", loss, NOT_FINITE_HINT)
+    require_finite(f"train: epoch {epoch} validation", _scored(val), NOT_FINITE_HINT)
+    require_finite(f"train: epoch {epoch} weights", model.state_dict(), NOT_FINITE_HINT)
+
+
+def _scored(metrics: dict) -> dict:
+    """``metrics`` when photos were scored; {} when none were (``recall`` gives NaN for "no score" then)."""
+    return metrics if metrics.get("queries") else {}
 
 
 def launch_ddp(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> str:

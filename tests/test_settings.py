@@ -265,7 +265,8 @@ def test_out_of_range_values_are_refused_in_one_line_by_cli_env_and_toml(tmp_pat
     assert str(_one_line_error(lambda: Settings.load(home=home))) == expected
     monkeypatch.delenv(f"SHOESEARCH_{section.upper()}__{key.upper()}")
     (home / "shoesearch.toml").write_text(f"[{section}]\n{key} = {value}\n")  # a TOML number (nan is one too)
-    _one_line_error(lambda: Settings.load(home=home), f"setting {dotted}: ", " is out of range", f"(allowed: {allowed})")
+    _one_line_error(lambda: Settings.load(home=home), f"setting {dotted}: ", " is out of range",
+                    f"(allowed: {allowed})")
     _one_line_error(lambda: Settings().set(dotted, value), expected)
 
 

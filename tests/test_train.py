@@ -499,3 +499,29 @@ def test_training_that_never_beats_its_start_keeps_the_starting_model(trained, m
     init, _ = load_checkpoint(settings.home / params["init_path"])
     assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), init.state_dict().values()))
     assert not any(all(torch.equal(a, b) for a, b in zip(w.values(), kept.state_dict().values())) for _, w in epochs)
+
+
+def test_a_diverged_training_is_refused_before_its_metrics_or_model_are_committed(trained):
+    """Issue 25 item 10: ``train.lr=1e30`` (in range: a rate has no natural ceiling) makes the first epoch's loss or
+    weights NaN; the run fails with one line before its ``train_metrics`` row, checkpoint or model is written, where
+    it used to commit NaN losses and publish the model."""
+    import tasks.train as T
+    from core.finite import NotFinite
+    from core.settings import Settings
+    from warehouse import open_warehouse
+
+    settings, split, km, _ = trained
+    wh = open_warehouse(settings)
+
+    def counts() -> list[int]:
+        return [wh.query(f"SELECT count(*) FROM {t}").column(0)[0].as_py() for t in ("train_metrics", "models")]
+
+    before, files = counts(), sorted((settings.home / "models").glob("*.pt"))
+    diverging = Settings.load(home=settings.home, overrides={**SHORT, "train.epochs": 1, "train.lr": 1e30})
+    with pytest.raises(NotFinite, match=r"^train: epoch 1 (loss|validation|weights)\b.* values are not finite .*"
+                                        r"refused before committing \(training diverged: lower train.lr\)$"):
+        T.train_model(diverging, split, kmeans_run_id=km)
+    assert counts() == before and sorted((settings.home / "models").glob("*.pt")) == files
+    last = wh.query("SELECT status, message FROM runs WHERE step = 'train' ORDER BY started_at DESC LIMIT 1"
+                    ).to_pylist()
+    assert last[0]["status"] == "failed" and "not finite" in last[0]["message"]
