@@ -35,7 +35,7 @@ import os
 from contextvars import ContextVar
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import tomllib
 from pydantic import Field, ValidationError, field_validator
@@ -53,9 +53,8 @@ from core.sections import (  # noqa: F401 - the sections are imported from here 
     SqlSettings,
     TrainSettings,
     UnknownSetting,
-    bare_type,
-    readable_as,
 )
+from core.setting_text import bare_type, readable_as
 
 ENV_HOME = "SHOESEARCH_HOME"
 ENV_PREFIX = "SHOESEARCH_"
@@ -209,6 +208,8 @@ def _type_name(annotation: Any) -> str:
         return f"list of {_type_name(args[0])} (a JSON list or ;-separated items)"
     if origin is tuple:
         return f"{len(args)} {_type_name(args[0])}s (a JSON list or ;-separated items)"
+    if origin is Literal:
+        return f"one of {', '.join(map(repr, args))}"
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -226,6 +227,9 @@ def _range(annotation: Any, metadata: list) -> str:
         return f"{inner}, or none" if inner else ""
     if origin is tuple:
         return f"{len(args)} numbers, each {_range(args[0], metadata)}"
+    pattern = next((m.pattern for m in metadata if getattr(m, "pattern", None)), None)
+    if pattern:
+        return f"text matching {pattern}"
     bounds = [f"{word} {getattr(m, name)}" for m in metadata for name, word in _BOUNDS if hasattr(m, name)]
     finite = any(getattr(m, "allow_inf_nan", True) is False for m in metadata)
     kind = "an integer" if annotation is int else "a finite number" if finite else "a number"
@@ -249,5 +253,6 @@ def _explained(exc: ValidationError, prefix: tuple[str, ...] = ()) -> BadSetting
         return BadSettingValue(f"setting {section_name}.{key}: cannot read {error['input']!r} as {_type_name(bare)}"
                                f"{where}")
     because = f": {detail}" if detail else ""
-    return BadSettingValue(f"setting {section_name}.{key}: {error['input']!r}{at} is out of range{because} "
-                           f"(allowed: {_range(info.annotation, info.metadata)})")
+    verb = "is out of range" if {int, float} & {bare, *get_args(bare)} else "is not allowed"
+    return BadSettingValue(f"setting {section_name}.{key}: {error['input']!r}{at} {verb}{because} "
+                           f"(allowed: {_range(info.annotation, info.metadata) or error['msg']})")

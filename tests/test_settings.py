@@ -274,7 +274,7 @@ def _numeric_fields() -> list[tuple[str, type]]:
     """(section.field, int or float) for every field holding numbers (alone, in a tuple or optional)."""
     from typing import get_args
 
-    from core.sections import bare_type
+    from core.setting_text import bare_type
 
     out = []
     for name, cls in SECTIONS.items():
@@ -311,3 +311,7 @@ def test_checks_across_fields_and_inside_tuples_are_one_line(tmp_path):
     assert Settings.load(home=home, overrides={"denoise.drop_rate": "none"}).denoise.drop_rate is None
     _one_line_error(lambda: Settings.load(home=home, overrides={"denoise.drop_rate": "1"}),
                     "setting denoise.drop_rate: '1' is out of range (allowed: a finite number >= 0 and < 1, or none)")
+    _one_line_error(lambda: Settings.load(home=home, overrides={"train.lr_schedule": "cos"}),
+                    "setting train.lr_schedule: cannot read 'cos' as one of 'constant', 'cosine'")
+    _one_line_error(lambda: Settings.load(home=home, overrides={"sql.memory_limit": "4 gigs"}),
+                    "setting sql.memory_limit: '4 gigs' is not allowed (allowed: text matching ")
