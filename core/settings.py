@@ -18,8 +18,10 @@ is ``true``/``false``/``1``/``0``/``yes``/``no``/``on``/``off``; a list (or a tu
 ``train.split_fractions``) is a JSON list (``SHOESEARCH_CRAWL__KEYWORDS='["鞋", "靴子"]'``) or
 ``;``-separated items (``鞋;靴子``; not ``,``: JD category ids such as ``1318,12099,9756`` contain
 commas), and ``""`` is the empty list; ``""``/``none``/``null`` is "not set" for an optional number.
-An unknown section or field (in ``--set``, the TOML file or a ``SHOESEARCH_X__Y`` variable) or a value
-that cannot be read as its type is a one-line :class:`~core.errors.ShoesearchError`.
+An unknown section or field (in ``--set``, the TOML file or a ``SHOESEARCH_X__Y`` variable), a value
+that cannot be read as its type, or one outside its range (every numeric setting has one: ``core.sections``;
+NaN and infinity are outside every float's) is a one-line :class:`~core.errors.ShoesearchError` naming the
+setting, the value and what is allowed.
 ``Settings.as_overrides()`` is every effective value: the CLI hands it to each flow (and a flow to
 its DDP ranks), so every step runs with exactly the settings the command resolved.
 
