@@ -30,7 +30,7 @@ from tasks.crawl import crawl_task
 from tasks.embed import embed_images_task
 from tasks.evaluate import evaluate_task
 from tasks.gate import descriptor_to_serve_task, switch_index_task
-from tasks.index import build_index_task
+from tasks.index import build_index_task, index_lock
 from tasks.kmeans import kmeans_init_task
 from tasks.nightly import (
     finished_evaluation_task,
@@ -63,8 +63,9 @@ def nightly(site: str | None = None, crawl: bool = True, home: str | None = None
     model_id = model_id_of_run(settings, steps["train"])
     steps["evaluate"] = finished_evaluation_task(settings, model_id) or evaluate_task(settings, model_id)
     served = descriptor_to_serve_task(settings, steps["evaluate"], model_id)
-    steps["index"] = build_index_task.with_options(**retry)(settings, served["model_spec"], steps["evaluate"])
-    steps["switch"] = switch_index_task(settings, steps["index"])
+    with index_lock(settings):  # another nightly's or a manual `index`'s build + switch waits (see index_lock)
+        steps["index"] = build_index_task.with_options(**retry)(settings, served["model_spec"], steps["evaluate"])
+        steps["switch"] = switch_index_task(settings, steps["index"])
     outcome = report_nightly_task(settings, steps, served["reason"])
     refresh_snapshot_task(settings)
     return outcome

@@ -19,7 +19,9 @@ from serving.embedders import open_embedder
 from serving.index_store import write_index_dir
 from tasks.embed import embed_images, load_embeddings
 from tasks.faiss_build import build_faiss, choose_kind, gpu_count, match_calibration, recall_vs_exact, sample_queries
-from warehouse import open_warehouse, start_run
+from warehouse import latest_run, open_warehouse, start_run
+from warehouse.catalog import DENOISE_OF_RUN
+from warehouse.locks import step_lock
 from warehouse.model_registry import find_model, newest_model
 from warehouse.runs import now
 
@@ -29,27 +31,33 @@ PRODUCT_COLUMNS = ["product_id", "title", "brand", "price", "url", "shop_name", 
 # --- the index step ----------------------------------------------------------------------------
 
 
-def catalogue_photos(wh, settings) -> pa.Table:
+def catalogue_photos(wh, settings) -> tuple[pa.Table, str | None]:
     """The photos to index: (image_id, product_id, path, run_id of the images row), in a stable order.
 
-    Kept photos of the current denoise run, or every valid photo with ``index.index_all_photos``.
+    Kept photos of the current denoise run, or every valid photo with ``index.index_all_photos``. Returns
+    the photos and that denoise run's id (None with ``index_all_photos``), read once: the photos are that
+    run's even when another denoise commits meanwhile, so the lineage names the run they came from.
     """
     if settings.index.index_all_photos:
+        denoise_run, params = None, []
         sql = """SELECT i.image_id, i.product_id, i.path, i.run_id FROM images_current i
                  WHERE i.status = 'ok' AND i.path IS NOT NULL ORDER BY i.image_id"""
     else:
-        if not wh.query("SELECT count(*) AS n FROM denoise_current").column("n")[0].as_py():
+        denoise_run = latest_run(wh, "denoise")  # the run denoise_current shows now, read once
+        params = [denoise_run]
+        if denoise_run is None or not wh.query(f"SELECT count(*) AS n FROM {DENOISE_OF_RUN}", [denoise_run]
+                                               ).column("n")[0].as_py():
             raise ShoesearchError(
                 "no denoise run yet: run `shoesearch denoise` first, or index every photo with "
                 "--set index.index_all_photos=true"
             )
-        sql = """SELECT i.image_id, i.product_id, i.path, i.run_id FROM images_current i
-                 JOIN denoise_current d ON d.image_id = i.image_id
-                 WHERE d.kept AND i.status = 'ok' AND i.path IS NOT NULL ORDER BY i.image_id"""
-    photos = wh.query(sql)
+        sql = f"""SELECT i.image_id, i.product_id, i.path, i.run_id FROM images_current i
+                  JOIN {DENOISE_OF_RUN} d ON d.image_id = i.image_id
+                  WHERE d.kept AND i.status = 'ok' AND i.path IS NOT NULL ORDER BY i.image_id"""
+    photos = wh.query(sql, params)
     if photos.num_rows == 0:
         raise ShoesearchError("no photos to index: crawl or ingest a catalogue first")
-    return photos
+    return photos, denoise_run
 
 
 def catalogue_vectors(wh, photos: pa.Table, model_id: str) -> tuple[np.ndarray, pa.Table, pa.Table]:
@@ -90,12 +98,10 @@ def build_index(settings, model_spec: str | None = None, chosen_by: str | None =
     wh = open_warehouse(settings)
     newest = newest_model(wh)
     spec = model_spec or (newest["model_id"] if newest else f"imagenet:{settings.embed.backbone}")
-    photos = catalogue_photos(wh, settings)
+    photos, denoise_run = catalogue_photos(wh, settings)
     embed_run = embed_images(settings, model_spec=spec, image_ids=photos.column("image_id").to_pylist())
     model_id = open_embedder(settings, spec).model_id
     vectors, mapping, products = catalogue_vectors(wh, photos, model_id)
-    denoise_run = None if cfg.index_all_photos else wh.query(
-        "SELECT any_value(run_id) AS r FROM denoise_current").column("r")[0].as_py()
     kind = choose_kind(len(vectors), cfg)
     inputs = [embed_run, (find_model(wh, model_id) or {}).get("run_id"), chosen_by, denoise_run,
               *sorted(set(photos.column("run_id").to_pylist()))]
@@ -119,6 +125,12 @@ def build_index(settings, model_spec: str | None = None, chosen_by: str | None =
             "created_at": now()}])
         run.message = note
     return run.run_id
+
+
+def index_lock(settings):
+    """One build + switch at a time per data home (``index``, the nightly's index and switch): a switch prunes
+    old index directories, and would delete a concurrent run's fresh one before that run switched it in."""
+    return step_lock(settings.warehouse_dir, "index")
 
 
 # --- switching ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from core.errors import ShoesearchError
 from models.device import forward
 from photos.loading import PhotoDataset, batches, make_loader  # noqa: F401 - PhotoDataset is used from here
 from warehouse import latest_run
+from warehouse.catalog import DENOISE_OF_RUN
 
 PHOTO_SETS = ("auto", "raw", "denoised")
 
@@ -66,7 +67,8 @@ def resolve_photos(wh, photos: str) -> tuple[str, str | None]:
 def load_photos(wh, split_run_id: str, photos: str = "auto", splits: tuple[str, ...] = ("train",)) -> PhotoSet:
     """The photos of ``splits`` (from split run ``split_run_id``) in the requested photo set."""
     used, denoise_run = resolve_photos(wh, photos)
-    kept = "JOIN denoise_current d ON d.image_id = i.image_id AND d.kept" if used == "denoised" else ""
+    # The denoise run resolve_photos read, not denoise_current again: one committing meanwhile is not mixed in.
+    kept = f"JOIN {DENOISE_OF_RUN} d ON d.image_id = i.image_id AND d.kept" if used == "denoised" else ""
     marks = ", ".join("?" for _ in splits)
     rows = wh.query(
         f"""SELECT i.image_id, i.product_id, i.path, s.split, i.domain
@@ -74,7 +76,7 @@ def load_photos(wh, split_run_id: str, photos: str = "auto", splits: tuple[str, 
             {kept}
             WHERE i.status = 'ok' AND s.split IN ({marks})
             ORDER BY i.image_id""",
-        [split_run_id, *splits],
+        [split_run_id, *([denoise_run] if used == "denoised" else []), *splits],
     ).to_pydict()
     return PhotoSet(rows["image_id"], rows["product_id"], rows["path"], rows["split"], rows["domain"],
                     used, denoise_run)

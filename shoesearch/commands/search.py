@@ -34,10 +34,11 @@ def register(sub) -> None:
 
 def cmd_index(args, settings) -> int:
     from tasks.gate import switch_index
-    from tasks.index import build_index
+    from tasks.index import build_index, index_lock
 
-    index_id = build_index(settings, model_spec=args.model)
-    switch_index(settings, index_id, gate=not args.no_gate)
+    with index_lock(settings):  # a concurrent build + switch (index, nightly) waits: see index_lock
+        index_id = build_index(settings, model_spec=args.model)
+        switch_index(settings, index_id, gate=not args.no_gate)
     return 0
 
 
@@ -65,7 +66,9 @@ def cmd_search(args, settings) -> int:
 
 def cmd_api(args, settings) -> int:
     from serving.api import serve
+    from warehouse import require_home
 
+    require_home(settings)  # a reader: a mistyped --home is reported, never created (nor by /health)
     host, port = args.host or settings.api.host, args.port or settings.api.port
     print(f"search page: http://{host}:{port}/   (POST /search with a 'photo' upload for JSON)")
     serve(settings, host=host, port=port)
