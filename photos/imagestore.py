@@ -11,18 +11,20 @@ import hashlib
 import io
 import os
 import uuid
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from core.errors import ShoesearchError
+from photos.decode_worker import DecodeFailed, TooCostly, verify_decode
+from photos.decoding import MAX_SCANS, scan_refusal
 
 # PIL's own decompression-bomb guard is replaced by our explicit pixel limit.
 Image.MAX_IMAGE_PIXELS = None
 
-FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
+FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}  # MPO: a JPEG
+# with an MPF block (phone photos with a depth or gain map), read as its first frame
 
 
 class PhotoWriteError(ShoesearchError, OSError):
@@ -34,11 +36,13 @@ class ImageLimits:
     max_bytes: int = 15_000_000
     max_pixels: int = 40_000_000
     min_side: int = 32
+    max_scans: int = MAX_SCANS  # JPEG scans (each one a pass over every coefficient)
+    decode_cpu_s: float = 10.0  # CPU seconds one decode may use before its worker is killed
 
     @classmethod
     def from_settings(cls, settings) -> "ImageLimits":
         c = settings.crawl
-        return cls(c.max_image_bytes, c.max_image_pixels, c.min_image_side)
+        return cls(c.max_image_bytes, c.max_image_pixels, c.min_image_side, c.max_image_scans, c.decode_cpu_s)
 
 
 @dataclass(frozen=True)
@@ -52,32 +56,49 @@ class StoredImage:
     bytes: int = 0
 
 
-def inspect_image(data: bytes, limits: ImageLimits) -> StoredImage:
-    """Validate bytes as a real, complete, reasonably sized picture (no storing)."""
+def inspect_header(data: bytes, limits: ImageLimits, empty: str = "zero-byte response") -> StoredImage:
+    """The verdict from the size and the image header alone (nothing decoded, so it is cheap): a refusal, or
+    ``ok`` with the picture's size (no hash). A JPEG's scans are counted: more than ``limits.max_scans`` is a
+    decoding-time bomb."""
     n = len(data)
     if n == 0:
-        return StoredImage("empty", "zero-byte response", bytes=0)
+        return StoredImage("empty", empty, bytes=0)
     if n > limits.max_bytes:
         return StoredImage("too_large", f"{n} bytes > limit {limits.max_bytes}", bytes=n)
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, (w, h) = img.format, img.size
-            if fmt not in FORMATS:
-                return StoredImage("not_image", f"unsupported image format {fmt}", bytes=n)
-            if w * h > limits.max_pixels:
-                return StoredImage("bomb", f"{w}x{h} pixels > limit {limits.max_pixels}", bytes=n, width=w, height=h)
-            if min(w, h) < limits.min_side:
-                return StoredImage("too_small", f"{w}x{h} < {limits.min_side} px", bytes=n, width=w, height=h)
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")  # truncated data warns in some PIL paths
-                img.load()
     except UnidentifiedImageError:
         head = data[:64].lstrip().lower()
         kind = "HTML" if head.startswith((b"<!doctype", b"<html")) else "not an image"
         return StoredImage("not_image", f"content is {kind}", bytes=n)
-    except (OSError, SyntaxError, ValueError, Warning) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         return StoredImage("corrupt", f"does not decode: {exc}", bytes=n)
-    return StoredImage("ok", None, hashlib.sha1(data).hexdigest(), None, w, h, n)
+    size = {"bytes": n, "width": w, "height": h}
+    if fmt not in FORMATS:
+        return StoredImage("not_image", f"unsupported image format {fmt}", bytes=n)
+    if w * h > limits.max_pixels:
+        return StoredImage("bomb", f"{w}x{h} pixels > limit {limits.max_pixels}", **size)
+    if min(w, h) < limits.min_side:
+        return StoredImage("too_small", f"{w}x{h} < {limits.min_side} px", **size)
+    if refusal := scan_refusal(fmt, data, limits.max_scans):
+        return StoredImage("bomb", refusal, **size)
+    return StoredImage("ok", None, **size)
+
+
+def inspect_image(data: bytes, limits: ImageLimits) -> StoredImage:
+    """Validate bytes as a real, complete, reasonably sized picture (no storing): the header checks, then a
+    full decode in a worker process killed past ``limits.decode_cpu_s`` of CPU time (``bomb``)."""
+    info = inspect_header(data, limits)
+    if info.status != "ok":
+        return info
+    try:
+        verify_decode(data, limits.decode_cpu_s)
+    except TooCostly as exc:
+        return replace(info, status="bomb", reason=str(exc))
+    except DecodeFailed as exc:
+        return StoredImage("corrupt", f"does not decode: {exc}", bytes=info.bytes)
+    return replace(info, sha1=hashlib.sha1(data).hexdigest())
 
 
 def store_image(data: bytes, images_dir: Path, limits: ImageLimits) -> StoredImage:

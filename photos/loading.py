@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from core.errors import ShoesearchError, explained
+from photos.decoding import JPEG_FORMATS, MAX_SCANS, scan_refusal
 from photos.transforms import preprocess_path
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,10 @@ class PhotoError(ShoesearchError):
     """A photo file could not be turned into a tensor: the message names the file and the cause."""
 
 
-def read_photo(path: Path, size: int, mean, std, max_pixels: int) -> torch.Tensor:
+def read_photo(path: Path, size: int, mean, std, max_pixels: int, max_scans: int = MAX_SCANS) -> torch.Tensor:
     """One photo file -> normalised tensor, or :class:`PhotoError` naming the file and the cause."""
     try:
-        return preprocess_path(path, size, mean, std, max_pixels)
+        return preprocess_path(path, size, mean, std, max_pixels, max_scans)
     except Exception as exc:  # noqa: BLE001 - any decoder failure becomes a named, one-line error
         raise PhotoError(f"cannot read photo {path}: {type(exc).__name__}: {exc}") from exc
 
@@ -49,22 +50,24 @@ class PhotoTensors(Dataset):
 
     reads_files = True
 
-    def __init__(self, paths: list[Path], size: int, mean, std, max_pixels: int):
+    def __init__(self, paths: list[Path], size: int, mean, std, max_pixels: int, max_scans: int = MAX_SCANS):
         self.paths, self.size, self.mean, self.std, self.max_pixels = paths, size, mean, std, max_pixels
+        self.max_scans = max_scans
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return i, read_photo(self.paths[i], self.size, self.mean, self.std, self.max_pixels), True
+            return i, read_photo(self.paths[i], self.size, self.mean, self.std, self.max_pixels, self.max_scans), True
         except PhotoError as exc:
             log.warning("%s", exc)
             return i, torch.zeros(3, self.size, self.size), False
 
 
-def is_upright_jpeg(data: bytes) -> bool:
-    """A JPEG whose EXIF orientation is 1 (or absent): nvjpeg's pixels equal the displayed photo."""
+def is_upright_jpeg(data: bytes, max_scans: int = MAX_SCANS) -> bool:
+    """A JPEG (or MPO) whose EXIF orientation is 1 (or absent): nvjpeg's pixels equal the displayed photo. One
+    with more than ``max_scans`` scans is not: the CPU path refuses it."""
     import io
 
     from PIL import Image
@@ -73,7 +76,8 @@ def is_upright_jpeg(data: bytes) -> bool:
         return False
     try:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
-            return img.getexif().get(0x0112, 1) == 1
+            fmt, orientation = img.format, img.getexif().get(0x0112, 1)
+        return fmt in JPEG_FORMATS and orientation == 1 and scan_refusal(fmt, data, max_scans) is None
     except Exception:  # noqa: BLE001 - an unreadable header is decoded (and reported) on the CPU path
         return False
 
@@ -84,8 +88,8 @@ class PhotoBytes(Dataset):
 
     reads_files = True
 
-    def __init__(self, paths: list[Path]):
-        self.paths = paths
+    def __init__(self, paths: list[Path], max_scans: int = MAX_SCANS):
+        self.paths, self.max_scans = paths, max_scans
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -97,7 +101,7 @@ class PhotoBytes(Dataset):
             data = read_file(str(self.paths[i]))
         except RuntimeError as exc:
             raise PhotoError(f"cannot read photo {self.paths[i]}: {exc}") from exc
-        return i, data, is_upright_jpeg(data.numpy().tobytes())
+        return i, data, is_upright_jpeg(data.numpy().tobytes(), self.max_scans)
 
 
 class PhotoDataset(Dataset):
@@ -108,7 +112,7 @@ class PhotoDataset(Dataset):
     def __init__(self, settings, paths: list[str], image_size: int, mean, std):
         self.root = settings.images_dir
         self.paths = paths
-        self.max_pixels = settings.crawl.max_image_pixels
+        self.max_pixels, self.max_scans = settings.crawl.max_image_pixels, settings.crawl.max_image_scans
         self.image_size, self.mean, self.std = image_size, mean, std
 
     def __len__(self) -> int:
@@ -116,7 +120,8 @@ class PhotoDataset(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         # The same preprocessing as embedding, indexing and search (long side scaled, padded square).
-        return read_photo(self.root / self.paths[i], self.image_size, self.mean, self.std, self.max_pixels)
+        return read_photo(self.root / self.paths[i], self.image_size, self.mean, self.std, self.max_pixels,
+                          self.max_scans)
 
 
 class TupleDataset(Dataset):

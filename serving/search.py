@@ -1,8 +1,11 @@
 """Search by photo: embed a query photo with the current index's model and return the best products.
 
-The current index and its model are loaded once per process and reloaded only when the
-``indexes/CURRENT`` pointer names another index, so a switch takes effect on the next query and a
-search never sees a half-built index (it holds the one it loaded).
+The current index and its model are loaded once per process; the ``indexes`` table is re-read when its
+directory or the ``indexes/CURRENT`` pointer changes (one ``stat`` per query), so a switch takes effect on
+the next query, also one whose pointer write was lost to a kill, and a search never sees a half-built
+index (it holds the one it loaded). An index whose files cannot be read leaves the last good one serving,
+and the problem names the file (:func:`health`); search reads the index's own files, no warehouse table
+but ``indexes`` (and ``models`` for a trained model).
 
 A query photo is preprocessed exactly as a catalogue photo is (``photos.transforms.preprocess_path``,
 from its bytes: one decode, reduced while decoding, EXIF orientation applied), after a header-only
@@ -11,19 +14,31 @@ check of its size, format and pixel count; at most ``api.max_decodes`` query pho
 
 from __future__ import annotations
 
-import io
 import json
+import logging
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from core.errors import ShoesearchError
-from photos.imagestore import FORMATS, ImageLimits
-from serving.index_store import INDEX_FILE, MAPPING_FILE, META_FILE, POINTER, PRODUCTS_FILE, current_index
+from photos.imagestore import ImageLimits, inspect_header
+from serving.index_store import (
+    INDEX_FILE,
+    MAPPING_FILE,
+    META_FILE,
+    POINTER,
+    PRODUCTS_FILE,
+    IndexUnavailable,
+    current_index,
+    read_index_file,
+    serving_stamp,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,32 +62,17 @@ class SearchHit:
 
 def upload_limits(settings) -> ImageLimits:
     a = settings.api
-    return ImageLimits(max_bytes=a.max_upload_bytes, max_pixels=a.max_upload_pixels, min_side=a.min_upload_side)
+    return ImageLimits(max_bytes=a.max_upload_bytes, max_pixels=a.max_upload_pixels, min_side=a.min_upload_side,
+                       max_scans=a.max_upload_scans, decode_cpu_s=a.decode_cpu_s)
 
 
 def check_photo(data: bytes, limits: ImageLimits) -> None:
     """Refuse (:class:`BadPhoto`) what cannot be searched, from the size and the image header alone
-    (nothing is decoded): empty, too large, not an image we read, a decompression bomb, too small."""
-    n = len(data)
-    if n == 0:
-        raise BadPhoto("empty", "zero-byte upload")
-    if n > limits.max_bytes:
-        raise BadPhoto("too_large", f"{n} bytes > limit {limits.max_bytes}")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt, (w, h) = img.format, img.size
-    except UnidentifiedImageError:
-        head = data[:64].lstrip().lower()
-        raise BadPhoto("not_image", "content is HTML" if head.startswith((b"<!doctype", b"<html")) else
-                       "content is not an image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadPhoto("corrupt", f"does not decode: {exc}") from None
-    if fmt not in FORMATS:
-        raise BadPhoto("not_image", f"unsupported image format {fmt}")
-    if w * h > limits.max_pixels:
-        raise BadPhoto("bomb", f"{w}x{h} pixels > limit {limits.max_pixels}")
-    if min(w, h) < limits.min_side:
-        raise BadPhoto("too_small", f"{w}x{h} < {limits.min_side} px")
+    (nothing is decoded): empty, too large, not an image we read, a decompression bomb (pixels or JPEG
+    scans), too small (``photos.imagestore.inspect_header``, as for a crawled photo)."""
+    info = inspect_header(data, limits, empty="zero-byte upload")
+    if info.status != "ok":
+        raise BadPhoto(info.status, info.reason)
 
 
 _DECODE_SLOTS: dict[int, threading.BoundedSemaphore] = {}
@@ -87,17 +87,19 @@ def decode_slots(n: int) -> threading.BoundedSemaphore:
 
 def photo_tensor(data: bytes, limits: ImageLimits, size: int, mean, std, slots: int):
     """Checked photo bytes -> the normalised 3 x size x size tensor, by the catalogue's own preprocessing
-    (``photos.transforms.preprocess_path``), waiting while ``slots`` other decodes are in flight: a
-    decode holds up to the full frame (3-4 bytes per pixel) until it is reduced."""
-    from photos import transforms
+    (``photos.decoding.load_rgb``, then ``photos.transforms.preprocess``), waiting while ``slots`` other
+    decodes are in flight: a decode holds up to the full frame (3-4 bytes per pixel) until it is reduced.
+    The decode runs in a worker process killed past ``limits.decode_cpu_s`` of CPU time (``bomb``)."""
+    from photos import decode_worker, transforms
 
     with decode_slots(slots):
         try:
-            return transforms.preprocess_path(data, size, mean, std, limits.max_pixels)
-        except MemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is the photo's fault: one line
-            raise BadPhoto("corrupt", f"does not decode: {type(exc).__name__}: {exc}") from None
+            img = decode_worker.decode_rgb(data, size, limits.max_pixels, limits.max_scans, limits.decode_cpu_s)
+        except decode_worker.TooCostly as exc:
+            raise BadPhoto("bomb", str(exc)) from None
+        except decode_worker.DecodeFailed as exc:  # any decoder failure is the photo's fault: one line
+            raise BadPhoto("corrupt", f"does not decode: {exc.kind}: {exc}") from None
+    return transforms.preprocess(img, size, mean, std)
 
 
 class BadPhoto(ShoesearchError):
@@ -109,11 +111,26 @@ class BadPhoto(ShoesearchError):
         self.reason = reason
 
 
+def _read_meta(path: Path) -> dict:
+    meta = json.loads(path.read_text())
+    meta["model_id"]  # noqa: B018 - a meta.json without it is as unreadable as a truncated one (KeyError)
+    return meta
+
+
+def _read_mapping(path: Path) -> tuple[list, list, list]:
+    """(image ids, product ids, photo paths) by faiss row."""
+    mapping = pq.read_table(path).sort_by("row")
+    return tuple(mapping.column(c).to_pylist() for c in ("image_id", "product_id", "path"))
+
+
+def _read_products(path: Path) -> dict[str, dict]:
+    return {p["product_id"]: p for p in pq.read_table(path).to_pylist()}
+
+
 class Searcher:
     """A loaded index (faiss + row mapping + product details) and the model that embeds queries."""
 
     def __init__(self, settings, index_id: str):
-        import faiss
         import torch
 
         from models.device import pick_device
@@ -121,18 +138,8 @@ class Searcher:
 
         self.settings = settings
         self.index_id = index_id
-        directory = settings.indexes_dir / index_id
-        if not (directory / META_FILE).exists():
-            raise ShoesearchError(f"index directory {directory} is missing or incomplete")
-        self.meta = json.loads((directory / META_FILE).read_text())
-        self.model_id = self.meta["model_id"]
-        self.match_threshold = self.meta.get("match_threshold")  # None for indexes built before calibration
-        self.index = faiss.read_index(str(directory / INDEX_FILE))
-        mapping = pq.read_table(directory / MAPPING_FILE).sort_by("row")
-        self.image_ids = mapping.column("image_id").to_pylist()
-        self.product_ids = mapping.column("product_id").to_pylist()
-        self.paths = mapping.column("path").to_pylist()
-        self.products = {p["product_id"]: p for p in pq.read_table(directory / PRODUCTS_FILE).to_pylist()}
+        self.problem: str | None = None  # why results lack something (the product details), or None
+        self._load_files(settings.indexes_dir / index_id)
         self.embedder = open_embedder(settings, self.model_id)
         self.device = pick_device(settings.embed.device)
         if isinstance(self.embedder, torch.nn.Module):  # trained embedders place themselves
@@ -141,14 +148,35 @@ class Searcher:
             raise ShoesearchError(f"model {self.model_id} gives {self.embedder.dim}-d vectors, index holds {self.index.d}-d")
         self._lock = threading.Lock()
 
+    def _load_files(self, directory: Path) -> None:
+        """The index's files, each refused (:class:`IndexUnavailable`) with its name when unreadable. The product
+        details (titles, prices) are optional: without them results show product ids and ``problem`` says why."""
+        import faiss
+
+        s = self.settings
+        self.meta = read_index_file(s, directory, META_FILE, _read_meta)
+        self.model_id = self.meta["model_id"]
+        self.match_threshold = self.meta.get("match_threshold")  # None for indexes built before calibration
+        self.index = read_index_file(s, directory, INDEX_FILE, lambda p: faiss.read_index(str(p)))
+        self.image_ids, self.product_ids, self.paths = read_index_file(s, directory, MAPPING_FILE, _read_mapping)
+        if len(self.image_ids) != self.index.ntotal:
+            raise IndexUnavailable(f"{directory.name}: {INDEX_FILE} holds {self.index.ntotal} vectors but "
+                                   f"{MAPPING_FILE} {len(self.image_ids)} rows (rebuild it with `shoesearch index`)")
+        try:
+            self.products = read_index_file(s, directory, PRODUCTS_FILE, _read_products)
+        except IndexUnavailable as exc:
+            self.products, self.problem = {}, f"{exc}; results show product ids only"
+            log.warning("%s", self.problem)
+
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """L2-normalised descriptors (n x d float32) of RGB photos, preprocessed as the model expects."""
         import torch
 
+        from photos.decoding import eight_bit
         from photos.transforms import preprocess
 
         e = self.embedder
-        return self.embed_tensors(torch.stack([preprocess(img.convert("RGB"), e.image_size, e.mean, e.std)
+        return self.embed_tensors(torch.stack([preprocess(eight_bit(img).convert("RGB"), e.image_size, e.mean, e.std)
                                                for img in images]))
 
     def embed_tensors(self, batch) -> np.ndarray:
@@ -205,34 +233,81 @@ class Searcher:
         return self.search_vectors(self.embed_tensors(photo.unsqueeze(0)), k)[0]
 
 
-_SEARCHERS: dict[str, Searcher] = {}
+@dataclass
+class Serving:
+    """What one process serves for one home: the searcher loaded, the :func:`serving_stamp` it was
+    checked against, and the problem met loading the newest index (``searcher``: the last good one)."""
+
+    stamp: tuple | None = None
+    searcher: Searcher | None = None
+    problem: ShoesearchError | None = None
+
+
+_SERVING: dict[str, Serving] = {}
 _LOAD_LOCK = threading.Lock()
 
 
 def current_index_id(settings) -> str | None:
-    """The index id the ``CURRENT`` pointer names (None before the first switch)."""
+    """The index id the ``CURRENT`` pointer names (None before the first switch); a missing home is refused."""
 
     pointer = settings.indexes_dir / POINTER
     if pointer.exists():
         return pointer.read_text().strip() or None
-    info = current_index(settings)  # repairs a missing pointer from the indexes table
+    info = current_index(settings, must_exist=True)  # repairs a missing pointer from the indexes table
     return info.index_id if info else None
 
 
-def get_searcher(settings) -> Searcher:
-    """The searcher for the current index, loaded once per index per process."""
-    if str(settings.home) not in _SEARCHERS:  # first load: reconcile the pointer with the table
-        current_index(settings)
-    index_id = current_index_id(settings)
-    if index_id is None:
-        raise ShoesearchError("no index yet: run `shoesearch index` (or `shoesearch nightly`) first")
-    key = str(settings.home)
+def _refresh(settings, state: Serving) -> None:
+    """Load the index the ``indexes`` table names current, unless it is the one loaded; on failure keep
+    the one loaded (if any) and record the problem, one line naming the file."""
+    try:
+        info = current_index(settings, must_exist=True)  # the table is the truth (repairs the pointer)
+        if info is None:
+            raise ShoesearchError("no index yet: run `shoesearch index` (or `shoesearch nightly`) first")
+        if state.searcher is None or state.searcher.index_id != info.index_id:
+            state.searcher = Searcher(settings, info.index_id)
+        state.problem = ShoesearchError(state.searcher.problem) if state.searcher.problem else None
+    except ShoesearchError as exc:
+        state.problem = exc
+    except Exception as exc:  # noqa: BLE001 - nothing loading an index may turn searches into bare 500s
+        log.exception("loading the current index failed")
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        state.problem = ShoesearchError(f"cannot load the current index: {type(exc).__name__}: {first}")
+    if state.problem is not None:
+        log.warning("%s%s", state.problem, f" (still serving index {state.searcher.index_id})"
+                    if state.searcher else "")
+
+
+def serving(settings) -> Serving:
+    """The :class:`Serving` state of this home, brought up to date: the ``indexes`` table is re-read only
+    when :func:`serving_stamp` changed (a switch, also one whose pointer write was lost to a kill)."""
+    stamp = serving_stamp(settings)
     with _LOAD_LOCK:
-        searcher = _SEARCHERS.get(key)
-        if searcher is None or searcher.index_id != index_id:
-            searcher = Searcher(settings, index_id)
-            _SEARCHERS[key] = searcher
-    return searcher
+        state = _SERVING.setdefault(str(settings.home), Serving())
+        if state.stamp != stamp:
+            _refresh(settings, state)
+            state.stamp = stamp
+        return state
+
+
+def get_searcher(settings) -> Searcher:
+    """The searcher for the current index, loaded once per index per process; the last good one when a newer
+    index cannot be loaded; with none, the problem (a :class:`ShoesearchError` naming the file)."""
+    state = serving(settings)
+    if state.searcher is None:
+        raise state.problem
+    return state.searcher
+
+
+def health(settings) -> tuple[int, dict]:
+    """(HTTP status, body) of ``GET /health``: ``ok`` (200); ``degraded`` (200: searches are served, by the last
+    good index or without product details, ``problem`` says why); ``unhealthy`` (503: searches fail, ``error``)."""
+    state = serving(settings)
+    if state.searcher is None:
+        return 503, {"status": "unhealthy", "index_id": None, "error": str(state.problem)}
+    if state.problem is not None:
+        return 200, {"status": "degraded", "index_id": state.searcher.index_id, "problem": str(state.problem)}
+    return 200, {"status": "ok", "index_id": state.searcher.index_id}
 
 
 def check_k(settings, k: int | None) -> int:

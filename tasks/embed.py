@@ -25,6 +25,7 @@ from tqdm import tqdm
 from core.errors import ShoesearchError
 from core.finite import require_finite
 from models.device import autocast, fast_input, on_device, pick_device
+from photos.decoding import MAX_SCANS
 from photos.loading import PhotoBytes, PhotoTensors, batches, is_upright_jpeg, make_loader
 from photos.transforms import fit_square, preprocess_path
 from serving.embedders import open_embedder
@@ -45,12 +46,12 @@ def _collate_bytes(items):
 
 
 def decode_on_gpu(datas: list[torch.Tensor], device: torch.device, size: int, mean, std,
-                  upright: list[bool] | None = None, max_pixels: int = 40_000_000):
+                  upright: list[bool] | None = None, max_pixels: int = 40_000_000, max_scans: int = MAX_SCANS):
     """Raw photo bytes -> (normalised B x 3 x size x size on ``device``, ok mask). Upright JPEGs use nvjpeg;
     the others (EXIF-rotated, other formats) the catalogue's CPU preprocessing, so orientation is applied."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    upright = upright if upright is not None else [is_upright_jpeg(d.numpy().tobytes()) for d in datas]
+    upright = upright if upright is not None else [is_upright_jpeg(d.numpy().tobytes(), max_scans) for d in datas]
     jpeg = [j for j, up in enumerate(upright) if up]
     decoded: dict[int, torch.Tensor] = {}
     if jpeg:
@@ -66,7 +67,7 @@ def decode_on_gpu(datas: list[torch.Tensor], device: torch.device, size: int, me
             out.append(fit_square(img, size, mean, std))
         else:
             try:
-                out.append(preprocess_path(data.numpy().tobytes(), size, mean, std, max_pixels).to(device))
+                out.append(preprocess_path(data.numpy().tobytes(), size, mean, std, max_pixels, max_scans).to(device))
             except Exception as exc:  # noqa: BLE001 - an unreadable photo is marked, as on the CPU path
                 log.warning("cannot decode photo: %s", exc)
                 out.append(None)
@@ -80,8 +81,9 @@ def _loader(paths, embedder, settings, device: torch.device):
     cfg = settings.embed
     cuda = device.type == "cuda"
     gpu_decode = cuda and cfg.gpu_decode
-    dataset = PhotoBytes(paths) if gpu_decode else PhotoTensors(
-        paths, embedder.image_size, embedder.mean, embedder.std, settings.crawl.max_image_pixels)
+    crawl = settings.crawl
+    dataset = PhotoBytes(paths, crawl.max_image_scans) if gpu_decode else PhotoTensors(
+        paths, embedder.image_size, embedder.mean, embedder.std, crawl.max_image_pixels, crawl.max_image_scans)
     loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, device, pin_memory=cuda and not gpu_decode,
                          collate_fn=_collate_bytes if gpu_decode else None)
     return loader, gpu_decode
@@ -137,7 +139,7 @@ def _embed_pending(run, todo: list[dict], embedder, settings, device: torch.devi
             if gpu_decode:
                 index, datas, upright = batch
                 x, ok = decode_on_gpu(datas, device, embedder.image_size, embedder.mean, embedder.std, upright,
-                                      settings.crawl.max_image_pixels)
+                                      settings.crawl.max_image_pixels, settings.crawl.max_image_scans)
             else:
                 index, x, ok = batch
             index = torch.as_tensor(index)

@@ -154,11 +154,11 @@ def test_one_client_holding_incomplete_heads_starves_no_one(indexed_home):
 
 
 def test_concurrent_uploads_decode_at_most_max_decodes_photos_at_once(indexed_home, monkeypatch):
-    from photos import transforms
+    from photos import decode_worker
 
-    real, lock, state = transforms.load_rgb, threading.Lock(), {"now": 0, "peak": 0, "calls": 0}
+    real, lock, state = decode_worker.decode_rgb, threading.Lock(), {"now": 0, "peak": 0, "calls": 0}
 
-    def counting_load_rgb(*args, **kwargs):
+    def counting_decode_rgb(*args, **kwargs):
         with lock:
             state["now"] += 1
             state["calls"] += 1
@@ -170,7 +170,7 @@ def test_concurrent_uploads_decode_at_most_max_decodes_photos_at_once(indexed_ho
             with lock:
                 state["now"] -= 1
 
-    monkeypatch.setattr(transforms, "load_rgb", counting_load_rgb)
+    monkeypatch.setattr(decode_worker, "decode_rgb", counting_decode_rgb)
     settings = api_settings(indexed_home, max_decodes=2)
     photo = next(settings.images_dir.glob("*/*.jpg")).read_bytes()
     with serve_api(settings) as base:
