@@ -19,6 +19,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from core.errors import ShoesearchError
+from photos.decoding import eight_bit
 from warehouse import atomic_write_bytes, atomic_write_text, open_warehouse
 
 SHEET_COLUMNS = 3  # (reference, photo) pairs per contact-sheet row
@@ -132,7 +133,7 @@ def _thumb(path: Path | None, px: int) -> Image.Image:
     if path is not None and path.is_file():
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img = eight_bit(img).convert("RGB")  # 16-bit greyscale scaled, not clipped to white
                 img.thumbnail((px, px))
                 canvas.paste(img, ((px - img.width) // 2, (px - img.height) // 2))
         except OSError:

@@ -5,7 +5,7 @@
 * a decode that passes the header checks but uses more than its CPU-time bound is killed and reported as a
   ``bomb`` (store, and the API over HTTP, where a normal search keeps working beside two such uploads);
 * an MPO (a JPEG with an MPF block, as phones write) is read as a JPEG: its first frame, everywhere;
-* a 16-bit greyscale PNG is scaled to 8 bits, not clipped to white.
+* a 16-bit greyscale PNG is scaled to 8 bits, not clipped to white (models' input and contact sheets).
 """
 
 from __future__ import annotations
@@ -162,3 +162,12 @@ def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped_to_white(tmp_pat
     via_api = np.asarray(decode_rgb(data, 512, 40_000_000, 100, 10.0))  # the API's worker: the same pixels
     assert np.array_equal(via_api, np.asarray(load_rgb(data, 512, 40_000_000)))
     assert inspect_image(data, ImageLimits()).status == "ok"
+
+
+def test_a_16_bit_greyscale_png_keeps_its_gradient_on_a_contact_sheet(tmp_path):
+    from tasks.denoise_report import _thumb
+
+    data, expected = grey16_png()
+    (path := tmp_path / "grey16.png").write_bytes(data)
+    thumb = np.asarray(_thumb(path, 128))[56:72, :, 0].astype(float)  # the photo's rows (512 x 64 -> 128 x 16)
+    assert (thumb == 255).mean() < 0.05 and thumb[:, 0].max() < 16 and thumb[:, -1].min() > 230
