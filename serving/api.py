@@ -200,10 +200,12 @@ def create_app(settings) -> FastAPI:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/health")
-    def health() -> dict:
-        from serving.search import current_index_id
+    def health() -> JSONResponse:
+        from serving.search import health as serving_health
 
-        return {"status": "ok", "index_id": current_index_id(settings)}
+        status, body = serving_health(settings)  # loads the current index (once): "ok" means searches are served
+        return JSONResponse({k: public_message(v, settings.home) if isinstance(v, str) else v
+                             for k, v in body.items()}, status_code=status)
 
     @app.post("/search")
     def search_json(photo: UploadFile | None = File(None), k: int = Query(settings.index.search_k)) -> dict:

@@ -7,12 +7,15 @@ exists is complete. ``indexes/CURRENT`` names the index that searches use; it is
 (temp file + ``os.replace``) only after the ``indexes`` row with status ``current`` is committed,
 so searches never see a half-built index and a failed build leaves the previous one serving.
 The ``indexes`` table is the truth; the pointer is the searches' fast path, repaired from the table.
+A running API re-reads the table when :func:`serving_stamp` changes (one ``stat`` per request), so a
+switch whose pointer write was lost (a kill between the two) still takes effect.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -29,6 +32,45 @@ INDEX_FILE = "index.faiss"
 MAPPING_FILE = "mapping.parquet"
 PRODUCTS_FILE = "products.parquet"
 META_FILE = "meta.json"
+
+
+class IndexUnavailable(ShoesearchError):
+    """A file of a built index that cannot be read (truncated, corrupt, missing), named relative to the home."""
+
+
+def read_index_file(settings, directory: Path, name: str, reader):
+    """``reader(path)`` of the index file ``directory / name``; any failure is :class:`IndexUnavailable`,
+    one line naming the file relative to the data home (faiss, Arrow and JSON errors span lines)."""
+    path = directory / name
+    try:
+        return reader(path)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:  # Arrow, faiss, json, a bad meta.json
+        shown = path.relative_to(settings.home) if path.is_relative_to(settings.home) else path
+        raise IndexUnavailable(f"cannot read {shown}: {_reason(exc, path)} (rebuild it with `shoesearch index`)") \
+            from None
+
+
+def _reason(exc: Exception, path: Path) -> str:
+    """``exc`` on one short line without ``path``: faiss's "Error in <function> at <source>: Error: '<check>'
+    failed: <reason>" is cut to its reason, an OSError to its strerror."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc).strip().splitlines() or [""])[0]
+    text = text.split("failed: ")[-1].replace(f"'{path}'", "").replace(str(path), "")
+    text = re.sub(r"\s+:", ":", text).strip(" :")[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def serving_stamp(settings) -> tuple:
+    """What changes when the current index may have: the ``indexes`` table directory's mtime (a commit
+    renames a batch into it) and the ``CURRENT`` pointer's text. One ``stat`` and one small read."""
+    try:
+        table = (settings.warehouse_dir / "indexes").stat().st_mtime_ns
+    except OSError:
+        table = None
+    try:
+        pointer = (settings.indexes_dir / POINTER).read_text()
+    except OSError:
+        pointer = None
+    return table, pointer
 
 
 @dataclass(frozen=True)
@@ -91,15 +133,19 @@ def current_index_row(wh) -> dict | None:
     return rows[0] if rows else None
 
 
-def current_index(settings) -> IndexInfo | None:
+def current_index(settings, must_exist: bool = False) -> IndexInfo | None:
     """The current index per the ``indexes`` table; the ``CURRENT`` pointer (the searches' fast path)
-    is rewritten when it is missing or names another index (a crash between commit and pointer write)."""
+    is rewritten when it is missing or names another index (a crash between commit and pointer write),
+    where the home is writable. ``must_exist`` (readers, the API): a missing home is refused, not created."""
     pointer = settings.indexes_dir / POINTER
-    row = current_index_row(open_warehouse(settings))
+    row = current_index_row(open_warehouse(settings, must_exist=must_exist))
     if row is None:
         return None
     if not pointer.exists() or pointer.read_text().strip() != row["index_id"]:
-        write_pointer(settings, row["index_id"])
+        try:
+            write_pointer(settings, row["index_id"])
+        except OSError:  # a read-only home: the table is the truth, the pointer is only a fast path
+            pass
     return _row_to_info(settings, row)
 
 

@@ -90,7 +90,7 @@ def serve_api(settings):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
+            if httpx.get(base + "/", timeout=2).status_code == 200:  # the page: /health would load the index
                 break
         except httpx.HTTPError:
             time.sleep(0.1)
