@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import pyarrow as pa
 
-from warehouse.schemas import KEY_SOURCES, TABLES
+from warehouse.schemas import KEY_SOURCES, NULL_IF_NOT_FINITE, TABLES
 
 
 class SchemaError(ValueError):
@@ -26,10 +26,24 @@ def _keys_for(values) -> list:
     return [None if v is None else key_of(str(v)) for v in values]
 
 
-def conform(table: str, data: Any, run_id: str | None = None) -> pa.Table:
+def _null_if_not_finite(arr, column: str, nulled: dict[str, int] | None):
+    """``arr`` with NaN / infinite values as null; their number is added to ``nulled[column]``."""
+    import pyarrow.compute as pc
+
+    bad = pc.invert(pc.is_finite(arr))  # null stays null (not counted)
+    n = pc.sum(bad).as_py() or 0
+    if not n:
+        return arr
+    if nulled is not None:
+        nulled[column] = nulled.get(column, 0) + n
+    return pc.if_else(bad, pa.scalar(None, arr.type), arr)
+
+
+def conform(table: str, data: Any, run_id: str | None = None, nulled: dict[str, int] | None = None) -> pa.Table:
     """Return ``data`` (pa.Table, list of dicts or dict of lists) cast to ``table``'s schema.
 
-    A missing ``run_id`` column is filled with ``run_id`` when given.
+    A missing ``run_id`` column is filled with ``run_id`` when given. Non-finite numbers in the columns
+    of ``schemas.NULL_IF_NOT_FINITE`` become null, counted in ``nulled`` (``{"products.price": n}``).
 
     Unknown columns, missing required columns, nulls in required columns and values that do
     not convert are rejected with a :class:`SchemaError` naming the table and column.
@@ -73,6 +87,8 @@ def conform(table: str, data: Any, run_id: str | None = None) -> pa.Table:
             raise SchemaError(
                 f"table {table!r}: column {fld.name!r} does not convert to {fld.type}: {exc}"
             ) from None
+        if fld.name in NULL_IF_NOT_FINITE.get(table, ()):
+            arr = _null_if_not_finite(arr, f"{table}.{fld.name}", nulled)
         if not fld.nullable and arr.null_count:
             raise SchemaError(f"table {table!r}: column {fld.name!r} may not be null ({arr.null_count} nulls)")
         arrays.append(arr)

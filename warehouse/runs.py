@@ -126,7 +126,8 @@ class Run:
                                      default=str),
             "code_version": code_version(),
             "input_run_ids": self.inputs,
-            "output_rows": json.dumps(self.rows, sort_keys=True),
+            "output_rows": json.dumps({**self.rows, **{f"{column} not finite, stored null": n
+                                                       for column, n in self._txn.nulled.items()}}, sort_keys=True),
             "message": message,
             "prefect_flow_run_id": _prefect_flow_run_id(),
             "recorded_at": now(),
