@@ -273,9 +273,20 @@ def _refresh(settings, state: Serving) -> None:
         log.exception("loading the current index failed")
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         state.problem = ShoesearchError(f"cannot load the current index: {type(exc).__name__}: {first}")
+    if state.problem is not None and state.searcher is None:
+        state.searcher = _pointer_searcher(settings)  # e.g. the indexes table unreadable: the fast path serves
     if state.problem is not None:
         log.warning("%s%s", state.problem, f" (still serving index {state.searcher.index_id})"
                     if state.searcher else "")
+
+
+def _pointer_searcher(settings) -> Searcher | None:
+    """The searcher of the index the ``CURRENT`` pointer names, if it loads (None otherwise)."""
+    try:
+        index_id = (settings.indexes_dir / POINTER).read_text().strip()
+        return Searcher(settings, index_id) if index_id else None
+    except (OSError, ShoesearchError):
+        return None
 
 
 def serving(settings) -> Serving:

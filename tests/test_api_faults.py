@@ -54,6 +54,21 @@ def test_search_does_not_read_the_products_table(indexed_settings):
     assert health.status_code == 200 and health.json()["status"] == "ok", health.text
 
 
+def test_an_unreadable_indexes_table_leaves_the_pointer_serving(indexed_settings):
+    """The ``indexes`` table is the truth, the ``CURRENT`` pointer its fast path: with a truncated part of the
+    table, the index the pointer names is served and /health is degraded, naming the part."""
+    settings = indexed_settings
+    product_id, photo = catalogued_photo(settings)
+    parts = [p for p in (settings.warehouse_dir / "indexes").glob("batch-*/*.parquet") if "schema" not in str(p)]
+    for part in parts:
+        truncate(part)
+    with serve_api(settings) as base:
+        r = search(base, photo)
+        health = httpx.get(f"{base}/health", timeout=60).json()
+    assert r.status_code == 200 and r.json()["results"][0]["product_id"] == product_id, r.text
+    assert health["status"] == "degraded" and "cannot read warehouse/indexes/batch-" in health["problem"], health
+
+
 @pytest.mark.parametrize("name", ["meta.json", "index.faiss", "mapping.parquet"])
 def test_an_unreadable_index_file_is_named_by_search_and_health(indexed_settings, name):
     """Issue 25 item 3: a truncated file of the current index gave a bare 500 text/plain while /health said ok."""
