@@ -98,8 +98,10 @@ def unreadable(exc: Exception, root: Path) -> UnreadableFile | None:
     the file relative to the data home (``root``'s parent) and DuckDB's reason without its ``LINE n:`` excerpt."""
     text = str(exc)
     home = Path(root).parent
+    if text.startswith("Permission Error"):  # a confined query reaching out of the warehouse: not a bad file
+        return None
     for found in _QUOTED_PATH.findall(text):
-        path = Path(found)
+        path = Path(os.path.normpath(found))  # lexical: '<root>/../x' is not under the root
         if path.is_relative_to(root):
             reason = text.split("\n", 1)[0].split(": ", 1)[-1]  # DuckDB's first line, without "IO Error: "
             reason = re.sub(r"""\s*['"]""" + re.escape(found) + r"""['"]""", "", reason).strip() or "unreadable"
