@@ -305,7 +305,7 @@ class SqlSettings(_Section):
     # 5 minutes: the README's analyst queries take seconds on the catalogue; a query still running after this
     # (an endless recursive CTE, a cross join) is interrupted. 0 = no limit. Time blocked writing output is not
     # counted (a CSV piped into a slow reader is not the query's fault).
-    timeout_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
+    timeout_s: NonNegative = 300.0
 
 
 SECTIONS = {
