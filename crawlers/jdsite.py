@@ -311,7 +311,7 @@ def _float(value) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    return number if number >= 0 else None  # JD answers -1 for "no price"
+    return None if number < 0 else number  # JD answers -1 for "no price"; NaN / inf: nulled and counted by conform
 
 
 def _page_config_product(html: str) -> dict | None:

@@ -55,9 +55,12 @@ FLOOD_PATH = re.compile(r"^jfs/t1/flood/(\d+)/\d+\.jpg$")
 ROBOTS_FAULTS = {"robots5xx": (500, 599), "robots4xx": (400, 499)}  # robots.txt answers this status
 FAULT_DEFAULTS = {"captcha": 5, "login": 2, "5xx": 2, "slow": 0.05, "corrupt": 3, "not_image": 3, "bomb": 3,
                   "missing": 3, "layout": 2, **{k: 5 for k in ESCAPE_FAULTS}, "robots5xx": 503, "robots4xx": 404,
-                  "huge_photo": 3, **{k: 5 for k in SIZE_FAULTS}}
+                  "huge_photo": 3, **{k: 5 for k in SIZE_FAULTS}, "bad_price": 3}
+# What the bad_price fault's price API answers for every N-th product, in turn (JSON numbers JD never sends).
+BAD_PRICES = ("NaN", "Infinity", "1e999")
 FAULT_HELP = {
     "captcha": "price API answers {\"error\":\"pdos_captcha\"} from its N-th request on",
+    "bad_price": "the price API answers NaN, Infinity or 1e999 (in turn) for every N-th product",
     "login": "search/list pages redirect to the login page from the N-th on",
     "5xx": "item pages and photos answer 503 N times before they succeed",
     "slow": "every response is delayed S seconds",

@@ -31,7 +31,7 @@ from core.errors import ShoesearchError
 from crawlers import jdsite
 from demo_shop.catalog import Photo, ShopProduct, jfs_for, load_catalog, synth_metadata  # noqa: F401
 from demo_shop.faults import ESCAPE_FAULTS, FAULT_DEFAULTS, FAULT_HELP, IMAGE_FAULTS, Escapes, Faults  # noqa: F401
-from demo_shop.faults import HUGE_PAGE_BYTES, HUGE_PHOTO_BYTES, SIZE_FAULTS, Sizes, send_padded
+from demo_shop.faults import BAD_PRICES, HUGE_PAGE_BYTES, HUGE_PHOTO_BYTES, SIZE_FAULTS, Sizes, send_padded
 from demo_shop.render import bomb_png, esc, item_page, listing_items, resized, template
 
 CURR = ' class="curr"'
@@ -268,7 +268,11 @@ class ShopHandler(BaseHTTPRequestHandler):
             p = st.by_sku.get(sku)
             price = float(p.meta.get("price") or 0) if p else -1.0
             list_price = float(p.meta.get("list_price") or price) if p else -1.0
-            out.append({"id": f"J_{sku}", "p": f"{price:.2f}", "m": f"{list_price:.2f}", "op": f"{price:.2f}"})
+            item = {"id": f"J_{sku}", "p": f"{price:.2f}", "m": f"{list_price:.2f}", "op": f"{price:.2f}"}
+            bad = st.faults.get("bad_price")
+            if p and bad and p.index % int(bad) == 0:  # a number no shop should send: stored as null, counted
+                item.update(p=BAD_PRICES[p.index // int(bad) % 3], m=BAD_PRICES[(p.index // int(bad) + 1) % 3])
+            out.append(item)
         self._send(200, json.dumps(out).encode(), "application/json;charset=utf-8")
 
     def _image(self, size_code, box, jfs):

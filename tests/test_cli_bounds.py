@@ -206,3 +206,22 @@ def test_sql_json_is_strict_even_for_computed_non_finite_values(empty_home, tmp_
     res = run_cli("sql", query, "--format", "json", cwd=tmp_path, home=empty_home)
     assert res.returncode == 0, res.stderr
     assert _strict(res.stdout) == [{"a": None, "b": None, "c": [1.5, None], "d": {"x": None}}]
+
+
+def test_crawl_stores_a_price_apis_nan_and_infinity_as_null_and_counts_them(crawl_settings, make_shop, tmp_path):
+    """A real Scrapy crawl of the demo shop whose price API answers NaN / Infinity / 1e999 for products 0, 3, 6
+    (fault bad_price=3): those prices are null, the others kept, and the crawl's stats count them."""
+    import httpx
+
+    from tasks.crawl import crawl, crawl_summary
+
+    shop = make_shop(faults="bad_price=3", n=8)
+    wanted = {p["sku"]: p["price"] for p in httpx.get(f"{shop.url}/_shop/manifest.json").json()["products"]}
+    summary = crawl_summary(crawl_settings, crawl(crawl_settings, site=shop.url, keywords=["鞋"], categories=[]))
+    assert summary["products_written"] == 8, summary
+    assert summary["stats"]["shoesearch/not_finite_nulled/products.price"] == 3
+    assert summary["stats"]["shoesearch/not_finite_nulled/products.list_price"] == 3
+    res = run_cli("sql", "SELECT sku, price FROM products ORDER BY sku", "--format", "json", cwd=tmp_path,
+                  home=crawl_settings.home)
+    got = {row["sku"]: row["price"] for row in _strict(res.stdout)}
+    assert got == {sku: None if i % 3 == 0 else round(price, 2) for i, (sku, price) in enumerate(wanted.items())}, got
