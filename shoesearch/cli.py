@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from core.errors import ShoesearchError
     from core.settings import Settings
+    from shoesearch.flow_guard import TERMINATED_EXIT, FlowEnded, Terminated
     from shoesearch.runtime import prepare_prefect_environment, set_overrides
     from warehouse.store import SchemaError
 
@@ -55,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.load(home=args.home, overrides=set_overrides(args.set))
         os.environ["SHOESEARCH_HOME"] = str(settings.home)  # subprocesses (scrapy) see it
         return int(args.func(args, settings) or 0)
+    except FlowEnded as ended:  # Prefect's server was lost: one line, the warehouse's outcome, exit now
+        ended.exit()
+    except Terminated:
+        print("shoesearch: terminated (SIGTERM): a step that was running is recorded as failed, committed work "
+              "is kept; run the command again to continue", file=sys.stderr)
+        return TERMINATED_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
