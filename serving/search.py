@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -124,7 +125,12 @@ def _read_mapping(path: Path) -> tuple[list, list, list]:
 
 
 def _read_products(path: Path) -> dict[str, dict]:
-    return {p["product_id"]: p for p in pq.read_table(path).to_pylist()}
+    """Product details by id; a non-finite price stored before writes refused them is shown as none."""
+    products = {p["product_id"]: p for p in pq.read_table(path).to_pylist()}
+    for product in products.values():
+        if isinstance(product.get("price"), float) and not math.isfinite(product["price"]):
+            product["price"] = None
+    return products
 
 
 class Searcher:

@@ -99,6 +99,31 @@ def test_unreadable_product_details_degrade_results_to_ids(indexed_settings):
     assert health["status"] == "degraded" and f"indexes/{index_id}/products.parquet" in health["problem"], health
 
 
+def test_non_finite_prices_of_an_older_index_are_answered_as_null(indexed_settings):
+    """Issue 25 item 17: an index built before writes nulled non-finite prices holds NaN / inf; the answer
+    stays strict JSON (price null) and the page shows no ``¥nan``."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    settings = indexed_settings
+    index_id = (settings.indexes_dir / "CURRENT").read_text().strip()
+    path = settings.indexes_dir / index_id / "products.parquet"
+    table = pq.read_table(path)
+    bad = [float("nan"), float("inf")] * table.num_rows
+    table = table.set_column(table.schema.get_field_index("price"), "price", pa.array(bad[: table.num_rows], pa.float64()))
+    pq.write_table(table, path)
+    product_id, photo = catalogued_photo(settings)
+    with serve_api(settings) as base:
+        r = search(base, photo)
+        page = httpx.post(f"{base}/", files={"photo": ("q.jpg", photo, "image/jpeg")}, timeout=60)
+    assert r.status_code == 200, r.text
+    answer = json.loads(r.text, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert answer["results"][0]["product_id"] == product_id and all(h["price"] is None for h in answer["results"])
+    assert "¥nan" not in page.text and "¥inf" not in page.text
+
+
 def test_a_newer_index_with_a_truncated_file_leaves_the_last_good_one_serving(indexed_settings):
     """Issue 25 item 3: the running API keeps the index it has when the newly switched one cannot be read."""
     from tasks.gate import switch_index
