@@ -1,177 +1,136 @@
-"""The README's quality tables, rendered from the committed JSON (so a figure in the README is the JSON's).
+"""bench/REPORT.md: every benchmark's figures as tables, rendered from the committed bench/results/*.json.
 
-    .venv/bin/python bench/render_tables.py            # prints the markdown tables
-Reads bench/results/realshop.json, quality-footwear-dev.json, denoise_rules.json and rerank.json (those present),
-the footwear-dev quality runs (the recipe table) and the footwear-dev-noisy runs at the defaults (raw vs denoised,
-pooled over their seeds).
+    .venv/bin/python bench/render_tables.py            # prints the report
+    .venv/bin/python bench/render_tables.py --write    # writes bench/REPORT.md
+    .venv/bin/python bench/render_tables.py --check    # exits 1 when bench/REPORT.md differs from the rendering
+
+Each section names the JSON its tables come from and the command (from its bench script's docstring) that
+writes that JSON. The rendering reads nothing but the JSON and the bench scripts' docstrings, in a fixed order
+with fixed formatting, so the same files always give the same report (``tests/test_bench_report.py`` holds it).
 """
 
 from __future__ import annotations
 
-import json
-import statistics
+import argparse
+import ast
+import itertools
+import re
 import sys
 from pathlib import Path
+from typing import Callable
 
-RESULTS = Path(__file__).resolve().parent / "results"
+if not __package__:  # run as a script: import bench.* from the repo, not from bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from bench import report_perf as perf  # noqa: E402
+from bench import report_quality as quality  # noqa: E402
 
-def realshop(r: dict) -> list[str]:
-    d = r["denoise"]
-    out = [f"`bench/results/realshop.json` ({r['date'][:10]}, {r['machine']}): {r['catalog']}, {r['products']} products",
-           "", "| stage | seconds | photos | photos/s |", "|---|---:|---:|---:|"]
-    out += [f"| {s['stage']} | {s['seconds']} | {s['photos'] or ''} | {s['photos_per_s'] or ''} |" for s in r["stages"]]
-    t = r["train"]
-    out += ["", f"Training: {t['epochs']} epochs, {t['seconds_per_epoch']} s/epoch. Denoise at threshold "
-            f"{d['threshold']}: precision {d['precision']}, recall {d['recall']} ({d['dropped']} dropped, "
-            f"{d['noise']} labelled noise).", "",
-            "| variant | queries | Recall@1 | Recall@5 | Recall@10 | mAP | product R@5 |", "|---|---:|---:|---:|---:|---:|---:|"]
-    out += [f"| {v['variant']} | {v['queries']} | {v['recall_at_1']:.3f} | {v['recall_at_5']:.3f} | "
-            f"{v['recall_at_10']:.3f} | {v['mean_ap']:.3f} | {v.get('product_recall_at_5', float('nan')):.3f} |"
-            for v in r["variants"]]
-    if r.get("served"):
-        out += ["", f"Served by the nightly (baseline gate): {r['served']}."]
-    if r.get("denoise_separation"):
-        out += ["", "| descriptor | products | photos | noise | AUC | best precision | best recall |",
-                "|---|---|---:|---:|---:|---:|---:|"]
-        out += [f"| {x['descriptor']} | {x['products']} | {x['photos']} | {x['noise']} | {x['auc']:.3f} | "
-                f"{x['best_precision']:.3f} | {x['best_recall']:.3f} |" for x in r["denoise_separation"]]
-    if r.get("second_pass"):
-        sp = r["second_pass"]
-        out += ["", f"Second pass: {sp['message']}.", "", "| photos of | pass | photos | noise | dropped | precision "
-                "| recall |", "|---|---|---:|---:|---:|---:|---:|"]
-        out += [f"| {part} | {which} | {x['photos']} | {x['noise']} | {x['dropped']} | {x['precision']} | "
-                f"{x['recall']} |" for part in ("all", "rejudged") for which, x in sp[part].items()]
-    return out
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+REPORT = BENCH / "REPORT.md"
+WRITE_COMMAND = ".venv/bin/python bench/render_tables.py --write"
 
-
-def quality(r: dict) -> list[str]:
-    out = [f"`bench/results/quality-{r['dataset']}.json` ({r['date'][:10]}, {r['machine']}): seeds {r['seeds']}, "
-           f"settings changed: {r['settings_changed'] or 'none'}; {r['total_seconds']:.0f} s", "",
-           "| variant | trained on | Recall@1 | Recall@5 | mAP | product R@5 |", "|---|---|---:|---:|---:|---:|"]
-    for s in r["summary"]:
-        cells = " | ".join(f"{s[m]:.3f} ± {s[m + '_std']:.3f}" if m in s else "-"
-                           for m in ("recall_at_1", "recall_at_5", "mean_ap", "product_recall_at_5"))
-        out.append(f"| {s['variant']} | {s['photos'] or '-'} | {cells} |")
-    return out
+QUALITY_FLAGS = ("Each run's seeds and `--set` values are in its table; `--tag T` names the file "
+                 "`quality-<dataset>-T.json`.")
+# (title, the bench script writing the JSON, a note on how the committed JSON was made, the renderer)
+SECTIONS: tuple[tuple[str, str, str, Callable[[Path], list[str]]], ...] = (
+    ("Warehouse analyst query", "warehouse.py", "", perf.warehouse),
+    ("Crawl", "crawl.py", "", perf.crawl),
+    ("Embedding", "embed.py", "`embed-f16d00e.json` is the same command run in a `git worktree` of commit f16d00e "
+     "(before the hardening of issue 25), its `embed.json` renamed.", perf.embed),
+    ("API search latency", "api_search.py", "", perf.api_search),
+    ("Search index", "search.py", "", perf.search),
+    ("Training throughput", "train.py", "", perf.train),
+    ("Retrieval quality", "quality.py", "Runs over three or more seeds (splits). " + QUALITY_FLAGS,
+     quality.multi_seed_runs),
+    ("Recipe sweep", "quality.py", "Every footwear-dev run, against the three-seed run at the same number of "
+     "trainable blocks on the same splits. " + QUALITY_FLAGS, quality.recipe),
+    ("Raw vs denoised", "quality.py", "`--datasets footwear-dev-noisy --seeds 0 --photos raw denoised`, then "
+     "`--seeds 1 2 ... --tag seeds12`, pooled over both files (they ran the same settings).", quality.raw_vs_denoised),
+    ("Whitening and backbones", "whitening.py", "The backbone runs add `--set train.backbone=B --set "
+     "embed.backbone=B --tag B`.", perf.whitening),
+    ("Re-ranking", "rerank.py", "", quality.rerank),
+    ("Denoise rules", "denoise_rules.py", "", quality.denoise_rules),
+    ("Denoise threshold", "denoise_threshold.py", "", perf.denoise_threshold),
+    ("Real catalogue", "realshop.py", "", quality.realshop),
+)
 
 
-NOISY_DEFAULT_RUNS = ("quality-footwear-dev-noisy.json", "quality-footwear-dev-noisy-seeds12.json")
+class ReportError(Exception):
+    """A JSON under bench/results that the report cannot be rendered from."""
 
 
-def raw_vs_denoised() -> list[str]:
-    """footwear-dev-noisy at the defaults, raw vs denoised training, pooled over the seeds of ``NOISY_DEFAULT_RUNS``
-    (runs of the same code and settings on different splits): mean ± sample std, then trained denoised − raw
-    per seed."""
-    runs = [json.loads((RESULTS / n).read_text()) for n in NOISY_DEFAULT_RUNS if (RESULTS / n).exists()]
-    if not runs or any(_differences(r["train_settings"], runs[0]["train_settings"]) for r in runs):
-        return []
-    seeds = [s for r in runs for s in r["per_seed"]]
-    metrics = ("recall_at_1", "recall_at_5", "mean_ap", "product_recall_at_5")
-    out = [f"{', '.join(f'`{n}`' for n in NOISY_DEFAULT_RUNS)}: seeds {[s['seed'] for s in seeds]}, genuine test "
-           "photos, mean ± std over the seeds", "", "| variant | trained on | Recall@1 | Recall@5 | mAP | product R@5 |",
-           "|---|---|---:|---:|---:|---:|"]
-    for variant, photos in (("imagenet", None), ("kmeans_init", "raw"), ("trained", "raw"),
-                            ("kmeans_init", "denoised"), ("trained", "denoised")):
-        rows = [x for s in seeds for x in s["rows"] if x["variant"] == variant and x.get("photos") == photos]
-        cells = " | ".join(_mean_std([x[m] for x in rows]) for m in metrics)
-        out.append(f"| {variant} | {photos or '-'} | {cells} |")
-    out += ["", "| seed | trained denoised − raw: Recall@1 | mAP |", "|---|---:|---:|"]
-    for s in seeds:
-        tr = {x.get("photos"): x for x in s["rows"] if x["variant"] == "trained"}
-        out.append(f"| {s['seed']} | {tr['denoised']['recall_at_1'] - tr['raw']['recall_at_1']:+.3f} | "
-                   f"{tr['denoised']['mean_ap'] - tr['raw']['mean_ap']:+.3f} |")
-    return out
+def command(script: str, bench: Path = BENCH) -> str:
+    """The command that runs ``bench/<script>``, as its docstring gives it (option lines joined, comments off)."""
+    lines = (ast.get_docstring(ast.parse((bench / script).read_text())) or "").splitlines()
+    for i, line in enumerate(lines):
+        found = re.search(r"(?:\.venv/bin/)?python bench/\S+\.py.*", line)
+        if found:
+            more = itertools.takewhile(lambda x: x.startswith("["), (x.strip() for x in lines[i + 1:]))
+            return " ".join(" ".join(re.sub(r"\s#.*$", "", x) for x in (found.group(0), *more)).split())
+    return f".venv/bin/python bench/{script}"
 
 
-def _differences(a: dict, b: dict) -> set[str]:
-    """Settings two runs both recorded with different values, the split seed aside (a later run may record a
-    setting added since, at its default)."""
-    return {k for k in a.keys() & b.keys() if k != "seed" and a[k] != b[k]}
+def anchor(title: str) -> str:
+    """The anchor GitHub gives a markdown heading."""
+    return re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
 
 
-def _mean_std(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+def header() -> list[str]:
+    out = ["# Benchmark report", "",
+           f"Generated from `bench/results/*.json` by `{WRITE_COMMAND}`; do not edit by hand. "
+           "`.venv/bin/python bench/render_tables.py --check` and `tests/test_bench_report.py` fail when this file "
+           "differs from what the JSON renders. Every table names its JSON; each section gives the command that "
+           "writes it (from its bench script's docstring). Machine, date and settings are the ones each JSON records.",
+           "", "Contents:", ""]
+    return out + [f"- [{title}](#{anchor(title)}) (`bench/{script}`)" for title, script, _, _ in SECTIONS]
 
 
-def denoise_rules(r: dict) -> list[str]:
-    out = [f"`bench/results/denoise_rules.json`: {r['catalog']}", "",
-           "| rule | dropped | genuine dropped | precision | recall | recall by noise kind |",
-           "|---|---:|---:|---:|---:|---|"]
-    for name, v in r["rules"].items():
-        kinds = ", ".join(f"{k} {x:.2f}" for k, x in v.get("recall_by_kind", {}).items())
-        out.append(f"| {name} | {v['dropped']} | {v.get('genuine_dropped', '')} | {v['precision']} | "
-                   f"{v['recall']} | {kinds} |")
-    return out
+def render_report(results: Path = RESULTS, bench: Path = BENCH) -> str:
+    """The whole report, rendered from the JSON under ``results``; a JSON it cannot read raises ReportError."""
+    out = header()
+    for title, script, note, render in SECTIONS:
+        try:
+            body = render(results)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise ReportError(f"section {title!r} (bench/{script}'s JSON under {results}): "
+                              f"{type(e).__name__}: {e}") from e
+        written = f"Written by `{command(script, bench)}`."
+        out += ["", f"## {title}", "", f"{written} {note}".strip(), "", *body]
+    return "\n".join(out) + "\n"
 
 
-def rerank(r: dict) -> list[str]:
-    out = [f"`bench/results/rerank.json` ({r['date'][:10]}): {r['dataset']}, {r['photos']} genuine photos, mean over "
-           f"seeds {r['seeds']}", "", "| re-ranking | Recall@1 | Recall@5 | mAP | product R@1 | product R@5 |",
-           "|---|---:|---:|---:|---:|---:|"]
-    return out + [f"| {name} | {m['recall_at_1']:.3f} | {m['recall_at_5']:.3f} | {m['mean_ap']:.3f} | "
-                  f"{m['product_recall_at_1']:.3f} | {m['product_recall_at_5']:.3f} |" for name, m in r["summary"].items()]
+def check(report: Path = REPORT, results: Path = RESULTS) -> str | None:
+    """None when ``report`` holds what ``results`` renders, else the one line saying what is wrong and the fix."""
+    shown = report.relative_to(BENCH.parent) if report.is_relative_to(BENCH.parent) else report
+    if not report.exists():
+        return f"{shown} is missing: run {WRITE_COMMAND}"
+    if report.read_text() != render_report(results):
+        return f"{shown} differs from what bench/results/*.json renders: run {WRITE_COMMAND}"
+    return None
 
 
-# Runs made before quality.py recorded its effective train settings: what they ran at.
-RECORDED_AT = {"quality-footwear-dev-blocks1.json": {"trainable_blocks": 1},  # the default until 2026-12-02
-               "quality-footwear-dev-blocks2-3seeds.json": {"trainable_blocks": 2}}  # the default until 2026-12-04
-# The 3-seed run at each number of trainable blocks: the sweep compares a one-seed run with it on the same seed.
-REFERENCE_BY_BLOCKS = {1: "quality-footwear-dev-blocks1.json", 2: "quality-footwear-dev-blocks2-3seeds.json",
-                       3: "quality-footwear-dev.json"}
-
-
-def recipe() -> list[str]:
-    """One row per footwear-dev quality run: what was changed, the seeds, trained vs ImageNet (mean), and the
-    3-seed run at the same number of trainable blocks (``REFERENCE_BY_BLOCKS``) on the same seeds (splits): the
-    sweep's comparison."""
-    out = ["| run (JSON) | trainable blocks | changed | denoise kept | seeds | ImageNet R@1 / mAP | trained R@1 / mAP | "
-           "trained - ImageNet | 3-seed run at these blocks, on these seeds: trained R@1 / mAP |",
-           "|---|---:|---|---|---|---|---|---|---|"]
-    for path in sorted(RESULTS.glob("quality-footwear-dev*.json")):
-        r = json.loads(path.read_text())
-        train = r.get("train_settings") or RECORDED_AT.get(path.name, {})
-        rows = {s["variant"]: s for s in r["summary"] if s["photos"] in (None, "denoised")}
-        if "trained" not in rows:
-            continue
-        base, tr = rows["imagenet"], rows["trained"]
-        blocks = train.get("trainable_blocks") or r["settings_changed"].get("train.trainable_blocks", "?")
-        same = _reference_on_seeds(r, int(blocks)) if str(blocks).isdigit() else None
-        kept = f"{r['denoise']['kept']} of {r['denoise']['photos']}" if r.get("denoise") else "?"
-        out.append(f"| {path.name} | {blocks} | {r['settings_changed'] or 'none'} | {kept} | "
-                   f"{r['seeds']} | {base['recall_at_1']:.3f} / {base['mean_ap']:.3f} | "
-                   f"{tr['recall_at_1']:.3f} / {tr['mean_ap']:.3f} | "
-                   f"{tr['recall_at_1'] - base['recall_at_1']:+.3f} / {tr['mean_ap'] - base['mean_ap']:+.3f} | "
-                   f"{'%.3f / %.3f' % same if same else '-'} |")
-    return out
-
-
-def _reference_on_seeds(run: dict, blocks: int) -> tuple[float, float] | None:
-    """The 3-seed reference run at ``blocks`` on ``run``'s seeds, where one exists for the same dataset."""
-    path = RESULTS / REFERENCE_BY_BLOCKS.get(blocks, "-")
-    if not path.exists():
-        return None
-    ref = json.loads(path.read_text())
-    return _trained_on_seeds(ref, run["seeds"]) if ref["dataset"] == run["dataset"] else None
-
-
-def _trained_on_seeds(run: dict, seeds: list[int]) -> tuple[float, float] | None:
-    """Mean trained (denoised) Recall@1 and mAP of ``run`` over ``seeds``; None when it lacks one of them."""
-    rows = [x for s in run["per_seed"] if s["seed"] in seeds for x in s["rows"]
-            if x["variant"] == "trained" and x.get("photos") in (None, "denoised")]
-    if len(rows) != len(seeds):
-        return None
-    return (sum(x["recall_at_1"] for x in rows) / len(rows), sum(x["mean_ap"] for x in rows) / len(rows))
-
-
-def main() -> int:
-    for name, render in (("realshop.json", realshop), ("quality-footwear-dev.json", quality),
-                         ("denoise_rules.json", denoise_rules), ("rerank.json", rerank)):
-        path = RESULTS / name
-        if path.exists():
-            print("\n".join(render(json.loads(path.read_text()))) + "\n")
-    print("\n".join(recipe()) + "\n")
-    print("\n".join(raw_vs_denoised()) + "\n")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help=f"write {REPORT.name}")
+    mode.add_argument("--check", action="store_true", help=f"exit 1 when {REPORT.name} differs from the rendering")
+    args = parser.parse_args(argv)
+    try:
+        if args.check:
+            problem = check()
+            if problem:
+                print(f"render_tables: {problem}", file=sys.stderr)
+            return 1 if problem else 0
+        text = render_report()
+    except ReportError as e:
+        print(f"render_tables: error: {e}", file=sys.stderr)
+        return 2
+    if args.write:
+        REPORT.write_text(text)
+        print(f"wrote {REPORT}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
