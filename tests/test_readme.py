@@ -1,7 +1,8 @@
-"""The README's examples run: every `shoesearch ...` command (fenced blocks and inline code), the duckdb
-CLI line and the Python snippet, through the real entry points, against a small built home.
+"""The examples of README.md and docs/*.md run: every `shoesearch ...` command (fenced blocks and inline
+code), the duckdb CLI line and the Python snippet, through the real entry points, against a small built home.
+Every relative link of README.md and docs/**/*.md points at an existing file (and heading, when it names one).
 
-Examples are discovered by parsing README.md, so a new example is covered without touching this file.
+Examples are discovered by parsing the pages, so a new example is covered without touching this file.
 Placeholders (RUN_ID, INDEX_ID, PHOTO, DIR, 'jd:100012345#3', "...") are replaced by real values of
 the built home; one this file does not know fails the test, naming it. What cannot run here is skipped
 by the rules and the explicit list below, each with its reason (and a stale entry fails too).
@@ -26,8 +27,12 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # every documented command through the CLI: outside the fast loop
+
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]  # where runnable examples live
+LINKED_PAGES = [README, *sorted((REPO / "docs").rglob("*.md"))]  # whose links must resolve
 BIN = Path(sys.executable).parent
 CLI = [sys.executable, "-m", "shoesearch"]
 TIMEOUT_S = 300
@@ -55,7 +60,12 @@ PLACEHOLDER = re.compile(r"^(?:[A-Z][A-Z0-9_]*[A-Z0-9]|\.\.\.|jd:\d+#\d+|URL)$")
 class Example:
     text: str  # the command as written (whitespace collapsed)
     kind: str  # shoesearch | duckdb | python
-    line: int  # where it starts in README.md
+    line: int  # where it starts in its file
+    file: str = "README.md"  # the page it is in, relative to the repository
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
 
     @property
     def argv(self) -> list[str]:
@@ -79,7 +89,7 @@ def _line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
 
-def _shell_commands(body: str, first_line: int):
+def _shell_commands(body: str, first_line: int, file: str = "README.md"):
     """(command, line) for each shoesearch / duckdb command of a shell block; quoted strings may span lines."""
     lines, i = body.splitlines(), 0
     while i < len(lines):
@@ -91,27 +101,34 @@ def _shell_commands(body: str, first_line: int):
             except ValueError:  # an open quote: the command goes on on the next line
                 i += 1
                 if i >= len(lines):
-                    raise AssertionError(f"README.md:{first_line + start}: unterminated quote") from None
+                    raise AssertionError(f"{file}:{first_line + start}: unterminated quote") from None
                 chunk += "\n" + lines[i]
         i += 1
         if chunk.strip().split(" ", 1)[0] in ("shoesearch", "duckdb"):
             yield chunk.strip(), first_line + start
 
 
-def readme_examples(text: str | None = None) -> list[Example]:
-    """Every example in README.md, in order, without repeats."""
-    text = README.read_text(encoding="utf-8") if text is None else text
+def page_examples(text: str, file: str = "README.md") -> list[Example]:
+    """Every example of one page (``file`` names it), in order, repeats included."""
     found: list[Example] = []
     for m in FENCE.finditer(text):
         lang, body, line = m.group(1), m.group(2), _line_of(text, m.start(2))
         if lang == "python" and "duckdb" in body:
-            found.append(Example(body, "python", line))
+            found.append(Example(body, "python", line, file))
         elif lang in ("", "bash", "sh", "shell", "console"):
-            found += [Example(_collapse(cmd), cmd.split(" ", 1)[0], ln) for cmd, ln in _shell_commands(body, line)]
+            found += [Example(_collapse(cmd), cmd.split(" ", 1)[0], ln, file)
+                      for cmd, ln in _shell_commands(body, line, file)]
     prose = FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), text)
     for m in INLINE.finditer(prose):
         cmd = _collapse(m.group(1).replace("\\|", "|"))
-        found.append(Example(cmd, cmd.split(" ", 1)[0], _line_of(prose, m.start())))
+        found.append(Example(cmd, cmd.split(" ", 1)[0], _line_of(prose, m.start()), file))
+    return found
+
+
+def readme_examples(pages: list[Path] | None = None) -> list[Example]:
+    """Every example of README.md and docs/*.md, in order, without repeats (the first place it is shown)."""
+    found = [ex for page in (PAGES if pages is None else pages)
+             for ex in page_examples(page.read_text(encoding="utf-8"), str(page.relative_to(REPO)))]
     seen, unique = set(), []
     for ex in found:  # the same command written twice (with another comment, quoting) runs once
         key = (ex.kind, tuple(ex.argv) or ex.text)
@@ -217,7 +234,7 @@ def substitute(ex: Example, values: dict) -> list[str]:
             tok = values["IMAGE_ID"]
         elif PLACEHOLDER.match(tok):
             if tok not in values:
-                pytest.fail(f"README.md:{ex.line}: placeholder {tok!r} in {ex.text!r} has no value: "
+                pytest.fail(f"{ex.where}: placeholder {tok!r} in {ex.text!r} has no value: "
                             "add one to `values` in the `built` fixture, or a skip with its reason")
             tok = values[tok]
         out.append(tok)
@@ -242,7 +259,7 @@ def run_example(ex: Example, work: Path, values: dict) -> subprocess.CompletedPr
         if ex.kind == "duckdb" and "-c" not in argv:  # an interactive session: type one query
             stdin = values["..."] + ";\n"
     res = subprocess.run(argv, cwd=work, env=env, input=stdin, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert res.returncode == 0, f"README.md:{ex.line}: {ex.text}\n$ {shlex.join(argv)}\n{res.stdout}\n{res.stderr}"
+    assert res.returncode == 0, f"{ex.where}: {ex.text}\n$ {shlex.join(argv)}\n{res.stdout}\n{res.stderr}"
     assert "Traceback" not in res.stderr, res.stderr
     return res
 
@@ -308,7 +325,7 @@ def check_output(ex: Example, argv: list[str], out: str, b: Built, work: Path) -
     elif cmd == "settings":
         assert json.loads(out)["home"] == str((work / "data").resolve()), out
     else:  # a command this file has no specific check for yet: it ran and said something
-        assert out.strip(), f"README.md:{ex.line}: {ex.text} printed nothing"
+        assert out.strip(), f"{ex.where}: {ex.text} printed nothing"
 
 
 # --- the tests ---------------------------------------------------------------------------------------------
@@ -323,13 +340,68 @@ def test_examples_are_discovered_and_skips_are_current():
         assert any(t.startswith(expected) for t in texts), (expected, texts)
     assert any(ex.kind == "python" for ex in runnable)
     assert len(runnable) >= 15, [ex.text for ex in runnable]
-    for text in SKIP_TEXT:  # a skip whose example left the README is removed too
-        assert text in texts, f"SKIP_TEXT entry {text!r} matches no README example"
+    for text in SKIP_TEXT:  # a skip whose example left the pages is removed too
+        assert text in texts, f"SKIP_TEXT entry {text!r} matches no example of README.md or docs/*.md"
+    assert {ex.file for ex in runnable} > {"README.md"}, "no runnable example found in docs/*.md"
     used = {ex.command for ex in EXAMPLES}
     assert set(SKIP_COMMANDS) <= used, set(SKIP_COMMANDS) - used
 
 
-@pytest.mark.parametrize("ex", EXAMPLES, ids=[f"L{ex.line}:{ex.text[:50]}" for ex in EXAMPLES])
+def test_readme_is_a_front_door():
+    """Short (the manuals are in docs/), names the two commands, and shows a runnable SQL query first.
+
+    ``../shared/checks/user-path`` runs the README's first ``shoesearch sql "SELECT ..."`` on a denoised home."""
+    text = README.read_text(encoding="utf-8")
+    assert len(text.encode()) <= 15 * 1024, f"README.md is {len(text.encode())} bytes: move manual text to docs/"
+    assert "make demo" in text and "make test" in text
+    first_sql = next(ex for ex in page_examples(text) if ex.kind == "shoesearch" and ex.command == "sql")
+    assert re.match(r'shoesearch sql (SELECT|WITH)\b', " ".join(first_sql.argv)), first_sql.text
+    assert skip_reason(first_sql) is None, first_sql.text
+
+
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    prose = FENCE.sub("", page.read_text(encoding="utf-8"))
+    return {_anchor(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", prose, re.M)}
+
+
+def broken_links(page: Path) -> list[str]:
+    """The relative links of a markdown page whose file (or heading anchor) does not exist."""
+    broken = []
+    for m in LINK.finditer(FENCE.sub("", page.read_text(encoding="utf-8"))):
+        target = m.group(1)
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: ...
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            broken.append(f"{target} (no heading #{anchor} in {dest.name})")
+    return broken
+
+
+@pytest.mark.parametrize("page", LINKED_PAGES, ids=[str(p.relative_to(REPO)) for p in LINKED_PAGES])
+def test_relative_links_resolve(page: Path):
+    assert broken_links(page) == [], f"{page.relative_to(REPO)}: broken links"
+
+
+def test_a_broken_link_is_found(tmp_path):
+    (tmp_path / "there.md").write_text("# A heading, with `code`\n")
+    page = tmp_path / "page.md"
+    page.write_text("[ok](there.md) [ok](there.md#a-heading-with-code) [web](https://x.org/y) ![img](no.png)\n"
+                    "[gone](missing.md) [bad anchor](there.md#nope)\n```\n[in code](nowhere.md)\n```\n")
+    assert broken_links(page) == ["missing.md (no such file)", "there.md#nope (no heading #nope in there.md)"]
+
+
+@pytest.mark.parametrize("ex", EXAMPLES, ids=[f"{ex.file}:L{ex.line}:{ex.text[:50]}" for ex in EXAMPLES])
 def test_readme_example_runs(ex: Example, built: Built, tmp_path):
     reason = skip_reason(ex)
     if reason:
