@@ -1,7 +1,7 @@
 """Re-ranking after the first search: alpha query expansion and database-side augmentation, measured.
 
 Real shoe photos (default ``../shared/data/footwear-dev``), the descriptor the nightly serves there (the
-ImageNet GeM descriptor of the default backbone: README "Real catalogue with default settings"). Protocol: in
+ImageNet GeM descriptor of the default backbone: bench/REPORT.md "Real catalogue"). Protocol: in
 each product with at least two photos, one photo per seed-chosen position is the *query* and the others are the
 *gallery* (a shopper's photo is never in the catalogue, so nothing a query contributes can leak into the
 gallery). Scored: photo-level Recall@1/5 and mAP, and product-level Recall@1/5 (a product's best photo votes).

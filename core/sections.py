@@ -195,7 +195,7 @@ class TrainSettings(_Section):
     # A random resized crop (60-100 % of the area) and colour jitter of every tuple photo in training (mining,
     # validation and evaluation see the plain photos). It changes the frozen stages' input, so it turns the
     # frozen-stage cache off. Footwear-dev seed 0, 3 blocks: 0.782 / 0.676 against 0.812 / 0.663 without, for
-    # 2.9x the training time (README "Training recipe").
+    # 2.9x the training time (docs/training.md, "The recipe").
     crop_colour_augment: bool = False
     negatives_pool: Count = 1000  # random negatives sampled per query (NetVLAD: 1000)
     hard_negatives: Count = 10  # hardest kept per query (NetVLAD: 10)
@@ -261,7 +261,7 @@ class ApiSettings(_Section):
     # killed (413 bomb): the slowest good photo under max_upload_pixels takes ~1.5 s (see crawl.decode_cpu_s)
     min_upload_side: Count = 16  # smaller is not a photo of anything
     max_k: Count = 100  # largest k a client may ask for
-    # What one client can hold (README "Search by photo"). A request body is counted as it streams, whatever
+    # What one client can hold (docs/search-and-api.md). A request body is counted as it streams, whatever
     # its framing (Content-Length or chunked), and refused with 413 past max_upload_bytes + 64 KiB of form
     # framing, before the form parser spools it to temporary files.
     header_timeout_s: Positive = 10.0  # a request line + headers must be complete this long after the connection
@@ -284,7 +284,7 @@ class ScheduleSettings(_Section):
     timezone: str = ""  # ... local time ("" = this machine's zone)
     gate_tolerance: Fraction = 0.0  # a new model may not lose more test Recall@1 than this
     # The nightly indexes the off-the-shelf ImageNet descriptor instead of the trained model when that scores a
-    # higher test Recall@1 on the same photos (measured on footwear-dev: it does, README "Retrieval quality").
+    # higher test Recall@1 on the same photos (measured on footwear-dev: it does, bench/REPORT.md "Retrieval quality").
     baseline_gate: bool = True
     task_retries: Count0 = 2  # retries of steps that talk to the network or disk (crawl, embed, index)
     retry_delay_s: NonNegative = 60.0  # wait between retries: a flaky site or full disk may recover

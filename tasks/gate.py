@@ -3,7 +3,7 @@ model is not worse.
 
 Before the nightly builds its index, :func:`descriptor_to_serve` picks the trained model or, when the
 off-the-shelf ImageNet descriptor scored better on the same test photos, that descriptor (a small catalogue can
-leave a trained model behind it: README "Retrieval quality").
+leave a trained model behind it: docs/training.md and bench/REPORT.md "Retrieval quality").
 
 The gate compares the test Recall@1 of the index's model with the current index's model on the same
 test photos; a refusal is recorded as an ``indexes`` row with status ``refused`` and the previous index

@@ -41,7 +41,7 @@ def _home(tmp_path: Path, toml: str = "") -> Path:
     return home
 
 
-# Defaults changed on purpose since those literals were captured (README "Training recipe").
+# Defaults changed on purpose since those literals were captured (docs/training.md, "The recipe").
 TRAIN_DEFAULT_CHANGES = {"descriptor_dim": 256, "learn_whitening": True, "whitening_shrinkage": 0.1,
                          "trainable_blocks": 3, "flip_augment": False, "crop_colour_augment": False,
                          "lr_schedule": "constant"}

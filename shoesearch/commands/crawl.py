@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--noise-rate", type=float, default=None,
                    help="fraction of gallery photos that are noise (synthetic default 0.2, catalogue default 0)")
     p.add_argument("--faults", action="append", default=[], metavar="NAME[=N]",
-                   help="misbehave for tests, e.g. captcha=5,5xx=2,layout=2 (see the README section on crawling)")
+                   help="misbehave for tests, e.g. captcha=5,5xx=2,layout=2 (see docs/crawling.md)")
     p.add_argument("--page-size", type=int, help="items per result page (default: crawl.shop_page_size = 60)")
     p.add_argument("--image-size", type=int, default=256, help="synthetic photo side in pixels")
     p.add_argument("--seed", type=int, default=0)
