@@ -36,7 +36,7 @@ def groups(root: Path) -> dict[str, list[tuple[str, str]]]:
 
 
 def study(root: Path, views: int, noise_rate: float, seed: int, settings) -> dict:
-    from models.registry import load_embedder
+    from models.embedder_spec import load_embedder
     from photos.transforms import preprocess_path
 
     rng = random.Random(seed)

@@ -32,7 +32,7 @@ def main() -> None:
     from core.settings import Settings
     from demo_shop.synthetic import generate_catalog
     from models.device import pick_device
-    from models.registry import load_embedder
+    from models.embedder_spec import load_embedder
     from photos.transforms import preprocess_path
     from tasks.embed import embed_images
     from tasks.ingest import ingest_catalog

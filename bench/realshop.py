@@ -140,7 +140,7 @@ def variant_rows(settings, wh, model_id: str, labels: dict[str, bool], baseline_
     """imagenet / kmeans_init / trained scored on the genuine photos (``labels[image_id] is False``) of the
     model's test split; ``baseline_too=False`` leaves out the imagenet row."""
     from models.device import pick_device
-    from models.registry import load_embedder
+    from models.embedder_spec import load_embedder
     from tasks.evaluate import score, variant_embedders
     from tasks.train_data import PhotoSet, load_photos
 

@@ -2,7 +2,7 @@
 
 ``NetVLADModel`` is the trainable network; ``save_checkpoint`` / ``load_checkpoint`` write and read
 it (atomic temp + rename) together with the configuration needed to rebuild it; ``NetVLADEmbedder``
-wraps a loaded model in the ``Embedder`` interface of ``models.registry`` (``__call__(x)`` ->
+wraps a loaded model in the ``Embedder`` interface of ``models.embedder_spec`` (``__call__(x)`` ->
 L2-normalised B x D, ``.model_id``, ``.dim``, ``.image_size``, ``.mean``, ``.std``).
 """
 

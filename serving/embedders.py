@@ -1,6 +1,6 @@
 """``open_embedder(settings, spec)``: the embedder any spec names, for search and for every step.
 
-``imagenet:<backbone>...`` specs are built by ``models.registry``; any other spec is a trained model id,
+``imagenet:<backbone>...`` specs are built by ``models.embedder_spec``; any other spec is a trained model id,
 whose checkpoint the ``models`` table names. The embedder runs on ``embed.device`` (``auto``: the GPU when
 there is one).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from models.device import pick_device
 from models.netvlad_model import load_trained_embedder
-from models.registry import default_spec, load_embedder
+from models.embedder_spec import default_spec, load_embedder
 from warehouse import open_warehouse
 from warehouse.model_registry import TRAINED, model_row
 
@@ -17,7 +17,7 @@ from warehouse.model_registry import TRAINED, model_row
 def open_embedder(settings, spec: str | None = None):
     """The embedder for ``spec`` (default ``imagenet:<embed.backbone>``), in eval mode."""
     spec = spec or default_spec(settings)
-    if ":" in spec:  # a prefixed spec: models.registry builds it (or names the known prefixes)
+    if ":" in spec:  # a prefixed spec: models.embedder_spec builds it (or names the known prefixes)
         return load_embedder(spec, settings)
     row = model_row(open_warehouse(settings), spec, TRAINED)
     return load_trained_embedder(settings.home / row["path"], spec, pick_device(settings.embed.device))

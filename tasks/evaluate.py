@@ -62,7 +62,7 @@ def variant_embedders(settings, wh, model_id: str, device):
 def evaluate(settings, model_id: str, protocol: str = "all", compare: tuple[str, ...] | list[str] = (),
              photos: str = "auto") -> str:
     """The ablation on the test split (see module docstring); returns the evaluate run id."""
-    from models.registry import load_embedder
+    from models.embedder_spec import load_embedder
 
     if protocol not in PROTOCOLS:
         raise ShoesearchError(f"unknown protocol {protocol!r}; use {' or '.join(PROTOCOLS)}")

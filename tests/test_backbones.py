@@ -9,7 +9,7 @@ import torch
 from core.errors import ShoesearchError
 from models.backbones import load_backbone, resolve_weights
 from models.pooling import avg, gem, l2n
-from models.registry import load_embedder
+from models.embedder_spec import load_embedder
 from photos.transforms import preprocess
 
 

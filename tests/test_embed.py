@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.registry import load_embedder
+from models.embedder_spec import load_embedder
 from photos.transforms import preprocess_path
 from tasks.embed import embed_images, load_embeddings
 from warehouse import open_warehouse

@@ -63,7 +63,7 @@ def test_denoise_never_reads_a_nan_vector_as_far(embedded_settings):
 def test_evaluation_refuses_nan_descriptors_of_a_real_model(ingested_settings):
     """``score`` is what evaluate and the gate's re-scoring share: NaN descriptors never become a Recall@1."""
     from models.device import pick_device
-    from models.registry import load_embedder
+    from models.embedder_spec import load_embedder
     from tasks.evaluate import score
     from tasks.split import make_split
     from tasks.train_data import load_photos
