@@ -174,7 +174,7 @@ def separation_rows(settings, wh, model_id: str, labels: dict[str, bool]) -> lis
 
     from serving.embedders import open_embedder
     from tasks.embed import embed_images, load_embeddings
-    from warehouse.model_registry import model_params, model_row
+    from warehouse.models_table import model_params, model_row
 
     split_run = model_params(model_row(wh, model_id))["split_run_id"]
     split = {r["product_id"]: r["split"] for r in wh.query(
@@ -246,7 +246,7 @@ def main() -> int:
         home = args.home or Path(tmp) / "home"
         settings, outcome, manifest = run_nightly(args.catalog, home)
         from warehouse import open_warehouse
-        from warehouse.model_registry import model_of_run
+        from warehouse.models_table import model_of_run
 
         wh = open_warehouse(settings)
         labels = noise_labels(manifest)

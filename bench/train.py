@@ -65,7 +65,7 @@ def main() -> None:
     from tasks.train import model_from_kmeans
     from tasks.train_data import PhotoDataset, load_photos
     from warehouse import open_warehouse
-    from warehouse.model_registry import model_of_run
+    from warehouse.models_table import model_of_run
 
     device = torch.device(args.device)
     tuple_size = 1 + args.positives + args.negatives

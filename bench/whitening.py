@@ -72,7 +72,7 @@ def one_split(home: Path, seed: int, overrides: dict) -> dict:
     from tasks.train_data import PhotoDataset, embed_dataset, load_photos
     from tasks.train_loop import kmeans_model
     from warehouse import open_warehouse
-    from warehouse.model_registry import model_of_run
+    from warehouse.models_table import model_of_run
 
     settings = Settings.load(home=home, overrides={**overrides, "train.seed": seed, "train.descriptor_dim": 0})
     wh, device = open_warehouse(settings), pick_device(settings.train.device)

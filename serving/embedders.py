@@ -11,7 +11,7 @@ from models.device import pick_device
 from models.netvlad_model import load_trained_embedder
 from models.embedder_spec import default_spec, load_embedder
 from warehouse import open_warehouse
-from warehouse.model_registry import TRAINED, model_row
+from warehouse.models_table import TRAINED, model_row
 
 
 def open_embedder(settings, spec: str | None = None):

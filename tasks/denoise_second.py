@@ -32,7 +32,7 @@ from serving.index_store import current_index_row
 from tasks.denoise import threshold_for_drop_rate
 from tasks.embed import embed_images, load_embeddings
 from warehouse import open_warehouse, start_run
-from warehouse.model_registry import TRAINED, find_model, model_params, model_row
+from warehouse.models_table import TRAINED, find_model, model_params, model_row
 
 JUDGED = ("near", "far")  # first-pass reasons the threshold decided: the only rows a second pass re-decides
 

@@ -23,7 +23,7 @@ from models.device import pick_device
 from models.netvlad_model import NetVLADEmbedder, load_checkpoint
 from tasks.train_data import PhotoDataset, PhotoSet, embed_dataset, load_photos
 from warehouse import atomic_write_text, open_warehouse, start_run
-from warehouse.model_registry import TRAINED, find_model, model_params, model_row
+from warehouse.models_table import TRAINED, find_model, model_params, model_row
 
 PROTOCOLS = {"all": "all-vs-all", "consumer-to-shop": "consumer-to-shop"}
 KS = (1, 5, 10)

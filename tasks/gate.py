@@ -22,7 +22,7 @@ from core.finite import require_finite
 from serving.embedders import open_embedder
 from serving.index_store import INDEX_FILE, current_index_row, index_row, prune_indexes, write_pointer
 from warehouse import open_warehouse, start_run
-from warehouse.model_registry import test_recall, test_split
+from warehouse.models_table import test_recall, test_split
 from warehouse.runs import now
 
 

@@ -22,7 +22,7 @@ from tasks.faiss_build import build_faiss, choose_kind, gpu_count, match_calibra
 from warehouse import latest_run, open_warehouse, start_run
 from warehouse.catalog import DENOISE_OF_RUN
 from warehouse.locks import step_lock
-from warehouse.model_registry import find_model, newest_model
+from warehouse.models_table import find_model, newest_model
 from warehouse.runs import now
 
 PRODUCT_COLUMNS = ["product_id", "title", "brand", "price", "url", "shop_name", "category"]

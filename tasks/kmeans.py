@@ -21,7 +21,7 @@ from models import functional as LF
 from models.device import pick_device
 from tasks.train_data import PhotoDataset, embed_dataset, load_photos
 from warehouse import open_warehouse, start_run
-from warehouse.model_registry import model_record
+from warehouse.models_table import model_record
 
 
 def sample_local_descriptors(features: torch.Tensor, per_image: int, gen: torch.Generator) -> torch.Tensor:

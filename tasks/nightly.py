@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.denoise_second import served_trained_model
 from tasks.split import make_split
 from warehouse import open_warehouse
-from warehouse.model_registry import find_model, newest_model, trained_on_split
+from warehouse.models_table import find_model, newest_model, trained_on_split
 
 
 def split_for_nightly(settings) -> str:

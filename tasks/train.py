@@ -5,7 +5,7 @@ Stable entry points (the nightly flow uses them):
 * ``train_model(settings, split_run_id, init_model_id=None, kmeans_run_id=None, photos="auto") -> run_id``
   warm-starts from ``init_model_id`` when given, else from the k-means run (default: the latest).
   The run writes one ``models`` row (``kind="netvlad"``, test metrics in ``metrics``, see
-  ``warehouse.model_registry``); ``model_id_of_run(settings, run_id)`` returns its id and
+  ``warehouse.models_table``); ``model_id_of_run(settings, run_id)`` returns its id and
   ``serving.embedders.open_embedder(settings, model_id)`` loads it.
 * ``make_split`` (``tasks.split``), ``kmeans_init`` (``tasks.kmeans``), ``evaluate`` (``tasks.evaluate``).
 
@@ -40,7 +40,7 @@ from models.netvlad_model import NetVLADModel, load_checkpoint, save_checkpoint
 from tasks.train_data import PhotoDataset, PhotoSet, load_photos
 from tasks.train_loop import fit_whitening, kmeans_model, new_state, query_indices, recall, run_epochs, trainable
 from warehouse import latest_run, open_warehouse, start_run
-from warehouse.model_registry import model_of_run, model_record, model_row
+from warehouse.models_table import model_of_run, model_record, model_row
 
 NOT_FINITE_HINT = "training diverged: lower train.lr"
 

@@ -78,7 +78,7 @@ def test_evaluation_refuses_nan_descriptors_of_a_real_model(ingested_settings):
 def test_gate_refuses_a_nan_tolerance_and_scores_nan_as_missing(settings):
     """``schedule.gate_tolerance=nan`` once accepted 0.05 against 0.90 (``new < old - nan`` is false)."""
     from tasks.gate import gate_decision
-    from warehouse.model_registry import model_record
+    from warehouse.models_table import model_record
 
     wh = open_warehouse(settings)
     with start_run(wh, step="train") as run:

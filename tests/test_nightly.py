@@ -9,6 +9,8 @@ import pytest
 
 from tests.fixtures_crawl import FAST_CRAWL
 
+pytestmark = pytest.mark.e2e  # nightly Prefect flows over a live shop: outside the fast loop
+
 NIGHTLY_PRODUCTS = 10  # first night; the second night's shop has NEW_PRODUCTS more
 # With CATALOG_SEED 0 and these split fractions (test-heavy, so that the gate compares models on >= 5 test
 # products: the default 0.7/0.1/0.2 would need ~25 products) night 1 splits 4 train / 6 test (no val product:
@@ -56,7 +58,7 @@ def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nig
     from serving.search import search
     from tasks.gate import recall_on_split, switch_index
     from warehouse import lineage, open_warehouse
-    from warehouse.model_registry import test_recall as model_test_recall
+    from warehouse.models_table import test_recall as model_test_recall
 
     home = tmp_path / "home"
     monkeypatch.setenv("SHOESEARCH_HOME", str(home))

@@ -39,7 +39,7 @@ def cmd_train(args, settings) -> int:
 def cmd_evaluate(args, settings) -> int:
     from tasks.evaluate import evaluate
     from warehouse import open_warehouse
-    from warehouse.model_registry import newest_model
+    from warehouse.models_table import newest_model
 
     model_id = args.model
     if not model_id:
