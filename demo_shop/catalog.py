@@ -118,15 +118,27 @@ def synth_metadata(folder: str) -> dict:
     }
 
 
-def _noise_labels(catalog_dir: Path) -> dict[str, bool | None]:
-    path = catalog_dir / "labels.csv"
+def read_labels(catalog_dir: Path) -> dict[str, dict]:
+    """``DIR/labels.csv`` as {relative image path: {"group_id", "domain", "is_noise"}} ({} if absent);
+    a missing ``image`` column or an ``is_noise`` that is not 0/1/true/false is one line naming the file."""
+    path = Path(catalog_dir) / "labels.csv"
     if not path.exists():
         return {}
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        return {
-            row["image"].strip(): (None if (row.get("is_noise") or "").strip() == "" else row["is_noise"].strip() in ("1", "true"))
-            for row in csv.DictReader(fh)
-        }
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "image" not in reader.fieldnames:
+            raise ShoesearchError(f"{path}: the first column must be 'image' (got {reader.fieldnames})")
+        out = {}
+        for line, row in enumerate(reader, start=2):
+            noise = (row.get("is_noise") or "").strip().lower()
+            if noise not in ("", "0", "1", "true", "false"):
+                raise ShoesearchError(f"{path}:{line}: is_noise must be 0/1, got {row.get('is_noise')!r}")
+            out[row["image"].strip()] = {
+                "group_id": (row.get("group_id") or "").strip() or None,
+                "domain": (row.get("domain") or "").strip() or None,
+                "is_noise": None if noise == "" else noise in ("1", "true"),
+            }
+        return out
 
 
 def load_catalog(catalog_dir: Path, noise_rate: float = 0.0, seed: int = 0) -> list[ShopProduct]:
@@ -137,7 +149,7 @@ def load_catalog(catalog_dir: Path, noise_rate: float = 0.0, seed: int = 0) -> l
     if not 0 <= noise_rate < 1:
         raise ShoesearchError(f"--noise-rate must be in [0, 1), got {noise_rate}")
     metadata = read_products_json(catalog_dir)
-    labels = _noise_labels(catalog_dir)
+    labels = read_labels(catalog_dir)
     products = []
     for folder in sorted(p for p in catalog_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
@@ -147,7 +159,7 @@ def load_catalog(catalog_dir: Path, noise_rate: float = 0.0, seed: int = 0) -> l
         gallery = []
         for f in files:
             rel = f"{folder.name}/{f.name}"
-            noise = labels.get(rel)
+            noise = labels.get(rel, {}).get("is_noise")
             gallery.append(Photo(f, rel, jfs_for(rel), noise if labels else False))
         products.append(ShopProduct(len(products), folder.name, meta, gallery))
     if not products:

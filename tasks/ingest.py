@@ -12,7 +12,6 @@ without being read; ``products.json`` and ``labels.csv`` are checked before anyt
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -25,35 +24,12 @@ from prefect import task
 from tqdm import tqdm
 
 from core.errors import ShoesearchError
-from demo_shop.catalog import read_products_json
+from demo_shop.catalog import IMAGE_SUFFIXES, read_labels, read_products_json
 from photos.imagestore import ImageLimits, StoredImage, read_photo, store_image
 from warehouse import open_warehouse, start_run
 from warehouse.locks import step_lock
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 ROWS_PER_PART = 20_000  # images staged per Parquet part: bounded memory on big catalogues
-
-
-def read_labels(catalog_dir: Path) -> dict[str, dict]:
-    """``labels.csv`` as {relative image path: {"group_id", "domain", "is_noise"}} (empty if absent)."""
-    path = catalog_dir / "labels.csv"
-    if not path.exists():
-        return {}
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "image" not in reader.fieldnames:
-            raise ShoesearchError(f"{path}: the first column must be 'image' (got {reader.fieldnames})")
-        out = {}
-        for line, row in enumerate(reader, start=2):
-            noise = (row.get("is_noise") or "").strip().lower()
-            if noise not in ("", "0", "1", "true", "false"):
-                raise ShoesearchError(f"{path}:{line}: is_noise must be 0/1, got {row.get('is_noise')!r}")
-            out[row["image"].strip()] = {
-                "group_id": (row.get("group_id") or "").strip() or None,
-                "domain": (row.get("domain") or "").strip() or None,
-                "is_noise": None if noise == "" else noise in ("1", "true"),
-            }
-        return out
 
 
 Skipped = list[tuple[str, str]]  # (reason, the entry's name as shown)

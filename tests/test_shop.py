@@ -110,6 +110,24 @@ def test_plain_catalog_noise_injection_and_bad_input(tmp_path):
         assert sum(g["is_noise"] for p in manifest["products"] for g in p["gallery"]) == 6
 
 
+def test_the_shop_and_ingest_read_labels_csv_by_the_same_rules(tmp_path):
+    """One labels.csv reader: ``TRUE`` is noise, a missing row is unknown, a bad value is one clear error."""
+    from tasks.ingest import read_labels
+
+    (tmp_path / "boot").mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 40), (i * 60, 90, 30)).save(tmp_path / "boot" / f"{i}.png")
+    (tmp_path / "labels.csv").write_text("image,group_id,is_noise\nboot/0.png,g1,0\nboot/1.png,g1, TRUE \n")
+    assert read_labels(tmp_path)["boot/1.png"] == {"group_id": "g1", "domain": None, "is_noise": True}
+    assert [ph.is_noise for ph in load_catalog(tmp_path)[0].gallery] == [False, True, None]
+    (tmp_path / "labels.csv").write_text("image,is_noise\nboot/0.png,yes\n")
+    with pytest.raises(ShoesearchError, match=r"labels.csv:2: is_noise must be 0/1, got 'yes'"):
+        load_catalog(tmp_path)
+    (tmp_path / "labels.csv").write_text("photo,is_noise\nboot/0.png,1\n")
+    with pytest.raises(ShoesearchError, match="the first column must be 'image'"):
+        load_catalog(tmp_path)
+
+
 def _listed(client, site, keyword=None, category=None) -> list[str]:
     """SKUs of the first result page, both halves (search) or the list page (category)."""
     if keyword is None:
