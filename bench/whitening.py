@@ -33,17 +33,17 @@ def project(fit, test, dim: int, whiten: bool, shrink: float = 0.0):
     once), whitened as the pipeline whitens (``whitening_projection``) or only projected."""
     import torch
 
-    from models import functional as LF
+    from models import functional
 
     mean, var, axes = fit
-    proj = LF.whitening_projection(var, axes, dim, shrink=shrink) if whiten else axes[:dim]
+    proj = functional.whitening_projection(var, axes, dim, shrink=shrink) if whiten else axes[:dim]
     return torch.nn.functional.normalize(((test.double() - mean) @ proj.T).float(), dim=1)
 
 
 def variants(train, test) -> dict:
     import torch
 
-    from models import functional as LF
+    from models import functional
     from models.whitening import Whitening
 
     n = train.shape[0]
@@ -52,7 +52,7 @@ def variants(train, test) -> dict:
     module.fit(train)
     with torch.no_grad():
         out[f"pipeline Whitening module {n - 1}"] = module(test)
-    fit = LF.pca(train)  # one SVD for every variant below
+    fit = functional.pca(train)  # one SVD for every variant below
     for d in (*DIMS, n - 1):
         out[f"PCA {d}"] = project(fit, test, d, whiten=False)
         out[f"PCA-whitened {d}"] = project(fit, test, d, whiten=True)
@@ -64,7 +64,7 @@ def variants(train, test) -> dict:
 def one_split(home: Path, seed: int, overrides: dict) -> dict:
 
     from core.settings import Settings
-    from models import functional as LF
+    from models import functional
     from models.device import pick_device
     from serving.embedders import open_embedder
     from tasks.kmeans import kmeans_init
@@ -89,7 +89,7 @@ def one_split(home: Path, seed: int, overrides: dict) -> dict:
         settings, test.paths, settings.embed.image_size, imagenet.mean, imagenet.std), cfg.batch_size * 4,
         cfg.num_workers, device, "imagenet"), **variants(vlad["train"], vlad["test"])}
     labels = test.labels()
-    rows = {name: LF.recall_and_map(d, labels) for name, d in descs.items()}
+    rows = {name: functional.recall_and_map(d, labels) for name, d in descs.items()}
     return {"seed": seed, "train_photos": len(sets["train"]), "test_photos": len(test),
             "rows": {k: {m: round(float(v[m]), 4) for m in ("recall_at_1", "recall_at_5", "mean_ap")}
                      for k, v in rows.items()}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models import functional as LF
+from models import functional
 
 
 class WeakTripletLoss(nn.Module):
@@ -23,7 +23,7 @@ class WeakTripletLoss(nn.Module):
         self, query: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
         positive_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return LF.triplet_loss_min_positive(query, positives, negatives, self.margin, positive_mask)
+        return functional.triplet_loss_min_positive(query, positives, negatives, self.margin, positive_mask)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}"

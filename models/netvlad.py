@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models import functional as LF
+from models import functional
 
 
 class NetVLAD(nn.Module):
@@ -29,13 +29,13 @@ class NetVLAD(nn.Module):
     @torch.no_grad()
     def init_from_kmeans(self, centroids: torch.Tensor, alpha: float) -> None:
         """Centres from k-means and the conv set so that assignment follows distance to them."""
-        weight, bias = LF.netvlad_init_params(centroids.float(), alpha)
+        weight, bias = functional.netvlad_init_params(centroids.float(), alpha)
         self.centroids.copy_(centroids)
         self.weight.copy_(weight)
         self.bias.copy_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return LF.netvlad(x, self.weight, self.bias, self.centroids)
+        return functional.netvlad(x, self.weight, self.bias, self.centroids)
 
     def extra_repr(self) -> str:
         return f"clusters={self.clusters}, dim={self.dim}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models import functional as LF
+from models import functional
 
 
 class Whitening(nn.Module):
@@ -24,7 +24,7 @@ class Whitening(nn.Module):
     def fit(self, descriptors: torch.Tensor, shrink: float = 0.0) -> None:
         """PCA whitening from ``descriptors`` (N x in_dim; needs N > out_dim), variances shrunk by ``shrink``
         (``models.functional.pca_whitening``)."""
-        mean, proj = LF.pca_whitening(descriptors, self.out_dim, shrink=shrink)
+        mean, proj = functional.pca_whitening(descriptors, self.out_dim, shrink=shrink)
         if proj.shape[0] < self.out_dim:
             raise ValueError(
                 f"PCA whitening to {self.out_dim} dims needs more than {self.out_dim} training descriptors, "
@@ -34,7 +34,7 @@ class Whitening(nn.Module):
         self.proj.bias.copy_(-proj @ mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return LF.l2n(self.proj(x), dim=1)
+        return functional.l2n(self.proj(x), dim=1)
 
     def extra_repr(self) -> str:
         return f"{self.in_dim} -> {self.out_dim}"

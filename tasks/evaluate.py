@@ -17,12 +17,13 @@ import torch
 from prefect import task
 
 from core.errors import ShoesearchError
+from core.files import atomic_path, atomic_write_text
 from core.finite import require_finite
-from models import functional as LF
+from models import functional
 from models.device import pick_device
 from models.netvlad_model import NetVLADEmbedder, load_checkpoint
 from tasks.train_data import PhotoDataset, PhotoSet, embed_dataset, load_photos
-from warehouse import atomic_write_text, open_warehouse, start_run
+from warehouse import open_warehouse, start_run
 from warehouse.models_table import TRAINED, find_model, model_params, model_row
 
 PROTOCOLS = {"all": "all-vs-all", "consumer-to-shop": "consumer-to-shop"}
@@ -41,8 +42,8 @@ def score(embedder, settings, test: PhotoSet, protocol: str, device: torch.devic
     if protocol == "consumer-to-shop":
         masks = {"query_mask": torch.tensor([d == "user" for d in test.domains]),
                  "gallery_mask": torch.tensor([d != "user" for d in test.domains])}
-    metrics = LF.recall_and_map(desc, test.labels(), KS, **masks)
-    return {**metrics, **LF.product_recall(desc, test.labels(), KS)} if product_level else metrics
+    metrics = functional.recall_and_map(desc, test.labels(), KS, **masks)
+    return {**metrics, **functional.product_recall(desc, test.labels(), KS)} if product_level else metrics
 
 
 def variant_embedders(settings, wh, model_id: str, device):
@@ -133,10 +134,9 @@ def write_report(settings, run_id: str, rows: list[dict], test: PhotoSet) -> str
     ax.set_title(f"Retrieval on the test split ({rows[0]['protocol']})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out.with_suffix(".png")) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(out.with_suffix(".png"))
     atomic_write_text(out.with_suffix(".md"), f"# Evaluation {run_id}\n\n{md}\n![plot]({out.name}.png)\n")
     _artifact(md, run_id)
     return md

@@ -16,8 +16,9 @@ import torch
 from prefect import task
 
 from core.errors import ShoesearchError
+from core.files import atomic_path
 from core.finite import require_finite
-from models import functional as LF
+from models import functional
 from models.device import pick_device
 from tasks.train_data import PhotoDataset, embed_dataset, load_photos
 from warehouse import open_warehouse, start_run
@@ -26,7 +27,7 @@ from warehouse.models_table import model_record
 
 def sample_local_descriptors(features: torch.Tensor, per_image: int, gen: torch.Generator) -> torch.Tensor:
     """Up to ``per_image`` random L2-normalised local descriptors per feature map: (B*n) x D."""
-    x = LF.l2n(features.float(), dim=1).flatten(2).transpose(1, 2)  # B x N x D
+    x = functional.l2n(features.float(), dim=1).flatten(2).transpose(1, 2)  # B x N x D
     n = min(per_image, x.shape[1])
     picks = torch.stack([torch.randperm(x.shape[1], generator=gen)[:n] for _ in range(x.shape[0])])
     return x.gather(1, picks.to(x.device).unsqueeze(2).expand(-1, -1, x.shape[2])).reshape(-1, x.shape[2])
@@ -59,27 +60,18 @@ def kmeans_init(settings, split_run_id: str, photos: str = "auto") -> str:
         if descriptors.shape[0] < cfg.clusters:
             raise ShoesearchError(f"only {descriptors.shape[0]} local descriptors for {cfg.clusters} clusters: "
                                   "add photos or lower train.clusters")
-        centroids = LF.kmeans(descriptors.to(device), cfg.clusters, cfg.kmeans_iterations, cfg.seed).cpu()
-        alpha = LF.netvlad_alpha(descriptors, centroids)
+        centroids = functional.kmeans(descriptors.to(device), cfg.clusters, cfg.kmeans_iterations, cfg.seed).cpu()
+        alpha = functional.netvlad_alpha(descriptors, centroids)
         require_finite("kmeans: centroids and alpha", {"centroids": centroids, "alpha": alpha},
                        f"the {cfg.backbone} descriptors of the sampled photos are broken")
         model_id = f"kmeans-{id_part(cfg.backbone)}-{run.run_id.split('-', 1)[1]}"
         rel = f"models/kmeans/{model_id}.pt"
-        _save_atomic(settings.home / rel, {"centroids": centroids, "alpha": alpha, "backbone": cfg.backbone,
-                                            "weights_id": backbone.weights_id, "image_ids": image_ids})
+        with atomic_path(settings.home / rel) as tmp:
+            torch.save({"centroids": centroids, "alpha": alpha, "backbone": cfg.backbone,
+                        "weights_id": backbone.weights_id, "image_ids": image_ids}, tmp)
         run.write("models", [model_record(model_id, "kmeans", cfg.backbone, rel, None,
                                           {**params, "descriptors": int(descriptors.shape[0]), "alpha": alpha})])
     return run.run_id
-
-
-def _save_atomic(path, obj) -> None:
-    import os
-    import uuid
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 kmeans_init_task = task(kmeans_init, name="kmeans")

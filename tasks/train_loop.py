@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from models import functional as LF
+from models import functional
 from models.device import forward
 from models.loss import WeakTripletLoss
 from models.netvlad_model import FromFrozen, ModelConfig, NetVLADModel
@@ -54,7 +54,8 @@ def mine_tuples(queries: list[int], products: list[str], cache: dict[int, torch.
         is_negative = torch.tensor([products[i] != products[q] for i in pool])
         if not is_negative.any():
             continue
-        d = LF.pairwise_sq_distances(cache[q].unsqueeze(0), pool_vecs)[0].masked_fill(~is_negative, float("inf"))
+        d = functional.pairwise_sq_distances(cache[q].unsqueeze(0), pool_vecs)[0]
+        d = d.masked_fill(~is_negative, float("inf"))
         n_neg = int(is_negative.sum())
         hardest = pool_t[d.argsort()[: min(hard_negatives, n_neg)]].tolist()
         negatives = [hardest[j % len(hardest)] for j in range(hard_negatives)]
@@ -91,7 +92,7 @@ def tuple_loss(model, batch: torch.Tensor, criterion, positives: int, device: to
                amp: bool = True) -> torch.Tensor:
     """Loss of a batch of tuples B x (1+P+N) x 3 x S x S, with the gradient of the full loss at a fraction
     of its cost: every member is embedded without autograd, then only the members the loss has a gradient
-    for (``LF.triplet_live_members``: query, closest positive, negatives inside the margin) run again with
+    for (``functional.triplet_live_members``: query, closest positive, negatives inside the margin) run again with
     it. The backbone's batch-norm is frozen and nothing is random, so a member's descriptor does not
     depend on the batch it is in: value and gradient are those of the full computation (up to rounding).
     """
@@ -99,7 +100,7 @@ def tuple_loss(model, batch: torch.Tensor, criterion, positives: int, device: to
     flat = batch.flatten(0, 1)
     with torch.no_grad():
         desc = forward(model, flat, device, amp).view(b, t, -1)
-    live = LF.triplet_live_members(desc[:, 0], desc[:, 1:1 + positives], desc[:, 1 + positives:],
+    live = functional.triplet_live_members(desc[:, 0], desc[:, 1:1 + positives], desc[:, 1 + positives:],
                                    criterion.margin).flatten().nonzero().squeeze(1)
     fresh = forward(model, flat[live.to(flat.device)], device, amp)
     desc = desc.flatten(0, 1).index_copy(0, live, fresh).view(b, t, -1)
@@ -179,7 +180,7 @@ def recall(model, settings, photo_set: PhotoSet, device: torch.device) -> dict[s
     ds = PhotoDataset(settings, photo_set.paths, m.config.image_size, m.backbone.mean, m.backbone.std)
     model.eval()
     desc = embed_dataset(m, ds, cfg.batch_size * 4, cfg.num_workers, device, "recall")
-    return LF.recall_and_map(desc, photo_set.labels())
+    return functional.recall_and_map(desc, photo_set.labels())
 
 
 def kmeans_model(settings, kmeans_row: dict, n_train: int) -> NetVLADModel:

@@ -49,15 +49,15 @@ def test_loss_is_zero_when_margin_satisfied():
 
 
 def test_live_members_are_exactly_those_with_a_gradient():
-    from models import functional as LF
+    from models import functional
 
     torch.manual_seed(2)
     q, p, n = torch.randn(6, 8) * 0.3, torch.randn(6, 4, 8) * 0.3, torch.randn(6, 9, 8) * 0.3
     d_neg = ((n - q.unsqueeze(1)) ** 2).sum(-1)
     margin = float(d_neg.median() - ((p - q.unsqueeze(1)) ** 2).sum(-1).min(1).values.mean())
-    live = LF.triplet_live_members(q, p, n, margin)
+    live = functional.triplet_live_members(q, p, n, margin)
     q, p, n = (t.clone().requires_grad_(True) for t in (q, p, n))
-    LF.triplet_loss_min_positive(q, p, n, margin).backward()
+    functional.triplet_loss_min_positive(q, p, n, margin).backward()
     grad_rows = torch.cat([q.grad.unsqueeze(1), p.grad, n.grad], 1).abs().sum(-1) > 0
     negatives = live[:, 5:]
     assert 0 < int(negatives.sum()) < negatives.numel()  # some hinges open, some closed: not vacuous
@@ -68,7 +68,7 @@ def test_live_members_are_exactly_those_with_a_gradient():
 
 
 def test_tuple_loss_gives_the_full_gradient_of_a_real_model():
-    from models import functional as LF
+    from models import functional
     from models.netvlad_model import ModelConfig, NetVLADModel
     from tasks.train_loop import tuple_loss
 
@@ -81,7 +81,7 @@ def test_tuple_loss_gives_the_full_gradient_of_a_real_model():
     d_pos = ((desc[:, 1:3] - desc[:, :1]) ** 2).sum(-1).min(1).values
     margin = float((d_neg - d_pos.unsqueeze(1)).median())  # about half the hinges open
     crit = WeakTripletLoss(margin)
-    open_hinges = int(LF.triplet_live_members(desc[:, 0], desc[:, 1:3], desc[:, 3:], margin)[:, 3:].sum())
+    open_hinges = int(functional.triplet_live_members(desc[:, 0], desc[:, 1:3], desc[:, 3:], margin)[:, 3:].sum())
     assert 0 < open_hinges < 18  # the shortcut skips some negatives here: the comparison is not vacuous
     trainable = [p for p in model.parameters() if p.requires_grad]
 

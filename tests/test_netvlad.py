@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models import functional as LF
+from models import functional
 from models.netvlad import NetVLAD
 from models.whitening import Whitening
 
@@ -48,19 +48,19 @@ def test_netvlad_layer_matches_loops():
 
 def test_kmeans_init_makes_assignment_follow_distance():
     torch.manual_seed(1)
-    centroids = LF.l2n(torch.randn(6, 16))
-    desc = LF.l2n(centroids.repeat_interleave(50, 0) + 0.1 * torch.randn(300, 16))
-    alpha = LF.netvlad_alpha(desc, centroids)
+    centroids = functional.l2n(torch.randn(6, 16))
+    desc = functional.l2n(centroids.repeat_interleave(50, 0) + 0.1 * torch.randn(300, 16))
+    alpha = functional.netvlad_alpha(desc, centroids)
     # alpha from the data: mean gap between the two nearest squared distances, as the formula says
     d = torch.stack([torch.stack([((x - c) ** 2).sum() for c in centroids]) for x in desc])
     gaps = [sorted(row.tolist())[1] - sorted(row.tolist())[0] for row in d]
     assert alpha == pytest.approx(-math.log(0.01) / (sum(gaps) / len(gaps)), rel=1e-4)
-    w, b = LF.netvlad_init_params(centroids, alpha)
+    w, b = functional.netvlad_init_params(centroids, alpha)
     for k in range(6):
         torch.testing.assert_close(w[k], 2 * alpha * centroids[k])
         assert float(b[k]) == pytest.approx(-alpha * float(centroids[k] @ centroids[k]), rel=1e-5)
     # softmax(w.x + b) == softmax(-alpha ||x - c||^2): the soft assignment follows distance
-    a = LF.netvlad_soft_assign(desc.t().reshape(1, 16, 300, 1), w, b)[0]  # K x N
+    a = functional.netvlad_soft_assign(desc.t().reshape(1, 16, 300, 1), w, b)[0]  # K x N
     torch.testing.assert_close(a.t(), (-alpha * d).softmax(1), atol=1e-5, rtol=1e-4)
     assert (a.argmax(0) == d.argmin(1)).all()
 
@@ -69,7 +69,7 @@ def test_pairwise_sq_distances_matches_loops():
     torch.manual_seed(2)
     a, b = torch.randn(4, 9), torch.randn(5, 9)
     expected = torch.tensor([[float(((a[i] - b[j]) ** 2).sum()) for j in range(5)] for i in range(4)])
-    torch.testing.assert_close(LF.pairwise_sq_distances(a, b), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(functional.pairwise_sq_distances(a, b), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_pca_whitening_decorrelates_to_unit_variance():
@@ -88,9 +88,9 @@ def test_pca_whitening_decorrelates_to_unit_variance():
 
 def test_recall_and_map_by_hand():
     # 4 photos, products A A B B; photo 0's nearest is photo 2 (wrong), then photo 1 (right)
-    desc = LF.l2n(torch.tensor([[1.0, 0.1], [0.0, 1.0], [1.0, 0.0], [0.1, 1.0]]))
+    desc = functional.l2n(torch.tensor([[1.0, 0.1], [0.0, 1.0], [1.0, 0.0], [0.1, 1.0]]))
     labels = torch.tensor([0, 0, 1, 1])
-    m = LF.recall_and_map(desc, labels, ks=(1, 2))
+    m = functional.recall_and_map(desc, labels, ks=(1, 2))
     sims = desc @ desc.t()
     r1 = r2 = ap = 0.0
     for q in range(4):
@@ -107,7 +107,7 @@ def test_recall_and_map_by_hand():
     assert m["recall_at_1"] < 1.0  # photo 0 and 2 retrieve each other first
     # consumer-to-shop: queries 0 and 2 against gallery 1 and 3 only. Photo 3 is nearest to both:
     # right for photo 2 (product B), wrong for photo 0 (product A).
-    m2 = LF.recall_and_map(desc, labels, ks=(1,), query_mask=torch.tensor([1, 0, 1, 0]),
+    m2 = functional.recall_and_map(desc, labels, ks=(1,), query_mask=torch.tensor([1, 0, 1, 0]),
                            gallery_mask=torch.tensor([0, 1, 0, 1]))
     assert m2["queries"] == 2 and m2["recall_at_1"] == pytest.approx(0.5)
 
@@ -117,14 +117,14 @@ def test_product_recall_ranks_products_by_their_best_photo():
     product's other photo: photo-level its product comes at rank 3, product-level (max voting) at rank 2."""
     import torch
 
-    from models import functional as LF
+    from models import functional
 
     d = torch.nn.functional.normalize(torch.tensor([
         [1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.9, 0.43, 0.0], [0.92, 0.39, 0.0], [0.0, 0.0, 1.0], [0.0, 0.1, 1.0]]), dim=1)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    photo = LF.recall_and_map(d, labels, (1, 2, 3), query_mask=torch.tensor([1, 0, 0, 0, 0, 0]).bool())
+    photo = functional.recall_and_map(d, labels, (1, 2, 3), query_mask=torch.tensor([1, 0, 0, 0, 0, 0]).bool())
     assert (photo["recall_at_2"], photo["recall_at_3"]) == (0.0, 1.0)
-    prod = LF.product_recall(d[:4], labels[:4], (1, 2))
+    prod = functional.product_recall(d[:4], labels[:4], (1, 2))
     assert prod["product_recall_at_1"] == 0.5 and prod["product_recall_at_2"] == 1.0  # photos 0 and 1 miss at 1
 
 
@@ -135,7 +135,7 @@ def test_shrunk_whitening_survives_repeated_training_photos():
     import torch
 
     from core.settings import Settings
-    from models import functional as LF
+    from models import functional
 
     torch.manual_seed(0)
     base = torch.nn.functional.normalize(torch.randn(40, 2000), dim=1)
@@ -143,7 +143,7 @@ def test_shrunk_whitening_survives_repeated_training_photos():
     queries = torch.nn.functional.normalize(base + 0.067 * torch.randn(40, 2000), dim=1)
 
     def nearest_is_original(shrink: float) -> float:
-        mean, proj = LF.pca_whitening(train, 59, shrink=shrink)
+        mean, proj = functional.pca_whitening(train, 59, shrink=shrink)
         f = lambda x: torch.nn.functional.normalize((x - mean) @ proj.T, dim=1)  # noqa: E731
         return float(((f(queries) @ f(base).T).argmax(1) == torch.arange(40)).float().mean())
 
