@@ -107,7 +107,7 @@ def train_rank(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> 
               "train": json.loads(settings.section_json("train")), "world_size": world}
     ckpt_dir = _checkpoint_dir(settings, {k: v for k, v in params.items() if k != "world_size"})
     sets = (train_set, val_set, load_photos(wh, split_run_id, photos, ("test",)))
-    job = _Job(settings, model, parent, sets, ckpt_dir, device, rank, world, warm=bool(init_model_id))
+    job = _CheckpointedTraining(settings, model, parent, sets, ckpt_dir, device, rank, world, warm=bool(init_model_id))
     if rank != 0:
         job.fit(f"netvlad-{model.config.backbone}-rank{rank}", on_epoch=lambda *_: None)
         return ""
@@ -119,7 +119,7 @@ def train_rank(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> 
     return run.run_id
 
 
-class _Job:
+class _CheckpointedTraining:
     """One training job: its model, photo sets, device and checkpoint files (``init.pt``, ``last.pt``,
     ``best.pt`` in ``ckpt_dir``, keyed by the job's inputs and settings)."""
 
