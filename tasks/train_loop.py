@@ -63,8 +63,8 @@ def mine_tuples(queries: list[int], products: list[str], cache: dict[int, torch.
     return tuples
 
 
-class _Rows(Dataset):
-    """Rows of a tensor as a dataset (the frozen-stage cache)."""
+class _FrozenFeatureCache(Dataset):
+    """The frozen stages' output for every photo (row i is photo i), as a dataset the loop feeds from."""
 
     def __init__(self, rows: torch.Tensor):
         self.rows = rows
@@ -85,7 +85,8 @@ def frozen_cache(model: NetVLADModel, settings, photos: PhotoDataset, device: to
     one = model.frozen_features(photos[0].unsqueeze(0).to(device))
     if one.numel() * 4 * len(photos) > cfg.frozen_cache_mb * 2**20:  # stored as float32
         return None
-    return _Rows(embed_dataset(model.frozen_features, photos, cfg.batch_size * 4, cfg.num_workers, device, "frozen"))
+    features = embed_dataset(model.frozen_features, photos, cfg.batch_size * 4, cfg.num_workers, device, "frozen")
+    return _FrozenFeatureCache(features)
 
 
 def tuple_loss(model, batch: torch.Tensor, criterion, positives: int, device: torch.device,
