@@ -118,7 +118,7 @@ def main() -> None:
 def trainer_images_per_s(model, optimizer, crit, settings, photos, ds, images: int, device) -> tuple[dict, float]:
     """The trainer's rows (uncached step and epoch, then cached step and epoch when the cache fits) and the
     seconds the frozen-stage cache took to build; ``images`` = images per measured epoch."""
-    from models.netvlad_model import FromFrozen
+    from models.netvlad_model import NetVLADFromFrozenFeatures
     from tasks.train_loop import frozen_cache, train_epoch
 
     t0 = time.perf_counter()
@@ -131,7 +131,8 @@ def trainer_images_per_s(model, optimizer, crit, settings, photos, ds, images: i
     cache_s = time.perf_counter() - t0
     if cache is not None:
         t0 = time.perf_counter()
-        _, cached_step_ips = train_epoch(FromFrozen(model), optimizer, crit, settings, photos, cache, 1, device)
+        net = NetVLADFromFrozenFeatures(model)
+        _, cached_step_ips = train_epoch(net, optimizer, crit, settings, photos, cache, 1, device)
         _sync(device)
         rows["cached epoch"] = images / (time.perf_counter() - t0)
         rows["cached step"] = cached_step_ips

@@ -102,7 +102,7 @@ class NetVLADModel(nn.Module):
         return self.pool(self.local_features(x), whiten)
 
 
-class FromFrozen(nn.Module):
+class NetVLADFromFrozenFeatures(nn.Module):
     """``model`` fed with its frozen stages' output (a cache of it) instead of images."""
 
     def __init__(self, model: NetVLADModel):

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from models import functional
 from models.device import forward
 from models.loss import WeakTripletLoss
-from models.netvlad_model import FromFrozen, ModelConfig, NetVLADModel
+from models.netvlad_model import ModelConfig, NetVLADFromFrozenFeatures, NetVLADModel
 from photos.loading import CropColour, TupleDataset, WithMirrors, batches, make_loader, mirror_some
 from tasks.train_data import PhotoDataset, PhotoSet, embed_dataset
 
@@ -198,8 +198,9 @@ def kmeans_model(settings, kmeans_row: dict, n_train: int) -> NetVLADModel:
 
 
 def fit_whitening(net, inputs: Dataset, settings, device: torch.device) -> None:
-    """PCA whitening fitted on the NetVLAD vectors of ``inputs`` (photos, or the frozen cache for FromFrozen)."""
-    model = net.model if isinstance(net, FromFrozen) else net
+    """PCA whitening fitted on the NetVLAD vectors of ``inputs`` (photos, or the frozen cache for
+    ``NetVLADFromFrozenFeatures``)."""
+    model = net.model if isinstance(net, NetVLADFromFrozenFeatures) else net
     if model.whitening is None:
         return
     net.eval()
@@ -238,9 +239,9 @@ def run_epochs(net, model, optimizer, settings, train_set: PhotoSet, photos: Dat
                state: dict, device: torch.device, on_epoch, rank: int = 0, world: int = 1, on_start=None) -> dict:
     """Train until ``train.epochs`` or early stop; after each epoch rank 0 calls
     ``on_epoch(state, loss, images_per_s, val, improved, seconds)``. ``net`` is what the loop feeds (the model,
-    its FromFrozen view, or its DDP wrapper); ``model`` is scored on ``val_set``. The starting model is the first
-    candidate (scored before epoch 1, ``on_start(state)``), so training never keeps a model worse on validation
-    than the one it started from. Returns ``state``."""
+    its ``NetVLADFromFrozenFeatures`` view, or its DDP wrapper); ``model`` is scored on ``val_set``. The starting
+    model is the first candidate (scored before epoch 1, ``on_start(state)``), so training never keeps a model
+    worse on validation than the one it started from. Returns ``state``."""
     cfg = settings.train
     criterion = WeakTripletLoss(cfg.margin)
     if rank == 0 and state["epoch"] == 0 and state["best"] < 0:
@@ -266,12 +267,12 @@ def run_epochs(net, model, optimizer, settings, train_set: PhotoSet, photos: Dat
 
 
 def trainable(model, settings, photos: Dataset, device: torch.device, world: int):
-    """(the network the loop feeds, the inputs it feeds it): the frozen-stage cache with ``FromFrozen`` when
-    it fits (exact: ``train.flip_augment`` is cached as a second version of each photo; single process only; never
-    with ``train.crop_colour_augment``, which changes the frozen stages' input), else the model and the photos
-    (with their mirrors when flipping)."""
+    """(the network the loop feeds, the inputs it feeds it): the frozen-stage cache with
+    ``NetVLADFromFrozenFeatures`` when it fits (exact: ``train.flip_augment`` is cached as a second version of
+    each photo; single process only; never with ``train.crop_colour_augment``, which changes the frozen stages'
+    input), else the model and the photos (with their mirrors when flipping)."""
     if settings.train.flip_augment:
         photos = WithMirrors(photos)
     exact = world == 1 and not settings.train.crop_colour_augment
     cached = frozen_cache(model, settings, photos, device) if exact else None
-    return (FromFrozen(model), cached) if cached is not None else (model, photos)
+    return (NetVLADFromFrozenFeatures(model), cached) if cached is not None else (model, photos)

@@ -133,7 +133,7 @@ def test_training_lowers_loss_and_beats_kmeans_init(trained):
     split the trained model does not lose Recall@1 to its k-means init (a guard: the measured gain, +1 to +9
     queries, is within seed noise, so no margin is claimed)."""
     from models.loss import WeakTripletLoss
-    from models.netvlad_model import FromFrozen, load_checkpoint
+    from models.netvlad_model import NetVLADFromFrozenFeatures, load_checkpoint
     from photos.loading import TupleDataset
     from tasks.train_data import PhotoDataset, load_photos
     from tasks.train_loop import frozen_cache, mine_chunk, query_indices, tuple_loss
@@ -152,7 +152,8 @@ def test_training_lowers_loss_and_beats_kmeans_init(trained):
     ds = PhotoDataset(settings, photos.paths, TRAIN_IMAGE_SIZE, init_model.backbone.mean, init_model.backbone.std)
     cache = frozen_cache(init_model, settings, ds, torch.device("cpu"))
     assert cache is not None
-    init_net, trained_net = FromFrozen(init_model).eval(), FromFrozen(trained_model).eval()
+    init_net = NetVLADFromFrozenFeatures(init_model).eval()
+    trained_net = NetVLADFromFrozenFeatures(trained_model).eval()
     tuples = mine_chunk(init_net, settings, photos, cache, query_indices(photos), torch.Generator().manual_seed(5),
                         torch.device("cpu"))
     batch = torch.stack([TupleDataset(cache, tuples)[i] for i in range(len(tuples))])
@@ -193,7 +194,7 @@ def ranked_right(net, batch: torch.Tensor, positives: int) -> float:
 
 def test_frozen_cache_is_exact(trained):
     """Feeding the cached frozen-stage output gives the same descriptors (and gradients) as photos."""
-    from models.netvlad_model import FromFrozen, load_checkpoint
+    from models.netvlad_model import NetVLADFromFrozenFeatures, load_checkpoint
     from warehouse import open_warehouse
 
     settings, _, _, run = trained
@@ -205,7 +206,7 @@ def test_frozen_cache_is_exact(trained):
     full.sum().backward()
     grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
     model.zero_grad(set_to_none=True)
-    cached = FromFrozen(model)(model.frozen_features(x))
+    cached = NetVLADFromFrozenFeatures(model)(model.frozen_features(x))
     cached.sum().backward()
     assert torch.allclose(full, cached, atol=1e-5)
     for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]):
@@ -217,13 +218,13 @@ def test_flip_augmentation_trains_on_exactly_cached_mirrors(trained, monkeypatch
     stages run on that image), and an epoch's tuples use both versions, seeded."""
     import tasks.train_loop as L
     from models.loss import WeakTripletLoss
-    from models.netvlad_model import FromFrozen
+    from models.netvlad_model import NetVLADFromFrozenFeatures
     from photos.loading import TupleDataset, mirror_some
 
     flip, model, train_set, photos = _trained_model_and_photos(trained, {"train.flip_augment": True})
     net, inputs = L.trainable(model, flip, photos, torch.device("cpu"), 1)
     n = len(photos)
-    assert isinstance(net, FromFrozen) and len(inputs) == 2 * n
+    assert isinstance(net, NetVLADFromFrozenFeatures) and len(inputs) == 2 * n
     model.eval()
     with torch.no_grad():
         for i in (0, n - 1):
@@ -253,13 +254,14 @@ def test_crop_colour_augmentation_trains_uncached_on_new_crops_of_the_photos(tra
     different on every draw; mining still sees the plain photos."""
     import tasks.train_loop as L
     from models.loss import WeakTripletLoss
-    from models.netvlad_model import FromFrozen
+    from models.netvlad_model import NetVLADFromFrozenFeatures
     from photos.loading import CropColour, TupleDataset
 
     aug, model, train_set, photos = _trained_model_and_photos(trained, {"train.crop_colour_augment": True})
     plain_net, _ = L.trainable(model, trained[0], photos, torch.device("cpu"), 1)
     net, inputs = L.trainable(model, aug, photos, torch.device("cpu"), 1)
-    assert isinstance(plain_net, FromFrozen) and net is model and inputs is photos  # the cache fits, yet is off
+    # the cache fits, yet is off
+    assert isinstance(plain_net, NetVLADFromFrozenFeatures) and net is model and inputs is photos
     datasets = []
 
     def spy(dataset, epoch_tuples, augment=None):
@@ -383,13 +385,13 @@ def _run_with_spy(monkeypatch, settings, split, km):
 
     import tasks.train as T
     import tasks.train_loop as L
-    from models.netvlad_model import FromFrozen
+    from models.netvlad_model import NetVLADFromFrozenFeatures
 
     real_epoch, epochs = getattr(L.train_epoch, "real", L.train_epoch), []  # not an earlier spy
 
     def spy(net, *args, **kwargs):
         out = real_epoch(net, *args, **kwargs)
-        model = net.model if isinstance(net, FromFrozen) else net
+        model = net.model if isinstance(net, NetVLADFromFrozenFeatures) else net
         epochs.append((type(net).__name__, copy.deepcopy(model.state_dict())))
         return out
 
@@ -417,7 +419,7 @@ def test_uncached_training_matches_the_cached_path(trained, monkeypatch):
         loss = wh.query("SELECT loss FROM train_metrics WHERE model_id = ?", [row["model_id"]]).column(0).to_pylist()
         results[name] = (epochs, loss, json.loads(row["metrics"]), load_checkpoint(settings.home / row["path"])[0])
     assert Settings.load(home=settings.home).train.frozen_cache_mb > 0  # the default is the cached path
-    assert [kind for kind, _ in results["cached"][0]] == ["FromFrozen"]
+    assert [kind for kind, _ in results["cached"][0]] == ["NetVLADFromFrozenFeatures"]
     assert [kind for kind, _ in results["uncached"][0]] == ["NetVLADModel"]  # photos in, no cache
     (_, loss_c, metrics_c, model_c), (_, loss_u, metrics_u, model_u) = results["cached"], results["uncached"]
     assert len(loss_u) == 1 and math.isfinite(loss_u[0]) and loss_u == pytest.approx(loss_c, rel=1e-5)
