@@ -10,9 +10,9 @@ from pathlib import Path
 
 from scrapy import signals
 
+from core.files import atomic_write_text
 from crawlers.outcome import (CAPPED_PREFIX, FAILURE_STAT, OFFSITE_PREFIX, crawl_failure, shortfall_reason, source_rows,
                               sources_table)
-from warehouse.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

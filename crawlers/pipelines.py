@@ -13,10 +13,10 @@ from scrapy.exceptions import DropItem, IgnoreRequest
 from scrapy.pipelines.media import MediaPipeline
 
 from core.errors import ShoesearchError
+from core.files import atomic_write_text
 from crawlers.config import crawl_settings_from
 from crawlers.outcome import crawl_failure, source_stat
 from photos.imagestore import ImageLimits, StoredImage, store_image
-from warehouse.files import atomic_write_text
 
 
 class PhotoFailed(Exception):

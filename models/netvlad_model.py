@@ -8,8 +8,6 @@ L2-normalised B x D, ``.model_id``, ``.dim``, ``.image_size``, ``.mean``, ``.std
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.files import atomic_path
 from models.device import forward
 from models.netvlad import NetVLAD
 from models.whitening import Whitening
@@ -116,11 +115,9 @@ class NetVLADFromFrozenFeatures(nn.Module):
 def save_checkpoint(path: Path, model: NetVLADModel, extra: dict[str, Any] | None = None) -> Path:
     """Write the model (config + state) and ``extra`` (optimizer, epoch, ...) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     state = {k: v for k, v in _unwrap(model).state_dict().items()}
-    torch.save({"config": asdict(_unwrap(model).config), "model": state, **(extra or {})}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"config": asdict(_unwrap(model).config), "model": state, **(extra or {})}, tmp)
     return path
 
 

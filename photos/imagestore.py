@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from core.errors import ShoesearchError
+from core.files import atomic_write_bytes
 from photos.decode_worker import DecodeFailed, TooCostly, verify_decode
 from photos.decoding import MAX_SCANS, scan_refusal
 
@@ -111,20 +111,16 @@ def store_image(data: bytes, images_dir: Path, limits: ImageLimits) -> StoredIma
     rel = f"{info.sha1[:2]}/{info.sha1}.{ext}"
     target = Path(images_dir) / rel
     if not target.exists():
-        write_atomic(target, data)
+        _write_photo(target, data)
     return StoredImage("ok", None, info.sha1, rel, info.width, info.height, info.bytes)
 
 
-def write_atomic(target: Path, data: bytes) -> None:
-    """Write ``target`` through a temporary file and one rename. A failed write (disk full, quota, file size
+def _write_photo(target: Path, data: bytes) -> None:
+    """Write ``target`` atomically (core/files.py). A failed write (disk full, quota, file size
     limit) removes the temporary and is reported as one line naming ``target``."""
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+    try:  # no fsync per photo (as before): it would slow an ingest of many photos; the rename still guards readers
+        atomic_write_bytes(target, data, fsync=False)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise PhotoWriteError(f"cannot write photo {target}: {exc.strerror or exc}") from exc
 
 

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.errors import ShoesearchError
-from warehouse import atomic_write_text, open_warehouse
+from core.files import atomic_write_text
+from warehouse import open_warehouse
 
 POINTER = "CURRENT"
 INDEX_FILE = "index.faiss"

@@ -37,11 +37,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from core.errors import ShoesearchError
+from core.files import atomic_write_text
 from crawlers.config import scrapy_settings
 from crawlers.jdsite import SiteMap
 from crawlers.outcome import shortfall_reason
 from warehouse import open_warehouse, start_run
-from warehouse.files import atomic_write_text
 from warehouse.locks import file_lock
 from warehouse.runs import code_version
 

@@ -19,8 +19,9 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from core.errors import ShoesearchError
+from core.files import atomic_write_bytes, atomic_write_text
 from photos.decoding import eight_bit
-from warehouse import atomic_write_bytes, atomic_write_text, open_warehouse
+from warehouse import open_warehouse
 
 SHEET_COLUMNS = 3  # (reference, photo) pairs per contact-sheet row
 CAPTION_PX = 28

@@ -33,6 +33,7 @@ from prefect import task
 from tqdm import tqdm
 
 from core.errors import ShoesearchError
+from core.files import atomic_path
 from core.finite import require_finite
 from models.backbones import id_part
 from models.device import on_device, pick_device
@@ -199,8 +200,8 @@ class _CheckpointedTraining:
         require_finite(f"train: {model_id} test metrics", _scored(test), NOT_FINITE_HINT)
         rel, init_rel = f"models/{model_id}.pt", f"models/{model_id}.init.pt"
         save_checkpoint(home / rel, best)
-        shutil.copyfile(self.ckpt_dir / "init.pt", home / f"{init_rel}.tmp")
-        os.replace(home / f"{init_rel}.tmp", home / init_rel)
+        with atomic_path(home / init_rel) as tmp:
+            shutil.copyfile(self.ckpt_dir / "init.pt", tmp)
         return model_record(model_id, "netvlad", best.config.backbone, rel, self.parent["model_id"],
                             {**params, "init_path": init_rel, "epochs_run": state["epoch"],
                              "best_val_recall_at_1": state["best"], "dim": best.dim,

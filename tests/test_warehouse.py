@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from warehouse import SchemaError, Warehouse, atomic_write_text, conform, lineage, open_warehouse, start_run
+from core.files import atomic_path, atomic_write_text
+from warehouse import SchemaError, Warehouse, conform, lineage, open_warehouse, start_run
 from warehouse.runs import latest_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,6 +93,16 @@ def test_atomic_file_write_keeps_old_content_on_crash(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
+
+
+def test_a_writer_that_fails_inside_atomic_path_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "models" / "m.pt"
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"v1")
+    with pytest.raises(ValueError, match="half way"), atomic_path(target) as tmp:
+        tmp.write_bytes(b"v2 torn")
+        raise ValueError("the writer failed half way")
+    assert target.read_bytes() == b"v1" and [p.name for p in target.parent.iterdir()] == ["m.pt"]
 
 
 @pytest.mark.parametrize(

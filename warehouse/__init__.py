@@ -3,21 +3,11 @@
 from core.errors import ShoesearchError
 from warehouse.runs import Run, latest_run, lineage, start_run, upstream_of
 from warehouse.schemas import TABLES
-from warehouse.store import (
-    SchemaError,
-    Transaction,
-    TransactionLost,
-    UnreadableFile,
-    Warehouse,
-    atomic_write_bytes,
-    atomic_write_text,
-    conform,
-    key_of,
-)
+from warehouse.store import SchemaError, Transaction, TransactionLost, UnreadableFile, Warehouse, conform, key_of
 
 __all__ = [
     "TABLES", "Run", "SchemaError", "Transaction", "TransactionLost", "UnreadableFile", "Warehouse",
-    "atomic_write_bytes", "atomic_write_text", "MissingHome", "conform", "key_of", "latest_run", "lineage", "open_warehouse", "require_home",
+    "MissingHome", "conform", "key_of", "latest_run", "lineage", "open_warehouse", "require_home",
     "start_run", "upstream_of",
 ]
 

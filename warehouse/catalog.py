@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from core.errors import ShoesearchError
-from warehouse.files import atomic_write_text
+from core.files import atomic_path, atomic_write_text
 from warehouse.schemas import TABLES
 
 
@@ -171,23 +171,16 @@ def write_catalog(warehouse, db_path: Path, sql_path: Path | None = None, materi
     import duckdb
 
     db_path = Path(db_path)
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = db_path.with_name(f".{db_path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    wal = tmp.with_name(tmp.name + ".wal")
-    con = duckdb.connect(str(tmp))
-    try:
-        broken = create_views(con, warehouse, materialize)
-        if broken:  # never publish a catalog without some tables: the old one stays, the next open retries
-            raise next(iter(broken.values()))
-        con.execute("CHECKPOINT")
-    except BaseException:
-        con.close()
-        tmp.unlink(missing_ok=True)
-        wal.unlink(missing_ok=True)
-        raise
-    con.close()
-    os.replace(tmp, db_path)
-    wal.unlink(missing_ok=True)
+    with atomic_path(db_path) as tmp:
+        wal = tmp.with_name(tmp.name + ".wal")
+        try:
+            with duckdb.connect(str(tmp)) as con:
+                broken = create_views(con, warehouse, materialize)
+                if broken:  # never publish a catalog without some tables: the old one stays, the next open retries
+                    raise next(iter(broken.values()))
+                con.execute("CHECKPOINT")
+        finally:
+            wal.unlink(missing_ok=True)
     if sql_path is not None:
 
         atomic_write_text(Path(sql_path), ";\n".join(view_statements(warehouse)) + ";\n")

@@ -13,14 +13,12 @@ under the staging lock (one process migrates, the others wait and find it done),
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from core.files import atomic_path, atomic_write_text
 from warehouse.conform import SchemaError, conform
-from warehouse.files import atomic_write_text
 from warehouse.schemas import KEY_SOURCES, TABLES
 
 FORMAT_FILE = "_format.json"
@@ -72,11 +70,5 @@ def _rewrite(table: str, part: Path) -> None:
         upgraded = conform(table, pq.read_table(part))  # fills the keys from the ids, as a write does
     except SchemaError as exc:
         raise SchemaError(f"cannot upgrade {part} to the current format: {exc}") from None
-    tmp = part.with_name(f".{part.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(upgraded, tmp, compression="zstd")
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, part)
+    with atomic_path(part) as tmp:
+        pq.write_table(upgraded, tmp, compression="zstd")

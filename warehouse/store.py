@@ -30,9 +30,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.errors import ShoesearchError
+from core.files import atomic_path, atomic_write_text, fsync_file
 from warehouse.catalog import UnreadableFile, check_query, unreadable  # noqa: F401 - UnreadableFile re-exported
 from warehouse.conform import SchemaError, conform, key_of  # noqa: F401 - re-exported (cli, crawlers)
-from warehouse.files import atomic_write_bytes, atomic_write_text  # noqa: F401 - re-exported
 from warehouse.locks import HeldLock, file_lock, pid_alive, take_if_abandoned  # noqa: F401 - file_lock re-exported
 from warehouse.schemas import TABLES
 
@@ -44,14 +44,6 @@ class TransactionLost(ShoesearchError):
 
 
 COMMIT_ORDER = {"products": 1, "runs": 2}  # renamed after every other table of a transaction
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _staging_lock(staging_dir: Path):
@@ -95,7 +87,7 @@ class Transaction:
         part = target / f"part-{n:05d}.parquet"
         try:
             pq.write_table(tbl, part, compression="zstd")
-            _fsync(part)  # on disk before COMMIT can name it: a power loss never rolls forward a torn file
+            fsync_file(part)  # on disk before COMMIT can name it: a power loss never rolls forward a torn file
         except OSError as exc:  # disk full, quota: one line naming the file (the staging is rolled back)
             part.unlink(missing_ok=True)
             raise ShoesearchError(f"cannot write {part}: {exc.strerror or exc}") from exc
@@ -189,10 +181,8 @@ class Warehouse:
         for name, schema in TABLES.items():
             marker = self.root / name / SCHEMA_BATCH / "part-00000.parquet"
             if not marker.exists():
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                tmp = marker.with_name(f".part.{uuid.uuid4().hex[:8]}.tmp")
-                pq.write_table(schema.empty_table(), tmp)
-                os.replace(tmp, marker)
+                with atomic_path(marker) as tmp:
+                    pq.write_table(schema.empty_table(), tmp)
         self.recover()
         from warehouse.migrate import migrate
 
