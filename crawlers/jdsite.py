@@ -123,11 +123,6 @@ class SiteMap:
             return None
         return jfs_path(url)
 
-    def full_size(self, image_url: str, size_code: str = "n1") -> str:
-        """Any gallery/list image URL (``n5/``, ``n7/``, ``s450x450_`` ...) as the full-size CDN URL."""
-        jfs = jfs_path(image_url)
-        return self.image_url(jfs, size_code) if jfs else self.absolute(image_url)
-
 
 def _netloc(parts) -> str:
     """``host:port`` with the scheme's default port spelled out (``Example.COM`` == ``example.com:80``)."""

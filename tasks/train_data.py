@@ -40,12 +40,6 @@ class PhotoSet:
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def subset(self, split: str) -> "PhotoSet":
-        keep = [i for i, s in enumerate(self.splits) if s == split]
-        pick = lambda xs: [xs[i] for i in keep]  # noqa: E731
-        return PhotoSet(pick(self.image_ids), pick(self.product_ids), pick(self.paths), pick(self.splits),
-                        pick(self.domains), self.photos, self.denoise_run_id)
-
     def labels(self) -> torch.Tensor:
         """Integer product label per photo (same product, same label)."""
         index = {p: i for i, p in enumerate(dict.fromkeys(self.product_ids))}

@@ -162,10 +162,6 @@ def confine(con, directories: list[Path], limits: dict[str, str] | None = None) 
     con.execute("SET lock_configuration = true")
 
 
-def view_names() -> list[str]:
-    return ["runs_log" if t == "runs" else t for t in TABLES] + list(DERIVED_VIEWS)
-
-
 def write_catalog(warehouse, db_path: Path, sql_path: Path | None = None, materialize: bool = False) -> Path:
     """(Re)create the catalog database atomically; also write the view statements as a .sql file."""
     import duckdb

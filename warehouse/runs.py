@@ -98,11 +98,6 @@ class Run:
         self._lock = HeldLock(run_lock_path(wh, self.run_id))  # held until the outcome is recorded
         self._txn = wh.begin(self.run_id)
 
-    def add_inputs(self, *run_ids: str | None) -> None:
-        for rid in run_ids:
-            if rid and rid not in self.inputs:
-                self.inputs.append(rid)
-
     def write(self, table: str, data: Any) -> int:
         n = self._txn.write(table, data)
         self.rows[table] = self.rows.get(table, 0) + n
