@@ -87,21 +87,21 @@ class CrawlSettings(_Section):
     max_image_pixels: Count = 40_000_000  # decompression-bomb guard (PIL's own limit is ~89M)
     # A JPEG with more scans is refused from its header (libjpeg's -maxscans): each scan is a pass over every
     # coefficient, and a few KB of repeated scans cost minutes of CPU. Encoders write 1 (baseline) or about 10
-    # (libjpeg's standard progressive script); 100 leaves 10x room and a 40 Mpx JPEG of 100 scans decodes in
-    # ~3.4 s of CPU. (nvImageCodec's own limit is 256.)
+    # (libjpeg's standard progressive script): 100 leaves 10x room, and decode_cpu_s still covers a 100-scan
+    # JPEG at the pixel limit (docs/reliability.md, "Limits chosen, and why"). (nvImageCodec's own limit is 256.)
     max_image_scans: Count = 100
     # A photo is decoded fully before it is stored, in a worker process killed past this much CPU time
-    # (photos.decode_worker; status `bomb`). The slowest good photos under max_image_pixels take ~1.5 s (a
-    # 40 Mpx WebP or PNG) and a 100-scan 40 Mpx JPEG ~3.4 s: 10 s refuses none of them on a loaded machine.
+    # (photos.decode_worker; status `bomb`). 10 s is a few times the slowest good photos under max_image_pixels
+    # and a 100-scan JPEG (docs/reliability.md, "Limits chosen, and why"): a loaded machine refuses none of them.
     decode_cpu_s: Positive = 10.0
     # A page (listing, item page, price answer) larger than this is dropped unread, counted (Scrapy's own
-    # default is 1 GB, times concurrent_requests). JD's pages are a few hundred KB: 5 MB is 10x the
-    # largest, and 8 downloads at once stay under 40 MB. A quarter of it is logged as unusually large.
+    # default is 1 GB, times concurrent_requests). 5 MB is 10x JD's largest pages (docs/reliability.md, "Limits
+    # chosen, and why"), and 8 downloads at once stay under 40 MB. A quarter of it is logged as unusually large.
     max_page_bytes: Count = 5_000_000
     # RFC 9309 2.5: a crawler may stop parsing robots.txt after at least 500 KiB; the rest is ignored
     # (the last, possibly cut, line too), counted. A smaller limit would break the RFC.
     max_robots_bytes: Annotated[int, Field(ge=512_000)] = 512_000
-    # JD's imageList holds about 10 photos (ref jd-site.md); 30 keeps every real gallery whole while a
+    # JD's imageList holds about 10 photos (docs/reliability.md); 30 keeps every real gallery whole while a
     # page listing 50,000 queues 30 downloads, not 50,000. The rest is left out, counted.
     max_photos_per_product: Count = 30
     min_image_side: Count = 32  # smaller pictures are icons, not product photos
@@ -132,22 +132,21 @@ class EmbedSettings(_Section):
 
 @_section
 class DenoiseSettings(_Section):
-    # Euclidean distance between L2-normalised embeddings lies in [0, 2]. Genuine views of a shoe (soles,
-    # backs, worn shots) reach 1.0-1.1 with ImageNet GeM descriptors; size charts and boxes lie above 1.1.
-    # 1.0 dropped those genuine far views, the hard positives training needs (footwear-dev-noisy: P 0.75 /
-    # R 0.79); 1.1 drops almost only noise (P 0.99 / R 0.54; ETH-80 P 0.95 / R 0.61) and the cross-product
-    # rule below catches the other products' photos: P 0.94 / R 0.87 together (bench/denoise_rules.py).
+    # Euclidean distance between L2-normalised embeddings lies in [0, 2]. 1.1 lies above the genuine far views
+    # of a shoe (soles, backs, worn shots: the hard positives training needs, which 1.0 dropped) and below most
+    # size charts and boxes; the cross-product rule below catches the other products' photos, which no
+    # threshold separates (measured: docs/denoise.md, "Choosing the defaults"; bench/denoise_rules.py).
     threshold: Distance = 1.1
     # A picture that is (near-)identically in another product's gallery belongs to the product whose first
     # photo it is closer to: it is dropped from the other galleries (reason ``other_product``). Catches other
     # products' photos (cross-promotion, a colourway's photo) that the threshold cannot: they are shoes too.
     cross_product: bool = True
     same_picture_distance: Distance = 0.05  # two photos this close (unit vectors) are the same picture
-    # (footwear-dev-noisy: re-encoded copies <= 0.017 apart; two different photos of one shoe >= 0.27)
+    # (above re-encoded copies, far below two photos of one shoe: docs/denoise.md, "Choosing the defaults")
     # After the first pass, the served trained model's descriptors re-judge the products it never trained on,
-    # dropping as many of their photos as the first pass's threshold did (tasks/denoise_second.py). Off: measured
-    # worse on footwear-dev-noisy (re-judged products: P 0.977 / R 0.955 first pass, 0.907 / 0.886 after it;
-    # bench/results/realshop.json "second_pass").
+    # dropping as many of their photos as the first pass's threshold did (tasks/denoise_second.py). Off: its
+    # precision and recall on the re-judged products measured lower than the first pass's (docs/denoise.md,
+    # "Second pass with the trained model").
     second_pass: bool = False
     # Calibration mode: pick the threshold dropping this fraction (none: use the threshold; 1 would drop every photo).
     drop_rate: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] | None = None
@@ -159,13 +158,14 @@ class DenoiseSettings(_Section):
 @_section
 class TrainSettings(_Section):
     backbone: str = "efficientnet_lite0"  # the paper uses vgg16 (conv5_3) when its weights exist
-    image_size: Pixels = 224  # ImageNet's; 288 measured 0.772 / 0.658 vs 0.812 / 0.663 (footwear-dev seed 0)
+    image_size: Pixels = 224  # ImageNet's; 288 measured no better (docs/experiments/2026-12-training-recipe.md)
     clusters: Count = 64  # K, NetVLAD clusters (paper: 64)
     margin: Positive = 0.1  # triplet margin m (paper: 0.1)
     descriptor_dim: Count0 = 256  # PCA-whitened output dimension (0 keeps the raw K*D vector); capped at photos - 1
     # Whitening divides each component by sqrt(var + shrinkage * mean var): repeated photos (one picture in
     # several products) and few photos leave ~zero-variance directions that plain whitening turns into noise
-    # (measured: k-means-init Recall@1 0.095 on footwear-dev-noisy; bench/whitening.py for the choice).
+    # (the k-means init collapsed on a noisy catalogue: docs/experiments/2026-12-training-recipe.md; the choice:
+    # bench/REPORT.md, "Whitening and backbones").
     whitening_shrinkage: NonNegative = 0.1
     whitening_photos: Count = 8192  # photos the PCA whitening is fitted on (N x K*D floats in memory)
     kmeans_descriptors: Count = 50_000  # local descriptors sampled for the k-means initialisation
@@ -175,27 +175,26 @@ class TrainSettings(_Section):
     batch_size: Count = 8  # queries per step; each has its positives and hard negatives
     lr: Positive = 1e-4  # Adam; the paper fine-tunes the last block at a small rate
     # "constant": every epoch at `lr`. "cosine": epoch e (from 0) at lr * (1 + cos(pi * e / epochs)) / 2, from `lr`
-    # down to nearly 0 at the last epoch. Footwear-dev seed 0, 3 blocks: cosine 0.832 / 0.654 against constant's
-    # 0.812 / 0.663 (noise: validation peaks at epoch 2-4, before the rate has dropped much).
+    # down to nearly 0 at the last epoch. Cosine measured no better beyond noise: validation peaks early, before
+    # the rate has dropped much (docs/experiments/2026-12-training-recipe.md).
     lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: NonNegative = 1e-4
     # Backbone blocks trained (from the end); the rest stay frozen. 3 (EfficientNet-Lite0: its head conv and last
-    # two MBConv stages): on footwear-dev, 3 seeds, test Recall@1 0.776 / mAP 0.646 against 0.742 / 0.571 with 2
-    # blocks and the ImageNet descriptor's 0.561 / 0.389 (bench/results/quality-footwear-dev*.json). 1 block
-    # stayed below ImageNet on Recall@1.
+    # two MBConv stages) scored best over 3 seeds, 2 blocks lower and 1 block below the ImageNet descriptor on
+    # Recall@1 (docs/training.md, "Retrieval quality").
     trainable_blocks: Count0 = 3
     # True: the PCA-initialised whitening trains with the rest. False: NetVLAD's recipe, the whitening fixed while
-    # the network trains and refitted on the trained descriptors at the end (footwear-dev seed 0, 2 blocks:
-    # 0.634 / 0.492 against True's 0.743 / 0.568).
+    # the network trains and refitted on the trained descriptors at the end: measured lower
+    # (docs/experiments/2026-12-training-recipe.md, "Augmentation and whitening switches, measured").
     learn_whitening: bool = True
     # Mirror each photo of a tuple left-right with probability 0.5 (the other shoe of the pair). Exact with the
-    # frozen-stage cache, which then holds both versions (2x its memory). Footwear-dev seed 0, 2 blocks: 0.693 /
-    # 0.532 against 0.743 / 0.568 without.
+    # frozen-stage cache, which then holds both versions (2x its memory). Off: measured lower
+    # (docs/experiments/2026-12-training-recipe.md, "Augmentation and whitening switches, measured").
     flip_augment: bool = False
     # A random resized crop (60-100 % of the area) and colour jitter of every tuple photo in training (mining,
     # validation and evaluation see the plain photos). It changes the frozen stages' input, so it turns the
-    # frozen-stage cache off. Footwear-dev seed 0, 3 blocks: 0.782 / 0.676 against 0.812 / 0.663 without, for
-    # 2.9x the training time (docs/training.md, "The recipe").
+    # frozen-stage cache off. Off: no gain worth the much longer training
+    # (docs/experiments/2026-12-training-recipe.md, "Augmentation and whitening switches, measured").
     crop_colour_augment: bool = False
     negatives_pool: Count = 1000  # random negatives sampled per query (NetVLAD: 1000)
     hard_negatives: Count = 10  # hardest kept per query (NetVLAD: 10)
@@ -238,9 +237,9 @@ class IndexSettings(_Section):
     train_sample: Count = 200_000  # vectors the IVF/PQ quantisers are trained on (>= ~50 per IVF list)
     nprobe: Count = 32  # IVF lists visited per query: recall vs speed
     refine: str = "SQ8"  # re-rank IVF-PQ candidates with 8-bit codes (d bytes/vector); "Flat" exact, "" none
-    refine_factor: Count = 8  # candidates re-ranked per result (PQ alone loses near-ties: recall@10 ~0.5)
+    refine_factor: Count = 8  # candidates re-ranked per result (PQ codes alone misorder near-ties)
     hnsw_m: Annotated[int, Field(ge=2)] = 32  # graph links per vector (faiss scales HNSW levels by 1/ln M: M >= 2)
-    hnsw_ef_construction: Count = 80  # build-time beam: better graph, slower build (200: ~2 ms/vector on 2 cores)
+    hnsw_ef_construction: Count = 80  # build-time beam: better graph, slower build
     hnsw_ef_search: Count = 128  # query-time beam: recall vs speed
     search_k: Count = 10  # products returned
     photos_per_query: Count = 100  # photos fetched before deduplicating by product
@@ -258,7 +257,7 @@ class ApiSettings(_Section):
     max_upload_pixels: Count = 40_000_000  # decompression-bomb guard
     max_upload_scans: Count = 100  # JPEG scans, refused from the header (see crawl.max_image_scans)
     decode_cpu_s: Positive = 10.0  # CPU seconds a query photo's decode may use before its worker process is
-    # killed (413 bomb): the slowest good photo under max_upload_pixels takes ~1.5 s (see crawl.decode_cpu_s)
+    # killed (413 bomb): a few times the slowest good photo under max_upload_pixels (see crawl.decode_cpu_s)
     min_upload_side: Count = 16  # smaller is not a photo of anything
     max_k: Count = 100  # largest k a client may ask for
     # What one client can hold (docs/search-and-api.md). A request body is counted as it streams, whatever
@@ -302,9 +301,9 @@ class SqlSettings(_Section):
     # 8 GB of spill files: a sort or join of every table of a million-product catalogue fits; a runaway query
     # fails instead of filling the disk the photos and warehouse live on (DuckDB's default: 90 % of free space).
     max_temp_directory_size: Annotated[str, Field(pattern=_DUCKDB_SIZE)] = "8GB"
-    # 5 minutes: the README's analyst queries take seconds on the catalogue; a query still running after this
-    # (an endless recursive CTE, a cross join) is interrupted. 0 = no limit. Time blocked writing output is not
-    # counted (a CSV piped into a slow reader is not the query's fault).
+    # 5 minutes: far beyond an analyst query on a large catalogue (bench/REPORT.md, "Warehouse analyst query");
+    # a query still running after this (an endless recursive CTE, a cross join) is interrupted. 0 = no limit.
+    # Time blocked writing output is not counted (a CSV piped into a slow reader is not the query's fault).
     timeout_s: NonNegative = 300.0
 
 
