@@ -7,7 +7,7 @@ EXTRAS ?= cpu,test
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-fast demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The fast loop: every test but the end-to-end ones (flows, crawls, training, CLI processes).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not e2e"
 
 demo: $(STAMP)
 	$(VENV)/bin/shoesearch demo

@@ -111,6 +111,7 @@ print(json.dumps({"peak_mb": peak / 1024, "seconds": time.perf_counter() - start
 """
 
 
+@pytest.mark.e2e
 def test_a_many_pixel_png_costs_about_one_decoded_frame(tmp_path):
     side = 6300  # 39.7 Mpx: under the 40 Mpx guard; Pillow holds it at 4 bytes/pixel, 151 MiB
     photo = tmp_path / "big.png"

@@ -21,6 +21,8 @@ import pytest
 
 from tests.test_cli_readonly import CLI, empty_home, one_line_error, run_cli  # noqa: F401 - fixture
 
+pytestmark = pytest.mark.e2e  # each test runs `python -m shoesearch` as a process: outside the fast loop
+
 HOSTILE = "Air \x1b]0;pwned\x07Max\x9b2J\u202e"  # OSC (retitles the terminal), C1 CSI, a bidi override
 ESCAPED = "Air \\x1b]0;pwned\\x07Max\\x9b2J\\u202e"
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # each test runs `python -m shoesearch` as a process: outside the fast loop
+
 CLI = [sys.executable, "-m", "shoesearch"]
 
 

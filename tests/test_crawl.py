@@ -38,6 +38,7 @@ def _no_duplicates(wh) -> None:
     assert wh.query("SELECT product_id, count(*) n FROM products GROUP BY 1 HAVING n > 1").num_rows == 0
 
 
+@pytest.mark.e2e
 def test_flow_crawls_every_product_and_gallery_then_ingest_matches(prefect_harness, crawl_settings, make_shop,
                                                                   shop_catalog):
     from flows.crawl import crawl_flow
@@ -76,6 +77,7 @@ def test_flow_crawls_every_product_and_gallery_then_ingest_matches(prefect_harne
     _no_duplicates(open_warehouse(crawl_settings))
 
 
+@pytest.mark.e2e
 def test_image_faults_retries_and_layout_fallback(crawl_settings, make_shop):
     shop = make_shop(faults="corrupt=3,not_image=3,bomb=3,missing=3,5xx=1,layout=2", n=9)
     manifest = _manifest(shop)
@@ -97,6 +99,7 @@ def test_image_faults_retries_and_layout_fallback(crawl_settings, make_shop):
     assert all(r["reason"] for r in reasons)
 
 
+@pytest.mark.e2e
 def test_captcha_stops_cleanly_and_rerun_resumes(crawl_settings, make_shop):
     shop = make_shop(faults="captcha=4", n=12)
     first = crawl(crawl_settings, site=shop.url, keywords=["鞋"], categories=[])
@@ -119,6 +122,7 @@ def test_captcha_stops_cleanly_and_rerun_resumes(crawl_settings, make_shop):
     _no_duplicates(open_warehouse(crawl_settings))
 
 
+@pytest.mark.e2e
 def test_login_wall_stops_with_a_stat(crawl_settings, make_shop):
     shop = make_shop(faults="login=2", n=30)
     cat = _manifest(shop)["products"][1]["category_ids"]
@@ -129,6 +133,7 @@ def test_login_wall_stops_with_a_stat(crawl_settings, make_shop):
     assert len(_galleries(open_warehouse(crawl_settings))) == s["products_written"]
 
 
+@pytest.mark.e2e
 def test_killed_crawl_resumes_without_duplicates(crawl_settings, make_shop):
     shop = make_shop(faults="slow=0.02", n=24)
     code = (
@@ -177,6 +182,7 @@ def test_a_second_crawl_of_the_same_job_is_refused_while_one_runs(settings):
             crawl(settings, site=site, keywords=["鞋"], categories=[], max_products=5, max_pages=1)
 
 
+@pytest.mark.e2e
 def test_crawl_fetches_nothing_off_the_site(crawl_settings, make_shop):
     """Links to a local file or another host, a redirect off the site, an item page naming another SKU and
     a photo on another host (the shop's escape faults): nothing of them becomes a product or a photo, the

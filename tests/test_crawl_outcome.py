@@ -56,6 +56,7 @@ def _expected_listed(shop) -> dict[tuple[str, str], list[str]]:
     return out
 
 
+@pytest.mark.e2e
 def test_default_crawl_gets_every_product_of_a_12_product_shop(tmp_path, make_shop):
     """`shoesearch crawl --site URL --max-products 12` with the default keywords and categories (only the
     politeness settings relaxed for the loopback shop) writes all 12 products with their galleries."""
@@ -80,6 +81,7 @@ def test_default_crawl_gets_every_product_of_a_12_product_shop(tmp_path, make_sh
         assert sum(p["sku"] in skus for skus in listed.values()) >= 2, p["title"]
 
 
+@pytest.mark.e2e
 def test_a_crawl_below_max_products_says_why_per_keyword_and_category(crawl_settings, make_shop, monkeypatch):
     shop = make_shop(n=12)
     run_id = crawl(crawl_settings, site=shop.url, max_products=50)  # the default keywords and categories
@@ -113,6 +115,7 @@ def test_a_crawl_below_max_products_says_why_per_keyword_and_category(crawl_sett
     assert reason in run[0]["message"]
 
 
+@pytest.mark.e2e
 def test_page_limit_and_failures_are_named_per_source(crawl_settings, make_shop):
     shop = make_shop(n=12, page_size=2)  # 1 item in the HTML + 1 lazy: 男鞋 spans 4 pages
     run_id = crawl(crawl_settings, site=shop.url, max_products=50, max_pages=1)
@@ -141,6 +144,7 @@ def test_page_limit_and_failures_are_named_per_source(crawl_settings, make_shop)
     ("dead-port", "connection refused by 127.0.0.1:{port}"),
     ("http://no-such-host.invalid", "DNS lookup failed for no-such-host.invalid: "),
 ])
+@pytest.mark.e2e
 def test_shoesearch_crawl_of_no_site_exits_non_zero_with_the_cause(tmp_path, site, cause):
     site = _dead_url() if site == "dead-port" else site
     cause = cause.format(port=site.rsplit(":", 1)[-1])
@@ -164,6 +168,7 @@ def _scrapy_crawl(tmp_path: Path, site: str | None, wrap: list[str] = ()) -> sub
     return subprocess.run(cmd, cwd=REPO, env=_env(tmp_path, extra), capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("site", ["dead-port", "http://no-such-host.invalid"])
 def test_scrapy_crawl_jd_exits_non_zero_when_it_reaches_no_site(tmp_path, site):
     site = _dead_url() if site == "dead-port" else site
@@ -177,6 +182,7 @@ def test_scrapy_crawl_jd_exits_non_zero_when_it_reaches_no_site(tmp_path, site):
     assert [r["status"] for r in runs] == ["failed"] and "crawl reached no site" in runs[0]["message"]
 
 
+@pytest.mark.e2e
 def test_scrapy_crawl_jd_without_network_names_the_resolver(tmp_path):
     """No network at all (a fresh network namespace): the real JD hosts do not resolve."""
     unshare = shutil.which("unshare")
@@ -218,6 +224,7 @@ def test_failed_requests_are_named_by_cause():
     assert group == "unreachable" and cause.startswith("DNS lookup failed for no-such-host.invalid: ")
 
 
+@pytest.mark.e2e
 def test_robots_txt_answering_5xx_stops_the_crawl_and_4xx_allows(tmp_path, make_shop, crawl_settings):
     """RFC 9309: a robots.txt answering 5xx (after retries) means "disallow all": `shoesearch crawl` fetches
     nothing but robots.txt, says why and exits non-zero (3: stopped early, resumable). 4xx: no rules."""
@@ -242,6 +249,7 @@ def test_robots_txt_answering_5xx_stops_the_crawl_and_4xx_allows(tmp_path, make_
     assert httpx.get(f"{shop.url}/_shop/stats.json").json()["robots_errors"] == 1
 
 
+@pytest.mark.e2e
 def test_keyword_alone_crawls_only_that_keyword(tmp_path, make_shop, monkeypatch):
     """`--keyword K` alone crawls K only (no category); `--category C` alone C only; both: both. The
     settings' keywords/categories (here from the home's shoesearch.toml) apply only when neither is given."""
@@ -275,6 +283,7 @@ def test_keyword_alone_crawls_only_that_keyword(tmp_path, make_shop, monkeypatch
     assert "--keyword alone crawls no category" in " ".join(helptext.split())
 
 
+@pytest.mark.e2e
 def test_scrapy_crawl_jd_alone_writes_the_shop_into_the_warehouse(tmp_path, make_shop):
     """The spider run by hand (README: ``scrapy crawl jd -s SHOESEARCH_HOME=data`` from the repository root), at
     the default keywords and categories, with the site and the loopback politeness given by environment (the

@@ -6,6 +6,7 @@ each cap is counted and named in the crawl's outcome."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from core.settings import CrawlSettings
 from crawlers.outcome import shortfall_reason
@@ -33,6 +34,7 @@ def _expected_gallery(p: dict, cap: int) -> list[tuple]:
     return rows[:cap]
 
 
+@pytest.mark.e2e
 def test_crawl_caps_page_size_robots_txt_and_photos_per_product(crawl_settings, make_shop):
     """Products 0 and 4: an 8 MB item page without Content-Length (cap 5 MB); 1 and 5: 5,000 more imageList
     entries; robots.txt is 6 MiB (more than the page cap, announced): its first lines disallow the item pages

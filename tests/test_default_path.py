@@ -34,6 +34,7 @@ def test_defaults_use_loader_workers():
     assert s.embed.num_workers >= 2 and s.train.num_workers >= 2
 
 
+@pytest.mark.e2e
 def test_embedding_flow_with_default_workers_embeds_every_photo(prefect_harness, ingested_settings):
     """A real Prefect flow wrapping the embed task, ``embed.num_workers`` at its default (2 workers)."""
     from prefect import flow
@@ -82,6 +83,7 @@ def test_a_failing_photo_in_a_worker_names_the_photo_and_the_cause(ingested_sett
     (["denoise"], {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "0"}, "temporary server did not start"),
     (["train"], {}, "needs at least 3 products"),
 ], ids=["empty-home", "bad-threshold", "dead-prefect-server", "server-start-timeout", "train-empty-home"])
+@pytest.mark.e2e
 def test_flow_commands_fail_with_one_line(tmp_path, prefect_api_url, args, env, expected):
     """User errors and Prefect trouble: a non-zero exit and one line on stderr, no traceback wall.
     (User-error cases use the session's Prefect server through PREFECT_API_URL, as an operator would.)"""
@@ -131,6 +133,7 @@ def _runs_since(home: Path, seen: set[str]) -> list[dict]:
     return [r for r in rows if r["run_id"] not in seen]
 
 
+@pytest.mark.e2e
 def test_set_and_environment_reach_every_step(tmp_path, ingested_home, prefect_api_url):
     """Each CLI command through the real entry point with a ``--set`` (and one list from the environment,
     as a JSON list): every run the command wrote recorded that value in its settings, and its behaviour
@@ -189,6 +192,7 @@ def _assert_flow_runs_in_server(wh) -> None:
     assert asyncio.run(names()) == {"denoise", "train"}  # the commands that run flows (embed/evaluate/index: none)
 
 
+@pytest.mark.e2e
 def test_nightly_command_carries_set_into_every_step(tmp_path, make_shop, prefect_api_url):
     """``shoesearch nightly --site`` with ``--set``: crawl (a subprocess of its own), embed, denoise
     (a subflow), split, k-means, train, evaluate and index all ran with the values given, at the

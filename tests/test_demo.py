@@ -17,6 +17,7 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
+@pytest.mark.e2e
 def test_demo_runs_end_to_end_through_the_command(tmp_path):
     """``shoesearch demo`` as ``make demo`` runs it, with one value changed: ``train.epochs=1`` (the demo's 8
     epochs add ~40 s on 2 cores; every step still runs, training included). Exit 0; all three evaluation
@@ -51,6 +52,7 @@ def test_demo_runs_end_to_end_through_the_command(tmp_path):
     assert re.search(r"^1 +[\d.]+ +(jd:\d+) ", found.stdout, re.M).group(1) == first, found.stdout
 
 
+@pytest.mark.e2e
 def test_demo_stops_the_shop_when_a_step_fails(tmp_path, monkeypatch, capsys):
     from shoesearch.cli import main
 

@@ -94,6 +94,7 @@ def test_calibration_drops_the_asked_fraction():
         threshold_for_drop_rate(np.array([]), 0.2)
 
 
+@pytest.mark.e2e
 def test_denoise_flow_writes_decisions_and_a_matching_report(embedded_settings, prefect_harness):
     from flows.denoise import denoise_flow
     from tests.fixtures_denoise import EMBED_TEST_OVERRIDES
@@ -212,6 +213,7 @@ def test_default_threshold_finds_the_injected_noise(embedded_settings):
     assert precision >= 0.8 and recall >= 0.8, (precision, recall)
 
 
+@pytest.mark.e2e
 def test_another_products_photo_is_dropped_only_with_the_cross_product_rule(tmp_path, synthetic_catalog):
     """A photo of product A, copied (another sha1) into product B's gallery: the threshold alone
     judges it against B's first photo; the cross-product rule gives it to A, and changes nothing else."""

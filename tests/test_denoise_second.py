@@ -57,6 +57,7 @@ def test_second_pass_with_nothing_to_rejudge_changes_nothing():
     assert out == rows and threshold is None
 
 
+@pytest.mark.e2e
 def test_nightly_chains_the_second_pass_with_the_served_model(prefect_harness, tmp_path, nightly_catalog, monkeypatch):
     """Night 1 serves a trained model (baseline gate off); night 2 re-judges, with it, the products outside its
     train split: a second ``denoise`` run with lineage, equal to an independent computation from the stored

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.fixtures_denoise import EMBED_TEST_OVERRIDES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,6 +101,7 @@ def runs(home: Path, step: str) -> list[dict]:
         "SELECT run_id, status FROM runs WHERE step = ? ORDER BY started_at", [step]).to_pylist()
 
 
+@pytest.mark.e2e
 def test_lost_server_and_sigterm_end_flow_commands_promptly(tmp_path, embedded_home):
     commands = {
         # the flow is running: denoise commits without Prefect; the report task's API calls fail after it

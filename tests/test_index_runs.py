@@ -5,6 +5,7 @@ pruning each other's fresh directories (item 13)."""
 from __future__ import annotations
 
 import pyarrow.parquet as pq
+import pytest
 
 import tasks.index
 from warehouse import lineage, open_warehouse, start_run
@@ -71,6 +72,7 @@ tasks.gate.switch_index = switch_index
 """
 
 
+@pytest.mark.e2e
 def test_concurrent_index_commands_all_succeed_and_current_is_complete(tmp_path, indexed_home, monkeypatch):
     import os
     import subprocess

@@ -81,6 +81,7 @@ def photo_files(home: Path) -> list[Path]:
 
 
 # --- 8. size first ---------------------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_a_huge_photo_is_counted_too_large_without_being_read(catalogue, tmp_path):
     huge = catalogue / "boot" / "2-huge.jpg"
     with open(huge, "wb") as fh:
@@ -99,6 +100,7 @@ def test_a_huge_photo_is_counted_too_large_without_being_read(catalogue, tmp_pat
 
 
 # --- 15. names that are not UTF-8 --------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_names_that_are_not_utf8_are_skipped_and_named(catalogue, tmp_path):
     bad_folder = os.path.join(os.fsencode(catalogue), b"\xff\xfe")
     os.mkdir(bad_folder)
@@ -116,6 +118,7 @@ def test_names_that_are_not_utf8_are_skipped_and_named(catalogue, tmp_path):
 
 
 # --- 19. links out of the folder ---------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_links_that_leave_the_catalogue_are_skipped_and_named(catalogue, tmp_path):
     outside = tmp_path / "outside"
     secret = save_photo(outside / "secret.jpg", (9, 9, 9))
@@ -140,6 +143,7 @@ def test_links_that_leave_the_catalogue_are_skipped_and_named(catalogue, tmp_pat
 
 
 # --- 20. products.json of the wrong shape ------------------------------------------------------------------
+@pytest.mark.e2e
 def test_a_products_json_of_the_wrong_shape_is_refused_before_anything_is_written(catalogue, tmp_path):
     (catalogue / "products.json").write_text('[{"title": "boot", "price": 12}]')
     home = tmp_path / "home"
@@ -170,6 +174,7 @@ def test_products_json_errors_name_the_file_and_the_place(catalogue, tmp_path, t
     assert photo_files(home) == []
 
 
+@pytest.mark.e2e
 def test_products_json_fields_are_read_as_their_types(catalogue, tmp_path):
     from core.settings import Settings
     from tasks.ingest import ingest_catalog
@@ -198,6 +203,7 @@ def ingested(catalogue, tmp_path) -> Path:
     return home
 
 
+@pytest.mark.e2e
 def test_a_failed_photo_write_is_named_and_leaves_no_temporary(catalogue, ingested, tmp_path):
     before, files_before = tables(ingested), photo_files(ingested)
     big = noisy_photo(catalogue / "sandal" / "0.jpg")
@@ -212,6 +218,7 @@ def test_a_failed_photo_write_is_named_and_leaves_no_temporary(catalogue, ingest
     assert tables(ingested) == before
 
 
+@pytest.mark.e2e
 def test_a_failed_table_write_is_named_and_rolled_back(catalogue, ingested, tmp_path):
     before = tables(ingested)
     (catalogue / "products.json").write_text('{"boot": {"title": "' + "changed " * 500 + '"}}')

@@ -114,6 +114,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
 """
 
 
+@pytest.mark.e2e
 def test_cpu_device_keeps_freed_memory_instead_of_faulting_it_in_every_step():
     import subprocess
     import sys

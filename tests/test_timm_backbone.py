@@ -60,6 +60,7 @@ def test_timm_backbone_errors_are_one_line(weights, tmp_path):
         load_backbone("timm/", vit)
 
 
+@pytest.mark.e2e
 def test_timm_backbone_through_embed_kmeans_and_training(weights, tmp_path):
     """One setting switches the pipeline to a timm model: ImageNet embedding (denoise), k-means, training and
     the trained embedder, with model ids and files that stay flat (no '/' from the model name)."""

@@ -12,6 +12,8 @@ import math
 import pytest
 import torch
 
+pytestmark = pytest.mark.e2e  # trains models: outside the fast loop
+
 TRAIN_PRODUCTS = 20
 TRAIN_IMAGE_SIZE = 96  # EfficientNet-Lite0 gives a 3x3 local map: 9 descriptors per photo
 SMALL = {  # tiny but real: every code path of the defaults runs

@@ -156,6 +156,7 @@ WRITER_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.e2e
 def test_sql_reader_while_another_process_appends(settings):
     wh = open_warehouse(settings)
     writer = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(wh.root), "40"], cwd=REPO)
@@ -183,6 +184,7 @@ def test_sql_reader_while_another_process_appends(settings):
         assert res.stdout.split() == ["n", "2000"]
 
 
+@pytest.mark.e2e
 def test_cli_help_tables_and_errors(settings):
     wh = open_warehouse(settings)
     with start_run(wh, "ingest") as run:

@@ -25,6 +25,8 @@ import pytest
 from warehouse import open_warehouse, start_run
 from warehouse.store import TransactionLost
 
+pytestmark = pytest.mark.e2e  # concurrent and killed writer processes: outside the fast loop
+
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "shoesearch"]
 UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc"]

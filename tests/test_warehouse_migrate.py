@@ -62,6 +62,7 @@ def tiny_catalogue(tmp_path: Path) -> Path:
     return folder.parent
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("first", ["tables", "sql", "ingest"])
 def test_old_home_is_upgraded_on_open_and_every_command_works(first, settings, tmp_path):
     root = make_old_home(settings)

@@ -18,6 +18,8 @@ import pytest
 from tests.fixtures_catalog import writable_copy
 from tests.test_cli_readonly import CLI, one_line_error, run_cli
 
+pytestmark = pytest.mark.e2e  # every reader command run as a process on a built home: outside the fast loop
+
 READ_ONLY_MOUNT = "mount --bind {h} {h} && mount -o remount,bind,ro {h} && exec \"$@\""
 
 
