@@ -7,13 +7,14 @@ Every function renders markdown lines from the committed JSON under a results fo
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 from bench.report_quality import load
 
-# What each committed embed JSON measured: this checkout, and the commit before the hardening of issue 25 (run in a
-# `git worktree` of it, its embed.json renamed) as the baseline.
+# What each committed embed JSON measured: this checkout, and the commit before the hardening of issue 25 (run from a
+# `git archive` of it, its embed.json renamed) as the baseline.
 EMBED_RUNS = (("embed.json", "this checkout"), ("embed-f16d00e.json", "before hardening (commit f16d00e)"))
 SEARCH_KINDS = {"flat_ip": "exact (flat IP)", "ivfpq": "IVF-PQ + SQ8 refine", "hnsw": "HNSW"}
 # The NetVLAD row the pipeline's defaults give at k-means init (256 dims, shrinkage 0.1), quoted per backbone.
@@ -29,10 +30,19 @@ def missing(name: str) -> list[str]:
     return [f"No `bench/results/{name}` committed."]
 
 
-def warehouse(results: Path) -> list[str]:
-    r = load(results, "warehouse.json")
-    if r is None:
-        return missing("warehouse.json")
+def from_json(name: str):
+    """Render a section from one committed JSON: the function gets its data; a missing file renders a notice."""
+    def wrap(render):
+        @functools.wraps(render)
+        def section(results: Path) -> list[str]:
+            r = load(results, name)
+            return missing(name) if r is None else render(r)
+        return section
+    return wrap
+
+
+@from_json("warehouse.json")
+def warehouse(r: dict) -> list[str]:
     out = [f"`bench/results/warehouse.json`: {r['images']:,} images, {r['products']:,} products in {r['batches']} "
            f"batches (built in {r['build_seconds']} s, snapshot in {r['snapshot_seconds']} s); {r['result_rows']} "
            f"result rows; target {r['target_ms']} ms", "",
@@ -40,10 +50,8 @@ def warehouse(results: Path) -> list[str]:
     return out + [f"| {name} | {t['p50_ms']} | {t['p90_ms']} | {t['x_baseline']} |" for name, t in r["timings"].items()]
 
 
-def crawl(results: Path) -> list[str]:
-    r = load(results, "crawl.json")
-    if r is None:
-        return missing("crawl.json")
+@from_json("crawl.json")
+def crawl(r: dict) -> list[str]:
     c, ceiling, ratio = r["crawl"], r["shop_ceiling"], r["ratio_vs_ceiling"]
     return [f"`bench/results/crawl.json`: {r['products']} products, photos of {r['image_size']} px, concurrency "
             f"{r['concurrency']}; the crawl fetched {c['pages']} pages and {c['images']} images in {c['duration_s']} s",
@@ -67,10 +75,8 @@ def embed(results: Path) -> list[str]:
                   for name, what, r in rows]
 
 
-def api_search(results: Path) -> list[str]:
-    r = load(results, "api_search.json")
-    if r is None:
-        return missing("api_search.json")
+@from_json("api_search.json")
+def api_search(r: dict) -> list[str]:
     out = [f"`bench/results/api_search.json`: {r['products']} products, {r['photos']} photos, {r['rounds']} rounds "
            f"alternated, {r['machine']}, {r['cpus']} CPUs; this checkout's p50 / the baseline's: {r['p50_ratio']:.3f}",
            "", "| server | queries | p50 ms | p90 ms | mean ms | queries/s |", "|---|---:|---:|---:|---:|---:|"]
@@ -78,10 +84,8 @@ def api_search(results: Path) -> list[str]:
                   f"{s['queries_per_s']:.1f} |" for name, s in r["servers"].items()]
 
 
-def search(results: Path) -> list[str]:
-    r = load(results, "search.json")
-    if r is None:
-        return missing("search.json")
+@from_json("search.json")
+def search(r: dict) -> list[str]:
     m = r["machine"]
     out = [f"`bench/results/search.json`: {m['cpu_count']} CPUs, faiss {m['faiss']} ({m['faiss_threads']} threads), "
            f"{m['gpus']} GPUs, python {m['python']}; {r['seconds']:.0f} s in all", "",
@@ -96,10 +100,8 @@ def search(results: Path) -> list[str]:
     return out
 
 
-def train(results: Path) -> list[str]:
-    r = load(results, "train.json")
-    if r is None:
-        return missing("train.json")
+@from_json("train.json")
+def train(r: dict) -> list[str]:
     c = r["config"]
     out = [f"`bench/results/train.json` ({c['date'][:10]}, {c['device_name']}, {c['threads']} threads, {c['device']}): "
            f"{c['backbone']} at {c['image_size']} px, K={c['clusters']}, {c['trainable_blocks']} trainable blocks, "
