@@ -124,7 +124,7 @@ def _write_photo(target: Path, data: bytes) -> None:
         raise PhotoWriteError(f"cannot write photo {target}: {exc.strerror or exc}") from exc
 
 
-def read_photo(path: Path, limits: ImageLimits) -> bytes | StoredImage:
+def read_photo_file(path: Path, limits: ImageLimits) -> bytes | StoredImage:
     """The bytes of a local photo file, or ``too_large`` without reading it when its size is over the limit.
     Never more than the limit is read, should the file grow after the ``stat`` (or report no size, as in /proc)."""
     with open(path, "rb") as fh:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from core.errors import ShoesearchError
 from demo_shop.catalog import IMAGE_SUFFIXES, read_labels, read_products_json
-from photos.imagestore import ImageLimits, StoredImage, read_photo, store_image
+from photos.imagestore import ImageLimits, StoredImage, read_photo_file, store_image
 from warehouse import open_warehouse, start_run
 from warehouse.locks import step_lock
 
@@ -157,7 +157,7 @@ def _ingest_locked(settings, catalog_dir: Path, products, source: str, labels: d
 def _read(photo: Path, limits: ImageLimits) -> bytes | StoredImage:
     """The photo's bytes, or its ``too_large`` refusal (not read); an unreadable file is one line naming it."""
     try:
-        return read_photo(photo, limits)
+        return read_photo_file(photo, limits)
     except OSError as exc:
         raise ShoesearchError(f"cannot read photo {photo}: {exc.strerror or exc}") from exc
 
