@@ -40,8 +40,8 @@ def embedded_photos(catalog: Path, home: Path, overrides: dict):
     """Ingest ``catalog`` and embed it with the ImageNet descriptor denoise uses: (image ids, their vectors,
     the ``images_current`` rows by image id)."""
     from core.settings import Settings
-    from serving.embedders import open_embedder
-    from tasks.embed import embed_images, load_embeddings
+    from embedding.embedders import open_embedder
+    from embedding.vectors import embed_images, load_embeddings
     from tasks.ingest import ingest_catalog
     from warehouse import open_warehouse
 

@@ -31,10 +31,10 @@ def main() -> None:
 
     from core.settings import Settings
     from demo_shop.synthetic import generate_catalog
+    from embedding.vectors import embed_images
     from models.device import pick_device
     from models.embedder_spec import load_embedder
     from photos.transforms import preprocess_path
-    from tasks.embed import embed_images
     from tasks.ingest import ingest_catalog
     from warehouse import open_warehouse
 

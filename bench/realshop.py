@@ -141,8 +141,8 @@ def variant_rows(settings, wh, model_id: str, labels: dict[str, bool], baseline_
     model's test split; ``baseline_too=False`` leaves out the imagenet row."""
     from models.device import pick_device
     from models.embedder_spec import load_embedder
-    from tasks.evaluate import score, variant_embedders
-    from tasks.train_data import PhotoSet, load_photos
+    from training.data import PhotoSet, load_photos
+    from training.evaluation import score, variant_embedders
 
     device = pick_device(settings.train.device)
     row, params, variants = variant_embedders(settings, wh, model_id, device)
@@ -172,8 +172,8 @@ def separation_rows(settings, wh, model_id: str, labels: dict[str, bool]) -> lis
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from serving.embedders import open_embedder
-    from tasks.embed import embed_images, load_embeddings
+    from embedding.embedders import open_embedder
+    from embedding.vectors import embed_images, load_embeddings
     from warehouse.models_table import model_params, model_row
 
     split_run = model_params(model_row(wh, model_id))["split_run_id"]

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results_io import write_result  # noqa: E402
 from core.settings import IndexSettings  # noqa: E402
-from tasks.faiss_build import build_faiss, gpu_count, ivf_lists, recall_vs_exact  # noqa: E402
+from index.faiss_build import build_faiss, gpu_count, ivf_lists, recall_vs_exact  # noqa: E402
 
 DIM = 512
 CATEGORIES = 2_000  # look-alike groups (a model line, a colourway family)

@@ -62,8 +62,8 @@ def main() -> None:
     from tasks.ingest import ingest_catalog
     from tasks.kmeans import kmeans_init
     from tasks.split import make_split
-    from tasks.train import model_from_kmeans
-    from tasks.train_data import PhotoDataset, load_photos
+    from training.data import PhotoDataset, load_photos
+    from training.start import model_from_kmeans
     from warehouse import open_warehouse
     from warehouse.models_table import model_of_run
 
@@ -119,7 +119,8 @@ def trainer_images_per_s(model, optimizer, crit, settings, photos, ds, images: i
     """The trainer's rows (uncached step and epoch, then cached step and epoch when the cache fits) and the
     seconds the frozen-stage cache took to build; ``images`` = images per measured epoch."""
     from models.netvlad_model import NetVLADFromFrozenFeatures
-    from tasks.train_loop import frozen_cache, train_epoch
+    from training.fit import train_epoch
+    from training.mining import frozen_cache
 
     t0 = time.perf_counter()
     _, step_ips = train_epoch(model, optimizer, crit, settings, photos, ds, 0, device)

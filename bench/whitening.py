@@ -64,13 +64,13 @@ def variants(train, test) -> dict:
 def one_split(home: Path, seed: int, overrides: dict) -> dict:
 
     from core.settings import Settings
+    from embedding.embedders import open_embedder
     from models import functional
     from models.device import pick_device
-    from serving.embedders import open_embedder
     from tasks.kmeans import kmeans_init
     from tasks.split import make_split
-    from tasks.train_data import PhotoDataset, embed_dataset, load_photos
-    from tasks.train_loop import kmeans_model
+    from training.data import PhotoDataset, embed_dataset, load_photos
+    from training.start import kmeans_model
     from warehouse import open_warehouse
     from warehouse.models_table import model_of_run
 

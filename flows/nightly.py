@@ -36,10 +36,10 @@ from tasks.nightly import (
     finished_evaluation_task,
     finished_train_task,
     report_nightly_task,
-    split_for_nightly_task,
     warm_start_model_task,
 )
 from tasks.snapshot import refresh_snapshot_task
+from tasks.split import split_for_nightly_task
 from tasks.train import model_id_of_run, train_model_task
 
 

@@ -16,6 +16,7 @@ torch hub cache (torchvision's file names under ``torch.hub.get_dir()/checkpoint
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import re
@@ -255,7 +256,15 @@ def resolve_weights(name: str, weights_path: str | Path = "") -> Path:
 
 
 def weights_tag(path: Path) -> str:
-    """Short version of a weights file: its torchvision-style hash suffix, else a content hash."""
+    """Short version of a weights file: its torchvision-style hash suffix, else a content hash (computed once
+    per process for a file of this size and modification time)."""
+    stat = Path(path).stat()
+    return _weights_tag(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _weights_tag(path_text: str, size: int, mtime_ns: int) -> str:
+    path = Path(path_text)
     match = re.search(r"-([0-9a-f]{8,})\.(pth|pt)$", path.name)
     if match:
         return match.group(1)[:WEIGHTS_HASH_CHARS]

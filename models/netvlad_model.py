@@ -115,9 +115,9 @@ class NetVLADFromFrozenFeatures(nn.Module):
 def save_checkpoint(path: Path, model: NetVLADModel, extra: dict[str, Any] | None = None) -> Path:
     """Write the model (config + state) and ``extra`` (optimizer, epoch, ...) atomically."""
     path = Path(path)
-    state = {k: v for k, v in _unwrap(model).state_dict().items()}
+    state = {k: v for k, v in unwrap(model).state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"config": asdict(_unwrap(model).config), "model": state, **(extra or {})}, tmp)
+        torch.save({"config": asdict(unwrap(model).config), "model": state, **(extra or {})}, tmp)
     return path
 
 
@@ -129,7 +129,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> tup
     return model, ckpt
 
 
-def _unwrap(model: nn.Module) -> NetVLADModel:
+def unwrap(model: nn.Module) -> NetVLADModel:
     return model.module if hasattr(model, "module") else model  # DDP wraps the model
 
 
@@ -157,6 +157,6 @@ class NetVLADEmbedder:
 
 
 def load_trained_embedder(checkpoint: Path, model_id: str, device: torch.device | str = "cpu") -> NetVLADEmbedder:
-    """The embedder of a trained model from its checkpoint file (``serving.embedders`` finds the file)."""
+    """The embedder of a trained model from its checkpoint file (``embedding.embedders`` finds the file)."""
     model, _ = load_checkpoint(checkpoint)
     return NetVLADEmbedder(model, model_id, device)

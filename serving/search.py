@@ -26,8 +26,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from core.errors import ShoesearchError
-from photos.imagestore import ImageLimits, inspect_header
-from serving.index_store import (
+from index.store import (
     INDEX_FILE,
     MAPPING_FILE,
     META_FILE,
@@ -38,6 +37,7 @@ from serving.index_store import (
     read_index_file,
     serving_stamp,
 )
+from photos.imagestore import ImageLimits, inspect_header
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,8 @@ class Searcher:
     def __init__(self, settings, index_id: str):
         import torch
 
+        from embedding.embedders import open_embedder
         from models.device import pick_device
-        from serving.embedders import open_embedder
 
         self.settings = settings
         self.index_id = index_id

@@ -28,9 +28,9 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from core.errors import ShoesearchError
-from serving.index_store import current_index_row
-from tasks.denoise import threshold_for_drop_rate
-from tasks.embed import embed_images, load_embeddings
+from denoising.rules import threshold_for_drop_rate
+from embedding.vectors import embed_images, load_embeddings
+from index.store import served_trained_model
 from warehouse import open_warehouse, start_run
 from warehouse.models_table import TRAINED, find_model, model_params, model_row
 
@@ -95,14 +95,6 @@ def first_pass_run(wh, run_id: str | None) -> dict:
         return first_pass_run(wh, params["first_run_id"])
     raise ShoesearchError(f"no denoise run {run_id}" if run_id
                           else "no denoise run yet: run `shoesearch denoise` first")
-
-
-def served_trained_model(settings) -> str | None:
-    """The trained model behind the current index; None when the ImageNet descriptor serves or there is no index."""
-    wh = open_warehouse(settings)
-    current = current_index_row(wh)
-    row = find_model(wh, current["model_id"]) if current else None
-    return current["model_id"] if row and row["kind"] == TRAINED else None
 
 
 # --- the step ----------------------------------------------------------------------------------

@@ -13,37 +13,17 @@ Rows go to ``evaluations``; the table and a PNG go to ``reports/`` and to a Pref
 
 from __future__ import annotations
 
-import torch
 from prefect import task
 
 from core.errors import ShoesearchError
 from core.files import atomic_path, atomic_write_text
 from core.finite import require_finite
-from models import functional
 from models.device import pick_device
 from models.netvlad_model import NetVLADEmbedder, load_checkpoint
-from tasks.train_data import PhotoDataset, PhotoSet, embed_dataset, load_photos
+from training.data import PhotoSet, load_photos
+from training.evaluation import PROTOCOLS, score
 from warehouse import open_warehouse, start_run
 from warehouse.models_table import TRAINED, find_model, model_params, model_row
-
-PROTOCOLS = {"all": "all-vs-all", "consumer-to-shop": "consumer-to-shop"}
-KS = (1, 5, 10)
-
-
-def score(embedder, settings, test: PhotoSet, protocol: str, device: torch.device,
-          product_level: bool = False) -> dict[str, float]:
-    """Metrics of one embedder on the test photos under ``protocol`` (with ``product_level``: also
-    product-level Recall@k, ``models.functional.product_recall``; all photos query all)."""
-    ds = PhotoDataset(settings, test.paths, embedder.image_size, embedder.mean, embedder.std)
-    desc = embed_dataset(embedder, ds, settings.embed.batch_size, settings.train.num_workers, device, "evaluate")
-    require_finite(f"{getattr(embedder, 'model_id', 'the model')} descriptors of {len(test)} test photos", desc,
-                   "NaN scores no Recall@1: the model's weights or settings are broken")
-    masks = {}
-    if protocol == "consumer-to-shop":
-        masks = {"query_mask": torch.tensor([d == "user" for d in test.domains]),
-                 "gallery_mask": torch.tensor([d != "user" for d in test.domains])}
-    metrics = functional.recall_and_map(desc, test.labels(), KS, **masks)
-    return {**metrics, **functional.product_recall(desc, test.labels(), KS)} if product_level else metrics
 
 
 def variant_embedders(settings, wh, model_id: str, device):

@@ -7,7 +7,7 @@ leave a trained model behind it: docs/training.md and bench/REPORT.md "Retrieval
 
 The gate compares the test Recall@1 of the index's model with the current index's model on the same
 test photos; a refusal is recorded as an ``indexes`` row with status ``refused`` and the previous index
-keeps serving. The pointer and the directory format are ``serving.index_store``'s.
+keeps serving. The pointer and the directory format are ``index.store``'s.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from prefect.cache_policies import NO_CACHE
 
 from core.errors import ShoesearchError
 from core.finite import require_finite
-from serving.embedders import open_embedder
-from serving.index_store import INDEX_FILE, current_index_row, index_row, prune_indexes, write_pointer
+from embedding.embedders import open_embedder
+from index.store import INDEX_FILE, current_index_row, index_row, prune_indexes, write_pointer
 from warehouse import open_warehouse, start_run
 from warehouse.models_table import test_recall, test_split
 from warehouse.runs import now
@@ -30,8 +30,8 @@ def recall_on_split(settings, model_id: str, split_run_id: str) -> float:
     """Test Recall@1 of ``model_id`` (a trained model or the ImageNet descriptor) on the test photos of
     ``split_run_id``, each photo querying all the others (as ``evaluate`` scores them)."""
     from models.device import pick_device
-    from tasks.evaluate import score
-    from tasks.train_data import load_photos
+    from training.data import load_photos
+    from training.evaluation import score
 
     wh = open_warehouse(settings)
     device = pick_device(settings.train.device)

@@ -1,8 +1,8 @@
 """Index step: embed the catalogue photos with a model and build a faiss index over them (status ``built``).
 
 What to index (the photos denoise kept, or all with ``index.index_all_photos``) and the ``indexes`` row
-are here; faiss construction is ``tasks.faiss_build``, the directory format and the ``CURRENT`` pointer
-``serving.index_store``, switching it in behind the gate ``tasks.gate``.
+are here; faiss construction is ``index.faiss_build``, the directory format and the ``CURRENT`` pointer
+``index.store``, switching it in behind the gate ``tasks.gate``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from core.errors import ShoesearchError
-from serving.embedders import open_embedder
-from serving.index_store import write_index_dir
-from tasks.embed import embed_images, load_embeddings
-from tasks.faiss_build import build_faiss, choose_kind, gpu_count, match_calibration, recall_vs_exact, sample_queries
+from embedding.embedders import model_id_of
+from embedding.vectors import embed_images, load_embeddings
+from index.faiss_build import build_faiss, choose_kind, gpu_count, match_calibration, recall_vs_exact, sample_queries
+from index.store import write_index_dir
 from warehouse import latest_run, open_warehouse, start_run
 from warehouse.catalog import DENOISE_OF_RUN
 from warehouse.locks import step_lock
@@ -100,7 +100,7 @@ def build_index(settings, model_spec: str | None = None, chosen_by: str | None =
     spec = model_spec or (newest["model_id"] if newest else f"imagenet:{settings.embed.backbone}")
     photos, denoise_run = catalogue_photos(wh, settings)
     embed_run = embed_images(settings, model_spec=spec, image_ids=photos.column("image_id").to_pylist())
-    model_id = open_embedder(settings, spec).model_id
+    model_id = model_id_of(settings, spec)
     vectors, mapping, products = catalogue_vectors(wh, photos, model_id)
     kind = choose_kind(len(vectors), cfg)
     inputs = [embed_run, (find_model(wh, model_id) or {}).get("run_id"), chosen_by, denoise_run,

@@ -20,7 +20,7 @@ from core.files import atomic_path
 from core.finite import require_finite
 from models import functional
 from models.device import pick_device
-from tasks.train_data import PhotoDataset, embed_dataset, load_photos
+from training.data import PhotoDataset, embed_dataset, load_photos
 from warehouse import open_warehouse, start_run
 from warehouse.models_table import model_record
 

@@ -1,8 +1,8 @@
 """Small steps of the nightly flow: reuse finished work, pick the warm-start model, report the outcome.
 
 Resuming: a nightly run that failed part way leaves every finished step in the warehouse. The next run
-reuses the newest split when the product set is unchanged (so training resumes from its per-epoch
-checkpoints, which are keyed by the split), reuses a finished training run with the same split and
+reuses (``tasks.split.split_for_nightly``) the newest split when the product set is unchanged (so training
+resumes from its per-epoch checkpoints, which are keyed by the split), reuses a finished training run with the same split and
 parent model (or the one that made the warm-start model on this very split), and an evaluation of the same
 model, instead of redoing them.
 """
@@ -13,28 +13,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.denoise_second import served_trained_model
-from tasks.split import make_split
+from index.store import served_trained_model
 from warehouse import open_warehouse
 from warehouse.models_table import find_model, newest_model, trained_on_split
-
-
-def split_for_nightly(settings) -> str:
-    """The newest split run if it covers exactly the current products, else a new split."""
-    wh = open_warehouse(settings)
-    rows = wh.query(
-        """WITH latest AS (SELECT run_id FROM runs WHERE step = 'split' AND status = 'success'
-                           ORDER BY finished_at DESC LIMIT 1),
-                now_products AS (SELECT DISTINCT product_id FROM images_current WHERE status = 'ok'),
-                split_products AS (SELECT product_id FROM splits WHERE run_id = (SELECT run_id FROM latest))
-           SELECT (SELECT run_id FROM latest) AS run_id,
-                  (SELECT count(*) FROM now_products) AS n_now,
-                  (SELECT count(*) FROM split_products) AS n_split,
-                  (SELECT count(*) FROM now_products JOIN split_products USING (product_id)) AS n_both"""
-    ).to_pylist()[0]
-    if rows["run_id"] and rows["n_now"] == rows["n_split"] == rows["n_both"]:
-        return rows["run_id"]
-    return make_split(settings)
 
 
 def warm_start_model(settings) -> str | None:
@@ -94,7 +75,6 @@ def report_nightly(settings, steps: dict, served: str = "") -> dict:
             "note": decision["note"], "served": served, "evaluations": evals, "steps": steps, "summary": markdown}
 
 
-split_for_nightly_task = task(split_for_nightly, name="split-or-reuse", cache_policy=NO_CACHE)
 warm_start_model_task = task(warm_start_model, name="warm-start-model", cache_policy=NO_CACHE)
 finished_train_task = task(finished_train, name="finished-train", cache_policy=NO_CACHE)
 finished_evaluation_task = task(finished_evaluation, name="finished-evaluation", cache_policy=NO_CACHE)

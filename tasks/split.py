@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from core.errors import ShoesearchError
 from warehouse import latest_run, open_warehouse, start_run
@@ -50,4 +51,23 @@ def make_split(settings) -> str:
     return run.run_id
 
 
+def split_for_nightly(settings) -> str:
+    """The newest split run if it covers exactly the current products, else a new split."""
+    wh = open_warehouse(settings)
+    rows = wh.query(
+        """WITH latest AS (SELECT run_id FROM runs WHERE step = 'split' AND status = 'success'
+                           ORDER BY finished_at DESC LIMIT 1),
+                now_products AS (SELECT DISTINCT product_id FROM images_current WHERE status = 'ok'),
+                split_products AS (SELECT product_id FROM splits WHERE run_id = (SELECT run_id FROM latest))
+           SELECT (SELECT run_id FROM latest) AS run_id,
+                  (SELECT count(*) FROM now_products) AS n_now,
+                  (SELECT count(*) FROM split_products) AS n_split,
+                  (SELECT count(*) FROM now_products JOIN split_products USING (product_id)) AS n_both"""
+    ).to_pylist()[0]
+    if rows["run_id"] and rows["n_now"] == rows["n_split"] == rows["n_both"]:
+        return rows["run_id"]
+    return make_split(settings)
+
+
 make_split_task = task(make_split, name="split")
+split_for_nightly_task = task(split_for_nightly, name="split-or-reuse", cache_policy=NO_CACHE)

@@ -18,7 +18,7 @@ EMBED_TEST_OVERRIDES = {  # small and fast: the catalogue photos are 128 px
 def embedded_home(tmp_path_factory, ingested_home) -> Path:
     """``ingested_home`` plus ImageNet embeddings of every photo. Read-only: use ``embedded_settings``."""
     from core.settings import Settings
-    from tasks.embed import embed_images
+    from embedding.vectors import embed_images
 
     home = tmp_path_factory.mktemp("embedded") / "home"
     shutil.copytree(ingested_home, home)

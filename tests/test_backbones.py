@@ -114,3 +114,18 @@ def test_embedder_is_normalised_and_deterministic(small_settings):
     assert load_embedder("imagenet:efficientnet_lite0@57934424:avg", small_settings).pool.tag == "avg"  # the id's
     with pytest.raises(ShoesearchError, match="pooling"):
         load_embedder("imagenet:efficientnet_lite0@57934424:max", small_settings)
+
+
+def test_model_id_of_names_the_embedder_without_loading_weights(small_settings, monkeypatch):
+    """Issue 26: steps key their rows by the model id before embedding; reading it builds no network. The id
+    equals the loaded embedder's for the default spec, a bare backbone spec and a full model id."""
+    import models.embedder_spec as spec_module
+    from embedding.embedders import model_id_of, open_embedder
+
+    specs = [None, "imagenet:efficientnet_lite0", "imagenet:efficientnet_lite0@57934424:avg:96px"]
+    loaded = [open_embedder(small_settings, s).model_id for s in specs]
+    monkeypatch.setattr(spec_module, "load_backbone", lambda *a, **k: pytest.fail("weights loaded for an id"))
+    assert [model_id_of(small_settings, s) for s in specs] == loaded
+    assert loaded[2] == "imagenet:efficientnet_lite0@57934424:avg:96px"
+    with pytest.raises(ShoesearchError, match="asked for weights 'efficientnet_lite0@00000000'"):
+        model_id_of(small_settings, "imagenet:efficientnet_lite0@00000000:gem3:128px")

@@ -160,7 +160,7 @@ def test_search_table_escapes_control_characters(indexed_settings, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from serving.index_store import PRODUCTS_FILE
+    from index.store import PRODUCTS_FILE
     from warehouse import open_warehouse
 
     settings = indexed_settings

@@ -62,7 +62,7 @@ def test_a_failing_photo_in_a_worker_names_the_photo_and_the_cause(ingested_sett
     import torch
 
     from core.errors import ShoesearchError
-    from tasks.train_data import PhotoDataset, embed_dataset
+    from training.data import PhotoDataset, embed_dataset
 
     root = ingested_settings.images_dir
     paths = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())[:12]

@@ -10,7 +10,8 @@ import pytest
 
 from core.errors import ShoesearchError
 from core.settings import Settings
-from tasks.denoise import claim_shared_pictures, decide_product, denoise, same_pictures, threshold_for_drop_rate
+from denoising.rules import claim_shared_pictures, decide_product, same_pictures, threshold_for_drop_rate
+from tasks.denoise import denoise
 from warehouse import open_warehouse
 
 
@@ -150,7 +151,7 @@ def test_denoise_flow_writes_decisions_and_a_matching_report(embedded_settings, 
 def anchor_distances(wh, model_id: str) -> dict[str, float]:
     """Euclidean distance of every non-first photo to its product's first photo, from the stored embeddings
     (numpy here, not the denoise code); photos repeating an earlier photo of their product are left out."""
-    from tasks.embed import load_embeddings
+    from embedding.vectors import load_embeddings
 
     ids, matrix = load_embeddings(wh, model_id)
     vectors = dict(zip(ids, matrix.astype(np.float64)))
@@ -219,7 +220,7 @@ def test_another_products_photo_is_dropped_only_with_the_cross_product_rule(tmp_
     judges it against B's first photo; the cross-product rule gives it to A, and changes nothing else."""
     from PIL import Image
 
-    from tasks.embed import embed_images, load_embeddings
+    from embedding.vectors import embed_images, load_embeddings
     from tasks.ingest import ingest_catalog
     from tests.fixtures_denoise import EMBED_TEST_OVERRIDES
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from embedding.vectors import embed_images, load_embeddings
 from models.embedder_spec import load_embedder
 from photos.transforms import preprocess_path
-from tasks.embed import embed_images, load_embeddings
 from warehouse import open_warehouse
 
 MODEL_ID = "imagenet:efficientnet_lite0@57934424:gem3:128px"
@@ -47,7 +47,7 @@ def test_embeddings_cover_every_photo_and_match_a_direct_forward(embedded_settin
 
 
 def test_a_killed_run_resumes_where_it_stopped(ingested_settings, monkeypatch):
-    import tasks.embed as embed_module
+    import embedding.vectors as embed_module
 
     for key, value in {"embed.image_size": 96, "embed.batch_size": 4, "embed.commit_every": 4,
                        "embed.num_workers": 0}.items():
@@ -104,9 +104,9 @@ def test_gpu_decode_path_applies_exif_orientation_like_the_cpu_path(tmp_path):
     import torch
     from PIL import Image
 
+    from embedding.vectors import decode_on_gpu
     from photos.loading import PhotoBytes
     from photos.transforms import preprocess_path
-    from tasks.embed import decode_on_gpu
 
     base = Image.new("RGB", (120, 60), (200, 30, 30))
     base.paste((30, 30, 200), (0, 0, 40, 60))  # blue on the left: orientation matters

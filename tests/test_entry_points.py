@@ -424,7 +424,7 @@ def test_nightly_failed_at_index_is_resumed_without_retraining(two_nights):
     Night 2, the same nightly once the fault is fixed, reuses the split, the finished training and its
     evaluation (no new kmeans/train/evaluate run, no such Prefect task) and switches an index in."""
     from core.settings import Settings
-    from serving.index_store import current_index
+    from index.store import current_index
 
     home, first, second = two_nights["home"], two_nights["first"], two_nights["second"]
     assert first.is_failed()

@@ -41,9 +41,9 @@ def test_embed_refuses_non_finite_vectors_in_one_line_and_commits_none(ingested_
 def test_denoise_never_reads_a_nan_vector_as_far(embedded_settings):
     """A NaN embedding stored by an older embed run: denoise used to drop that photo as ``far`` (NaN <= threshold
     is false) and commit; now it refuses, and denoise / denoise_current stay as they were."""
-    from serving.embedders import open_embedder
+    from embedding.embedders import open_embedder
+    from embedding.vectors import _rows
     from tasks.denoise import denoise
-    from tasks.embed import _rows
 
     wh = open_warehouse(embedded_settings)
     model_id = open_embedder(embedded_settings).model_id
@@ -64,9 +64,9 @@ def test_evaluation_refuses_nan_descriptors_of_a_real_model(ingested_settings):
     """``score`` is what evaluate and the gate's re-scoring share: NaN descriptors never become a Recall@1."""
     from models.device import pick_device
     from models.embedder_spec import load_embedder
-    from tasks.evaluate import score
     from tasks.split import make_split
-    from tasks.train_data import load_photos
+    from training.data import load_photos
+    from training.evaluation import score
 
     wh = open_warehouse(ingested_settings)
     test = load_photos(wh, make_split(ingested_settings), "raw", ("test",))

@@ -10,8 +10,8 @@ import pytest
 
 from core.errors import ShoesearchError
 from core.settings import IndexSettings
-from serving.index_store import current_index
-from tasks.faiss_build import build_faiss, choose_kind, pq_subquantizers, recall_vs_exact
+from index.faiss_build import build_faiss, choose_kind, pq_subquantizers, recall_vs_exact
+from index.store import current_index
 from tasks.gate import gate_decision, switch_index
 from tasks.index import build_index
 from warehouse import lineage, open_warehouse
@@ -111,7 +111,7 @@ def index_vectors(settings, wh, index_id: str) -> tuple[object, np.ndarray]:
     import faiss
     import pyarrow.parquet as pq
 
-    from tasks.embed import load_embeddings
+    from embedding.vectors import load_embeddings
 
     path = settings.indexes_dir / index_id
     meta = json.loads((path / "meta.json").read_text())

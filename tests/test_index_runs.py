@@ -50,7 +50,7 @@ def test_index_lineage_names_the_denoise_run_its_photos_came_from(embedded_setti
 
     # Training photos are selected by the denoise run they are recorded with, too.
     from tasks.split import make_split
-    from tasks.train_data import load_photos
+    from training.data import load_photos
 
     photos = load_photos(wh, make_split(settings), "denoised", ("train", "val", "test"))
     assert photos.denoise_run_id == second[0] and set(photos.image_ids) == _kept(wh, second[0])
@@ -77,7 +77,7 @@ def test_concurrent_index_commands_all_succeed_and_current_is_complete(tmp_path,
     import os
     import subprocess
 
-    from serving.index_store import current_index
+    from index.store import current_index
     from tests.fixtures_catalog import writable_copy
     from tests.fixtures_search import search_settings
     from tests.test_cli_readonly import CLI

@@ -1,6 +1,8 @@
 """The layout rules, checked on the source (docs/ARCHITECTURE.md draws them):
 
-* lower layers never import higher ones (every import counts, also those inside functions);
+* lower layers never import higher ones (every import counts, also those inside functions), and packages on the
+  same layer never import each other (``tasks`` and ``serving`` sit side by side);
+* a step never imports another step: ``tasks/`` modules share code only through the stage packages below them;
 * no import cycles between our modules (a cycle hidden in a function-level import is still a cycle);
 * product modules stay under 400 lines and functions under 60 (the README's layout section says so).
 """
@@ -13,8 +15,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# Bottom to top. A package may import its own modules and those of lower packages only.
-LAYERS = ["core", "photos", "warehouse", "models", "crawlers", "demo_shop", "serving", "tasks", "flows", "shoesearch"]
+# Bottom to top; packages in one tuple share a layer. A package imports its own modules and lower layers' only.
+TIERS = [("core",), ("photos",), ("warehouse",), ("models",), ("embedding",), ("index",), ("training", "denoising"),
+         ("crawlers",), ("demo_shop",), ("tasks", "serving"), ("flows",), ("shoesearch",)]
+LAYERS = [package for tier in TIERS for package in tier]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 
@@ -40,15 +44,25 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
     return [(line, name) for line, name in found if name.split(".")[0] in LAYERS]
 
 
-def test_lower_layers_never_import_higher_ones():
-    rank = {name: i for i, name in enumerate(LAYERS)}
+def test_lower_layers_never_import_higher_ones_or_their_siblings():
+    rank = {name: i for i, tier in enumerate(TIERS) for name in tier}
     upward = []
     for module, path in product_modules().items():
-        mine = rank[module.split(".")[0]]
+        package = module.split(".")[0]
         for line, name in imports_of(path):
-            if rank[name.split(".")[0]] > mine:
+            target = name.split(".")[0]
+            if rank[target] > rank[package] or (rank[target] == rank[package] and target != package):
                 upward.append(f"{path.relative_to(REPO)}:{line} imports {name}")
-    assert not upward, "upward imports:\n" + "\n".join(upward)
+    assert not upward, "upward or sideways imports:\n" + "\n".join(upward)
+
+
+def test_no_step_imports_another_step():
+    """``tasks/`` holds only steps (settings + input run ids in, a run id out); what two steps share lives in a
+    stage package below them (embedding, index, training, denoising), so no step reaches into another."""
+    found = [f"{path.relative_to(REPO)}:{line} imports {name}"
+             for module, path in product_modules().items() if module.startswith("tasks.")
+             for line, name in imports_of(path) if name.startswith("tasks.")]
+    assert not found, "a step imports another step:\n" + "\n".join(found)
 
 
 def test_the_layer_check_sees_an_upward_import_inside_a_function(tmp_path):

@@ -70,7 +70,7 @@ def test_live_members_are_exactly_those_with_a_gradient():
 def test_tuple_loss_gives_the_full_gradient_of_a_real_model():
     from models import functional
     from models.netvlad_model import ModelConfig, NetVLADModel
-    from tasks.train_loop import tuple_loss
+    from training.fit import tuple_loss
 
     torch.manual_seed(3)
     model = NetVLADModel(ModelConfig("efficientnet_lite0", 8, 0, 64, 2)).train()

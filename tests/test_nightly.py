@@ -54,7 +54,7 @@ def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nig
     from core.settings import Settings
     from demo_shop.server import DemoShop, load_catalog
     from flows.nightly import nightly
-    from serving.index_store import current_index
+    from index.store import current_index
     from serving.search import search
     from tasks.gate import recall_on_split, switch_index
     from warehouse import lineage, open_warehouse
@@ -106,7 +106,7 @@ def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nig
     old_photos = wh.query("SELECT count(*) AS n FROM images_current WHERE status = 'ok'").column("n")[0].as_py()
     # Training keeps its starting model unless an epoch beats it on validation (tests/test_train.py); to give the
     # gate a really worse candidate, the starting model's validation score is scripted as the worst possible.
-    import tasks.train_loop as L
+    import training.fit as L
 
     real_scores, calls = L._val_scores, []
     monkeypatch.setattr(L, "_val_scores", lambda val: (-1.0, -1.0) if not calls.append(1) and len(calls) == 1

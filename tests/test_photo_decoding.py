@@ -109,9 +109,9 @@ def test_api_refuses_costly_jpegs_while_a_normal_search_is_answered(indexed_home
 
 
 def test_an_mpo_photo_is_read_as_a_jpeg_everywhere(tmp_path, indexed_home):
-    from photos.transforms import load_rgb
+    from embedding.vectors import decode_on_gpu
     from photos.loading import PhotoBytes, PhotoTensors
-    from tasks.embed import decode_on_gpu
+    from photos.transforms import load_rgb
     from tests.fixtures_search import search_settings, serve_api
 
     data = mpo()

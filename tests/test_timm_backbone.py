@@ -66,8 +66,8 @@ def test_timm_backbone_through_embed_kmeans_and_training(weights, tmp_path):
     the trained embedder, with model ids and files that stay flat (no '/' from the model name)."""
     from core.settings import Settings
     from demo_shop.synthetic import generate_catalog
-    from serving.embedders import open_embedder
-    from tasks.embed import embed_images, load_embeddings
+    from embedding.embedders import open_embedder
+    from embedding.vectors import embed_images, load_embeddings
     from tasks.ingest import ingest_catalog
     from tasks.kmeans import kmeans_init
     from tasks.split import make_split

@@ -70,7 +70,7 @@ def _trained_model_and_photos(trained, overrides: dict):
     from core.settings import Settings
     from models.netvlad_model import load_checkpoint
     from photos.loading import PhotoDataset
-    from tasks.train_data import load_photos
+    from training.data import load_photos
     from warehouse import open_warehouse
 
     settings, split, _, run = trained
@@ -137,8 +137,9 @@ def test_training_lowers_loss_and_beats_kmeans_init(trained):
     from models.loss import WeakTripletLoss
     from models.netvlad_model import NetVLADFromFrozenFeatures, load_checkpoint
     from photos.loading import TupleDataset
-    from tasks.train_data import PhotoDataset, load_photos
-    from tasks.train_loop import frozen_cache, mine_chunk, query_indices, tuple_loss
+    from training.data import PhotoDataset, load_photos
+    from training.fit import tuple_loss
+    from training.mining import frozen_cache, mine_chunk, query_indices
     from warehouse import open_warehouse
 
     settings, split, _, run = trained
@@ -218,7 +219,7 @@ def test_frozen_cache_is_exact(trained):
 def test_flip_augmentation_trains_on_exactly_cached_mirrors(trained, monkeypatch):
     """``train.flip_augment``: the frozen-stage cache holds every photo and its mirror (each row equal to the frozen
     stages run on that image), and an epoch's tuples use both versions, seeded."""
-    import tasks.train_loop as L
+    import training.fit as L
     from models.loss import WeakTripletLoss
     from models.netvlad_model import NetVLADFromFrozenFeatures
     from photos.loading import TupleDataset, mirror_some
@@ -254,7 +255,7 @@ def test_crop_colour_augmentation_trains_uncached_on_new_crops_of_the_photos(tra
     """``train.crop_colour_augment``: no frozen-stage cache (it would be inexact), and every epoch feeds tuples whose
     photos are new random crops / colours of the mined photos: same shape, pixels inside the photo's range,
     different on every draw; mining still sees the plain photos."""
-    import tasks.train_loop as L
+    import training.fit as L
     from models.loss import WeakTripletLoss
     from models.netvlad_model import NetVLADFromFrozenFeatures
     from photos.loading import CropColour, TupleDataset
@@ -287,7 +288,7 @@ def test_cosine_schedule_trains_each_epoch_at_its_annealed_rate(trained):
     """``train.lr_schedule=cosine``: epoch e of E steps at lr * (1 + cos(pi e / E)) / 2 (half the rate mid-way,
     whatever rate the optimizer held, e.g. after a resume); ``constant`` (the default) keeps ``train.lr``; an unknown
     schedule is a one-line settings error."""
-    import tasks.train_loop as L
+    import training.fit as L
     from core.errors import ShoesearchError
     from core.settings import Settings
     from models.loss import WeakTripletLoss
@@ -311,7 +312,7 @@ def test_cosine_schedule_trains_each_epoch_at_its_annealed_rate(trained):
 def test_interrupted_training_resumes_from_last_epoch(trained, monkeypatch):
     """A run killed after epoch 1 leaves a checkpoint; the rerun does epoch 2 only, one metrics row each."""
     import tasks.train as T
-    import tasks.train_loop as L
+    import training.fit as L
     from core.settings import Settings
     from warehouse import open_warehouse
 
@@ -386,7 +387,7 @@ def _run_with_spy(monkeypatch, settings, split, km):
     import copy
 
     import tasks.train as T
-    import tasks.train_loop as L
+    import training.fit as L
     from models.netvlad_model import NetVLADFromFrozenFeatures
 
     real_epoch, epochs = getattr(L.train_epoch, "real", L.train_epoch), []  # not an earlier spy
@@ -440,7 +441,7 @@ def test_early_stopping_keeps_the_best_epoch(trained, monkeypatch):
     a gain), lower at 4, an exact tie at 5: three epochs without gain, so training stops after epoch 5 of 10, and
     the model kept is epoch 2's.
     Settings: SHORT's 16 queries per epoch, for time."""
-    import tasks.train_loop as L
+    import training.fit as L
     from core.settings import Settings
     from models.netvlad_model import load_checkpoint
     from warehouse import open_warehouse
@@ -478,7 +479,7 @@ def test_training_that_never_beats_its_start_keeps_the_starting_model(trained, m
     """Validation Recall@1 scripted so that no epoch beats the starting model (0.7, then 0.5 each epoch): after
     ``patience`` (3) epochs training stops and the published model is the starting model (the k-means init,
     whitening fitted), not the last or a worse epoch."""
-    import tasks.train_loop as L
+    import training.fit as L
     from core.settings import Settings
     from models.netvlad_model import load_checkpoint
     from warehouse import open_warehouse

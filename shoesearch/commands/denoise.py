@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def cmd_embed(args, settings) -> int:
-    from tasks.embed import embed_images
+    from embedding.vectors import embed_images
     from warehouse import open_warehouse
 
     if args.backbone and args.model:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from core.errors import ShoesearchError
 from models.device import forward
+from models.netvlad_model import unwrap  # noqa: F401 - the loop modules take it from here
 from photos.loading import PhotoDataset, batches, make_loader  # noqa: F401 - PhotoDataset is used from here
 from warehouse import latest_run
 from warehouse.catalog import DENOISE_OF_RUN

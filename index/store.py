@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from core.errors import ShoesearchError
 from core.files import atomic_write_text
 from warehouse import open_warehouse
+from warehouse.models_table import TRAINED, find_model
 
 POINTER = "CURRENT"
 INDEX_FILE = "index.faiss"
@@ -162,3 +163,11 @@ def prune_indexes(settings, keep: int) -> list[str]:
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d.name)
     return removed
+
+
+def served_trained_model(settings) -> str | None:
+    """The trained model behind the current index; None when the ImageNet descriptor serves or there is no index."""
+    wh = open_warehouse(settings)
+    current = current_index_row(wh)
+    row = find_model(wh, current["model_id"]) if current else None
+    return current["model_id"] if row and row["kind"] == TRAINED else None

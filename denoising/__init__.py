@@ -1,0 +1,1 @@
+"""denoising stage package (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""embedding stage package (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""index stage package (see docs/ARCHITECTURE.md)."""
