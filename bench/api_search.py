@@ -6,7 +6,7 @@ per-request index check) slow a normal search?".
     git worktree add /tmp/base <commit>
     .venv/bin/python bench/api_search.py [--baseline-tree /tmp/base] [--products 24] [--queries 60] [--rounds 2]
 
-Queries are the catalogue's own 800x800 JPEGs, sent one after another (a shopper's single search);
+Queries are the catalog's own 800x800 JPEGs, sent one after another (a shopper's single search);
 the servers run one at a time, alternating rounds so that machine load falls on both alike. Prints a
 table, writes bench/results/api_search.json.
 """
@@ -31,7 +31,7 @@ from bench.results_io import write_result  # noqa: E402
 
 
 def build_home(root: Path, products: int) -> tuple[Path, list[bytes]]:
-    """A synthetic catalogue ingested and indexed with the ImageNet embedder; returns (home, query photos)."""
+    """A synthetic catalog ingested and indexed with the ImageNet embedder; returns (home, query photos)."""
     from core.settings import Settings
     from demo_shop.synthetic import generate_catalog
     from tasks.gate import switch_index

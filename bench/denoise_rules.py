@@ -1,7 +1,7 @@
 """Which denoise rule: precision / recall of dropped photos on labelled gallery noise (footwear-dev-noisy).
 
 Every rule keeps the design card's test, the distance of each photo to its product's first photo, and only
-changes *which* distance counts as too far. Measured on the catalogue's ``labels.csv`` ``is_noise`` (other
+changes *which* distance counts as too far. Measured on the catalog's ``labels.csv`` ``is_noise`` (other
 shoes, packaging, size charts), with the ImageNet GeM descriptors the denoise step uses:
 
 * ``global t``: one threshold for every product (today's rule, ``denoise.threshold``);
@@ -168,7 +168,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     if not args.catalog.is_dir():
-        print(f"denoise_rules: skipped, no catalogue at {args.catalog} (../shared/data is not on this machine)")
+        print(f"denoise_rules: skipped, no catalog at {args.catalog} (../shared/data is not on this machine)")
         return 0
     overrides = dict(kv.split("=", 1) for kv in args.set)
     with tempfile.TemporaryDirectory(prefix="denoise-rules-") as tmp:

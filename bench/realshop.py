@@ -1,10 +1,10 @@
-"""A real catalogue through the whole default pipeline: the demo shop serves it, ``nightly`` runs with defaults.
+"""A real catalog through the whole default pipeline: the demo shop serves it, ``nightly`` runs with defaults.
 
-The catalogue folder (default ``../shared/data/footwear-dev-noisy``) is served with JD's page structure
+The catalog folder (default ``../shared/data/footwear-dev-noisy``) is served with JD's page structure
 by the demo shop; the ``nightly`` Prefect flow crawls it with the spider, embeds, denoises, splits,
 initialises with k-means, trains, evaluates and indexes — every setting at its default except crawl
 politeness (delays, concurrency), relaxed because the shop is on loopback, and ``crawl.max_products``
-raised to the catalogue's size when it is larger than the default. The shop's ground truth
+raised to the catalog's size when it is larger than the default. The shop's ground truth
 (``labels.csv`` ``is_noise``, served as ``/_shop/manifest.json``) judges denoise, and retrieval is
 scored on the *genuine* photos of the test split (noise removed by the labels, not by denoise):
 
@@ -12,8 +12,8 @@ scored on the *genuine* photos of the test split (noise removed by the labels, n
 * denoise: threshold, precision and recall of the dropped photos against ``is_noise``;
 * per variant (``imagenet`` descriptor, NetVLAD at ``kmeans_init``, ``trained``): Recall@1/5/10, mAP.
 
-Prints a table and writes ``bench/results/realshop-<catalogue>.json`` (``realshop.json`` for the default
-catalogue). About 15-40 minutes on 2 CPU cores for footwear-dev-noisy.
+Prints a table and writes ``bench/results/realshop-<catalog>.json`` (``realshop.json`` for the default
+catalog). About 15-40 minutes on 2 CPU cores for footwear-dev-noisy.
 
     .venv/bin/python bench/realshop.py [--catalog DIR] [--home DIR] [--out FILE]
 """
@@ -237,7 +237,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="JSON file (default: bench/results/realshop[-NAME].json)")
     args = parser.parse_args()
     if not args.catalog.is_dir():
-        print(f"realshop: skipped, no catalogue at {args.catalog} (../shared/data is not on this machine)")
+        print(f"realshop: skipped, no catalog at {args.catalog} (../shared/data is not on this machine)")
         return 0
     name = args.catalog.name
     out = args.out or RESULTS / ("realshop.json" if name == "footwear-dev-noisy" else f"realshop-{name}.json")

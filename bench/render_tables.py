@@ -52,7 +52,7 @@ SECTIONS: tuple[tuple[str, str, str, Callable[[Path], list[str]]], ...] = (
     ("Re-ranking", "rerank.py", "", quality.rerank),
     ("Denoise rules", "denoise_rules.py", "", quality.denoise_rules),
     ("Denoise threshold", "denoise_threshold.py", "", perf.denoise_threshold),
-    ("Real catalogue", "realshop.py", "", quality.realshop),
+    ("Real catalog", "realshop.py", "", quality.realshop),
 )
 
 

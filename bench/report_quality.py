@@ -1,4 +1,4 @@
-"""Quality tables of bench/REPORT.md: real catalogue, retrieval quality runs, denoise rules, re-ranking.
+"""Quality tables of bench/REPORT.md: real catalog, retrieval quality runs, denoise rules, re-ranking.
 
 Every function renders markdown lines from the committed JSON under a results folder (``bench/results``);
 ``bench/render_tables.py`` assembles them into the report.

@@ -1,9 +1,9 @@
 """Re-ranking after the first search: alpha query expansion and database-side augmentation, measured.
 
 Real shoe photos (default ``../shared/data/footwear-dev``), the descriptor the nightly serves there (the
-ImageNet GeM descriptor of the default backbone: bench/REPORT.md "Real catalogue"). Protocol: in
+ImageNet GeM descriptor of the default backbone: bench/REPORT.md "Real catalog"). Protocol: in
 each product with at least two photos, one photo per seed-chosen position is the *query* and the others are the
-*gallery* (a shopper's photo is never in the catalogue, so nothing a query contributes can leak into the
+*gallery* (a shopper's photo is never in the catalog, so nothing a query contributes can leak into the
 gallery). Scored: photo-level Recall@1/5 and mAP, and product-level Recall@1/5 (a product's best photo votes).
 
 * ``none``: the search as it is (inner product of L2-normalised vectors);
@@ -38,7 +38,7 @@ VARIANTS = [("none", 0, 0, 0.0), ("alpha-QE 1, a=3", 0, 1, 3.0), ("alpha-QE 2, a
 
 
 def descriptors(dataset: Path, home: Path, overrides: dict):
-    """(N x D ImageNet GeM descriptors, product label per row) of the catalogue's genuine photos."""
+    """(N x D ImageNet GeM descriptors, product label per row) of the catalog's genuine photos."""
     import torch
 
     from bench.denoise_rules import embedded_photos

@@ -4,9 +4,9 @@ For each gallery size it builds the exact inner-product index (the baseline) and
 indexes the index step would choose above ``index.exact_max_vectors``, then measures single-query
 latency (p50/p99, queries/s), batched throughput and recall@10 against exact search, and prints
 ratios against the exact index measured in the same run. Vectors are L2-normalised, 512-d (like
-PCA-whitened NetVLAD descriptors) and structured like a catalogue: look-alike categories, products
+PCA-whitened NetVLAD descriptors) and structured like a catalog: look-alike categories, products
 within them, ~10 photos per product; queries are perturbed gallery vectors, as a new photo of a
-catalogued product would be. Runs on CPU (faiss-cpu); with faiss-gpu and a
+cataloged product would be. Runs on CPU (faiss-cpu); with faiss-gpu and a
 GPU it also times the exact index on the GPU.
 
     .venv/bin/python bench/search.py            # 100k and 1M, about 5 minutes on 2 cores
@@ -37,7 +37,7 @@ from index.faiss_build import build_faiss, gpu_count, ivf_lists, recall_vs_exact
 
 DIM = 512
 CATEGORIES = 2_000  # look-alike groups (a model line, a colourway family)
-PHOTOS_PER_PRODUCT = 10  # a catalogue is ~10 photos per product: 100k / 1M photos = 10k / 100k products
+PHOTOS_PER_PRODUCT = 10  # a catalog is ~10 photos per product: 100k / 1M photos = 10k / 100k products
 CATEGORY_SPREAD = 0.6  # products of a category around its centre (per dimension, relative)
 PHOTO_SPREAD = 0.35  # a product's photos around the product (viewpoint, background)
 QUERY_NOISE = 0.3  # a query is a gallery vector plus this much noise

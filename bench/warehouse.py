@@ -26,7 +26,7 @@ import duckdb  # noqa: E402
 
 from bench.results_io import write_result  # noqa: E402
 from warehouse import Warehouse  # noqa: E402
-from warehouse.catalog import write_catalog  # noqa: E402
+from warehouse.views import write_views_file  # noqa: E402
 
 QUERY = """
 SELECT p.brand,
@@ -113,7 +113,7 @@ def main() -> None:
         }
         con.close()
         t0 = time.perf_counter()
-        snap = write_catalog(wh, Path(tmp) / "snapshot.duckdb", materialize=True)
+        snap = write_views_file(wh, Path(tmp) / "snapshot.duckdb", materialize=True)
         snapshot_s = time.perf_counter() - t0
         scon = duckdb.connect(str(snap), read_only=True)
         scon.execute(QUERY).fetchall()

@@ -1,7 +1,7 @@
 """Which whitening for NetVLAD at k-means init: measured on real shoe photos (../shared/data/footwear-dev).
 
 NetVLAD's K x D vector (64 x 1280 = 81,920 dims for EfficientNet-Lite0) is reduced by PCA whitening fitted
-on the training photos. A catalogue has few photos per split (hundreds), so a full-rank whitening (dim ~ N)
+on the training photos. A catalog has few photos per split (hundreds), so a full-rank whitening (dim ~ N)
 divides by the variance of directions estimated from a handful of samples and amplifies noise. This bench
 embeds the raw NetVLAD vectors of a product-level split once and scores, on the test photos (each query
 ranks the other test photos), the ImageNet GeM descriptor, the raw vector, PCA projections and PCA

@@ -164,7 +164,7 @@ class TrainSettings(_Section):
     descriptor_dim: Count0 = 256  # PCA-whitened output dimension (0 keeps the raw K*D vector); capped at photos - 1
     # Whitening divides each component by sqrt(var + shrinkage * mean var): repeated photos (one picture in
     # several products) and few photos leave ~zero-variance directions that plain whitening turns into noise
-    # (the k-means init collapsed on a noisy catalogue: docs/experiments/2026-12-training-recipe.md; the choice:
+    # (the k-means init collapsed on a noisy catalog: docs/experiments/2026-12-training-recipe.md; the choice:
     # bench/REPORT.md, "Whitening and backbones").
     whitening_shrinkage: NonNegative = 0.1
     whitening_photos: Count = 8192  # photos the PCA whitening is fitted on (N x K*D floats in memory)
@@ -298,10 +298,10 @@ class SqlSettings(_Section):
     # 4 GB: a sixth of a 24 GB box, leaving the pipeline (training's 2 GB frozen cache, embedding, the API) its
     # share; sorts, joins and aggregates beyond it spill to disk (DuckDB's own default is 80 % of RAM).
     memory_limit: Annotated[str, Field(pattern=_DUCKDB_SIZE)] = "4GB"
-    # 8 GB of spill files: a sort or join of every table of a million-product catalogue fits; a runaway query
+    # 8 GB of spill files: a sort or join of every table of a million-product catalog fits; a runaway query
     # fails instead of filling the disk the photos and warehouse live on (DuckDB's default: 90 % of free space).
     max_temp_directory_size: Annotated[str, Field(pattern=_DUCKDB_SIZE)] = "8GB"
-    # 5 minutes: far beyond an analyst query on a large catalogue (bench/REPORT.md, "Warehouse analyst query");
+    # 5 minutes: far beyond an analyst query on a large catalog (bench/REPORT.md, "Warehouse analyst query");
     # a query still running after this (an endless recursive CTE, a cross join) is interrupted. 0 = no limit.
     # Time blocked writing output is not counted (a CSV piped into a slow reader is not the query's fault).
     timeout_s: NonNegative = 300.0

@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     models_dir = _HomePath("models")
     indexes_dir = _HomePath("indexes")
     reports_dir = _HomePath("reports")
-    catalog_path = _HomePath("catalog.duckdb")
+    views_path = _HomePath("catalog.duckdb")
     snapshot_path = _HomePath("snapshot.duckdb")
     config_path = _HomePath(CONFIG_FILE)
 

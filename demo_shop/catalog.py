@@ -1,4 +1,4 @@
-"""The demo shop's catalogue: a folder ``DIR/<product>/<photos>`` as JD-like products with galleries."""
+"""The demo shop's catalog: a folder ``DIR/<product>/<photos>`` as JD-like products with galleries."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ FALLBACK_BRANDS = [("Nike", "8557"), ("adidas", "8528"), ("李宁", "5993"), ("�
 @dataclass
 class Photo:
     file: Path
-    rel: str  # path relative to the catalogue folder
+    rel: str  # path relative to the catalog folder
     jfs: str  # CDN path, the same for the same file in any gallery
     is_noise: bool | None
     fault: str | None = None
@@ -105,7 +105,7 @@ def _short(value) -> str:
 
 
 def synth_metadata(folder: str) -> dict:
-    """Deterministic product fields for a catalogue folder without ``products.json``."""
+    """Deterministic product fields for a catalog folder without ``products.json``."""
     h = int(hashlib.sha1(folder.encode("utf-8")).hexdigest(), 16)
     brand, brand_id = FALLBACK_BRANDS[h % len(FALLBACK_BRANDS)]
     price = 79 + (h >> 8) % 1200 - 0.01
@@ -142,10 +142,10 @@ def read_labels(catalog_dir: Path) -> dict[str, dict]:
 
 
 def load_catalog(catalog_dir: Path, noise_rate: float = 0.0, seed: int = 0) -> list[ShopProduct]:
-    """Products of a catalogue folder, galleries sorted by file name; ``noise_rate`` injects others' photos."""
+    """Products of a catalog folder, galleries sorted by file name; ``noise_rate`` injects others' photos."""
     catalog_dir = Path(catalog_dir)
     if not catalog_dir.is_dir():
-        raise ShoesearchError(f"catalogue folder {catalog_dir} does not exist")
+        raise ShoesearchError(f"catalog folder {catalog_dir} does not exist")
     if not 0 <= noise_rate < 1:
         raise ShoesearchError(f"--noise-rate must be in [0, 1), got {noise_rate}")
     metadata = read_products_json(catalog_dir)

@@ -49,7 +49,7 @@ class ShoeDesign:
 
 
 def design_for(index: int) -> ShoeDesign:
-    """The shoe of product ``index`` (independent of catalogue size)."""
+    """The shoe of product ``index`` (independent of catalog size)."""
     rng = random.Random(f"design-{index}")
     kind = CATEGORIES[index % len(CATEGORIES)][0]
     names = list(COLOURS)

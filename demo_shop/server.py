@@ -1,11 +1,11 @@
-"""The demo shop: a loopback HTTP server that serves a catalogue folder with JD's page structure.
+"""The demo shop: a loopback HTTP server that serves a catalog folder with JD's page structure.
 
 It renders what ``crawlers/jdsite.py`` expects from the real site: search pages whose second
 half is lazy-loaded from ``s_new.php`` (only with Referer + XHR headers), category list pages
 with ``a.pn-next`` pagination, GBK item pages with an inline ``pageConfig`` and the DOM gallery,
 CDN image paths with size codes (``n1/`` original bytes, ``n5/`` ``n7/`` ``s450x450_`` resized),
 the price API and robots.txt. All JD hosts live on this one server (``crawl --site URL``).
-The catalogue is read by ``catalog.py``, pages are rendered by ``render.py``.
+The catalog is read by ``catalog.py``, pages are rendered by ``render.py``.
 
 Fault modes (``--faults captcha=5,login=2,5xx=2,slow=0.05,corrupt=3,not_image=3,bomb=3,missing=3,layout=2``,
 the escape faults ``file_link``, ``offsite_link``, ``offsite_redirect``, ``sku_swap``, ``offsite_image``,
@@ -42,7 +42,7 @@ ROBOTS_TXT = "User-agent: *\nDisallow: /?*\nDisallow: /pop/*.html\nDisallow: /pi
 
 
 class ShopState:
-    """The catalogue, the faults, and request counters shared by the handler threads."""
+    """The catalog, the faults, and request counters shared by the handler threads."""
 
     def __init__(self, products: list[ShopProduct], faults: Faults, page_size: int, source: str,
                  host: str = "127.0.0.1"):
@@ -374,7 +374,7 @@ class DemoShop:
 
 
 def synthetic_catalog(home: Path, n_products: int, noise_rate: float, seed: int = 0, image_size: int = 256) -> Path:
-    """The generated catalogue for ``--synthetic N``, cached under the data home."""
+    """The generated catalog for ``--synthetic N``, cached under the data home."""
     from demo_shop.synthetic import generate_catalog
 
     if n_products < 1:

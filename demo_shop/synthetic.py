@@ -1,4 +1,4 @@
-"""Deterministic synthetic shoe catalogue: the demo shop's default content and the tests' data.
+"""Deterministic synthetic shoe catalog: the demo shop's default content and the tests' data.
 
 Every product is a procedurally drawn shoe design (silhouette, colours, stripes, logo, laces).
 Its gallery starts with the front view (side profile on white, as JD main images are), then
@@ -6,7 +6,7 @@ other views of the same shoe (mirrored, 3/4 perspective, the pair, detail crop, 
 and background), and noise photos injected at ``noise_rate``: insole close-ups, size charts,
 boxes, model shots and photos of other products. The ground truth goes to ``labels.csv``
 (``is_noise``) and ``manifest.json``. Product ``i`` looks the same whatever ``n_products`` is,
-so a larger catalogue extends a smaller one (the "new products" of a nightly run).
+so a larger catalog extends a smaller one (the "new products" of a nightly run).
 """
 
 from __future__ import annotations
@@ -86,11 +86,11 @@ def folder_name(index: int) -> str:
 
 def generate_catalog(out_dir: Path, n_products: int, noise_rate: float = 0.2, seed: int = 0,
                      image_size: int = 256) -> Path:
-    """Write a catalogue folder (see docs/ARCHITECTURE.md) of ``n_products`` products; idempotent.
+    """Write a catalog folder (see docs/ARCHITECTURE.md) of ``n_products`` products; idempotent.
 
     ``seed`` shifts which designs are used (product ``i`` is design ``seed * 100_000 + i``).
     The folder is built in a temp directory and renamed into place, so a reader never sees a
-    half-written catalogue; an existing complete catalogue with the same parameters is reused.
+    half-written catalog; an existing complete catalog with the same parameters is reused.
     """
     out_dir = Path(out_dir)
     params = {"generator": "shoesearch-synthetic", "version": GENERATOR_VERSION, "n_products": n_products,

@@ -23,7 +23,7 @@ A single-photo product keeps its photo (``anchor``). A picture shared by several
 sha1, or copies closer than ``denoise.same_picture_distance``) is kept only where it is closest to the
 product's first photo; ties keep it everywhere. The threshold cannot catch another product's photo
 (it is a shoe too); this rule, still a distance to a first photo, can — when that product is in the
-catalogue.
+catalog.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def _collate_bytes(items):
 def decode_on_gpu(datas: list[torch.Tensor], device: torch.device, size: int, mean, std,
                   upright: list[bool] | None = None, max_pixels: int = 40_000_000, max_scans: int = MAX_SCANS):
     """Raw photo bytes -> (normalised B x 3 x size x size on ``device``, ok mask). Upright JPEGs use nvjpeg;
-    the others (EXIF-rotated, other formats) the catalogue's CPU preprocessing, so orientation is applied."""
+    the others (EXIF-rotated, other formats) the catalog's CPU preprocessing, so orientation is applied."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     upright = upright if upright is not None else [is_upright_jpeg(d.numpy().tobytes(), max_scans) for d in datas]

@@ -1,2 +1,2 @@
 """Photos: the content-addressed image store, decoding and model preprocessing (one function for the
-catalogue and for queries), and the one DataLoader builder. Used by crawlers, tasks and serving."""
+catalog and for queries), and the one DataLoader builder. Used by crawlers, tasks and serving."""

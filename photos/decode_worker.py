@@ -10,7 +10,7 @@ starts a fresh worker. CPU time, not wall time, so a loaded machine does not ref
 that answers nothing and uses no CPU is killed after ``WALL_FACTOR`` times the bound in wall time; one
 whose caller died is ended by its own ``RLIMIT_CPU`` (set per task, a little above the bound).
 
-Photos already in the image store passed this decode when they were stored, so the catalogue's DataLoader
+Photos already in the image store passed this decode when they were stored, so the catalog's DataLoader
 workers decode them in-process (``photos.decoding.load_rgb``, with its cheap header checks only).
 """
 

@@ -1,4 +1,4 @@
-"""Photo bytes -> pixels with Pillow alone (no torch): the one decode of the catalogue and of queries, the
+"""Photo bytes -> pixels with Pillow alone (no torch): the one decode of the catalog and of queries, the
 header checks that refuse what would cost too much to decode, and the full decode that validates a photo.
 
 This module is what a decode worker (``photos.decode_worker``) imports, so it stays light: Pillow only.
@@ -74,7 +74,7 @@ def load_rgb(source: Source, size: int, max_pixels: int, max_scans: int = MAX_SC
     times faster for large photos; other formats are decoded once and box-reduced by an integer factor to no
     less than ``REDUCING_GAP * size`` on the longer side before any copy (a 40 Mpx PNG would otherwise be
     copied at full size by the orientation, conversion and tensor steps). EXIF orientation is applied,
-    16-bit greyscale is scaled to 8 bits. The catalogue and the query photos both come through here."""
+    16-bit greyscale is scaled to 8 bits. The catalog and the query photos both come through here."""
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     with Image.open(io.BytesIO(data)) as img:
         if img.size[0] * img.size[1] > max_pixels:

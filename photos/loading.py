@@ -84,7 +84,7 @@ def is_upright_jpeg(data: bytes, max_scans: int = MAX_SCANS) -> bool:
 
 class PhotoBytes(Dataset):
     """(index, raw file bytes as uint8 tensor, upright JPEG?) per photo: upright JPEGs are decoded on the
-    GPU; every other photo (EXIF-rotated, PNG, WebP ...) takes the catalogue's CPU preprocessing."""
+    GPU; every other photo (EXIF-rotated, PNG, WebP ...) takes the catalog's CPU preprocessing."""
 
     reads_files = True
 

@@ -43,7 +43,7 @@ def preprocess(img: Image.Image, size: int, mean: Sequence[float], std: Sequence
 
 def preprocess_path(source: Source, size: int, mean: Sequence[float], std: Sequence[float],
                     max_pixels: int = 40_000_000, max_scans: int = MAX_SCANS) -> torch.Tensor:
-    """A photo file (the catalogue) or its bytes -> the normalised 3 x size x size tensor (CPU path), decoded
+    """A photo file (the catalog) or its bytes -> the normalised 3 x size x size tensor (CPU path), decoded
     in this process (``photos.decoding.load_rgb``): for photos in the store, which passed the bounded decode
     of ``photos.imagestore.inspect_image``; a query photo from outside is decoded by ``serving.search``."""
     return preprocess(load_rgb(source, size, max_pixels, max_scans), size, mean, std)

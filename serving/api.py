@@ -240,7 +240,7 @@ def _page(result: dict | None = None, error: str | None = None) -> str:
             body.append("<p>No products found.</p>")
         elif result["confident_match"] is False:
             body.append(f'<p class="error">No confident match: the best score, {result["results"][0]["score"]:.3f}, '
-                        f'is below {result["match_threshold"]:.3f} (what catalogue photos score with a wrong product). '
+                        f'is below {result["match_threshold"]:.3f} (what catalog photos score with a wrong product). '
                         "The closest products anyway:</p>")
         body.append('<div class="grid">')
         for hit in result["results"]:

@@ -7,7 +7,7 @@ index (it holds the one it loaded). An index whose files cannot be read leaves t
 and the problem names the file (:func:`health`); search reads the index's own files, no warehouse table
 but ``indexes`` (and ``models`` for a trained model).
 
-A query photo is preprocessed exactly as a catalogue photo is (``photos.transforms.preprocess_path``,
+A query photo is preprocessed exactly as a catalog photo is (``photos.transforms.preprocess_path``,
 from its bytes: one decode, reduced while decoding, EXIF orientation applied), after a header-only
 check of its size, format and pixel count; at most ``api.max_decodes`` query photos decode at once.
 """
@@ -87,7 +87,7 @@ def decode_slots(n: int) -> threading.BoundedSemaphore:
 
 
 def photo_tensor(data: bytes, limits: ImageLimits, size: int, mean, std, slots: int):
-    """Checked photo bytes -> the normalised 3 x size x size tensor, by the catalogue's own preprocessing
+    """Checked photo bytes -> the normalised 3 x size x size tensor, by the catalog's own preprocessing
     (``photos.decoding.load_rgb``, then ``photos.transforms.preprocess``), waiting while ``slots`` other
     decodes are in flight: a decode holds up to the full frame (3-4 bytes per pixel) until it is reduced.
     The decode runs in a worker process killed past ``limits.decode_cpu_s`` of CPU time (``bomb``)."""

@@ -3,12 +3,12 @@
 It generates a small synthetic shoe shop, serves it on a free loopback port (JD's page structure, so
 the real Scrapy spider crawls it), runs the ``nightly`` Prefect flow once end to end (crawl -> embed ->
 denoise -> split -> k-means -> train -> evaluate -> index -> gated switch), then prints the evaluation
-table and one search by photo with a *new* photo of a catalogued product (a view the crawl never saw),
+table and one search by photo with a *new* photo of a cataloged product (a view the crawl never saw),
 and says where the results are and how to continue. The shop is stopped at the end, also on errors and
 Ctrl-C. Running it again on the same home is an incremental nightly: nothing new is crawled or
 embedded, training warm-starts from the current model and the gate decides whether it is switched in.
 
-The defaults in ``core/settings.py`` are for real JD and a real catalogue; the demo shrinks the
+The defaults in ``core/settings.py`` are for real JD and a real catalog; the demo shrinks the
 work with ``DEMO_OVERRIDES`` below (``--set`` on the command line still wins).
 """
 
@@ -161,7 +161,7 @@ def _show_results(settings, result: dict) -> Path:
                      [result["steps"]["evaluate"]])
     print(format_table(evals))
 
-    _say(f"4/4 example search: a new {DEMO_QUERY_VIEW.replace('_', '-')} photo of a catalogued test product")
+    _say(f"4/4 example search: a new {DEMO_QUERY_VIEW.replace('_', '-')} photo of a cataloged test product")
     index, product_id = pick_query_product(wh, demo_product_ids(DEMO_PRODUCTS, DEMO_SEED))
     photo = query_photo(settings, index, settings.reports_dir / "demo-query.jpg")
     hits = search(settings, photo, DEMO_SEARCH_K)

@@ -57,7 +57,7 @@ def denoise(settings, threshold: float | None = None, drop_rate: float | None = 
         "SELECT image_id, product_id, position, sha1, status, run_id FROM images_current ORDER BY image_id"
     ).to_pylist()
     if not photos:
-        raise ShoesearchError("no product photos yet: crawl or ingest a catalogue first")
+        raise ShoesearchError("no product photos yet: crawl or ingest a catalog first")
     model_id = model_id_of(settings, model_spec)
     if embed_run_id is None:
         embed_run_id = embed_images(settings, model_spec)

@@ -10,7 +10,7 @@ trained on as positives and now sits close to photo 0. So the second pass
 * keeps the design card's rule (distance to the product's first photo), in the trained space;
 * needs no labels and no new setting for its threshold: it drops, among the re-judged products' candidate
   photos, as many as the first pass's threshold did (:func:`transferred_threshold`). The trained descriptors
-  choose *which* photos are far; the ImageNet threshold, chosen on real catalogues, says how many.
+  choose *which* photos are far; the ImageNet threshold, chosen on real catalogs, says how many.
 
 Anchors, duplicates, unreadable photos and the cross-product rule's ``other_product`` drops (a question of
 picture identity, decided on ImageNet copies) are carried over. The result is a new ``denoise`` run (params

@@ -2,7 +2,7 @@
 model is not worse.
 
 Before the nightly builds its index, :func:`descriptor_to_serve` picks the trained model or, when the
-off-the-shelf ImageNet descriptor scored better on the same test photos, that descriptor (a small catalogue can
+off-the-shelf ImageNet descriptor scored better on the same test photos, that descriptor (a small catalog can
 leave a trained model behind it: docs/training.md and bench/REPORT.md "Retrieval quality").
 
 The gate compares the test Recall@1 of the index's model with the current index's model on the same
@@ -47,7 +47,7 @@ def gate_decision(wh, new_model_id: str, current: dict | None, tolerance: float,
     """Whether a new model may replace the current index's model, and why.
 
     Both models are compared on the same test photos: when the current model was scored on another
-    split (the catalogue grew), it is re-scored on the new model's test split (needs ``settings``).
+    split (the catalog grew), it is re-scored on the new model's test split (needs ``settings``).
     A missing or NaN Recall@1 of the new model is a refusal; a NaN tolerance is an error (it would accept any).
     """
     require_finite("schedule.gate_tolerance", tolerance, "a NaN tolerance would let any model through")

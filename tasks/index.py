@@ -1,4 +1,4 @@
-"""Index step: embed the catalogue photos with a model and build a faiss index over them (status ``built``).
+"""Index step: embed the catalog photos with a model and build a faiss index over them (status ``built``).
 
 What to index (the photos denoise kept, or all with ``index.index_all_photos``) and the ``indexes`` row
 are here; faiss construction is ``index.faiss_build``, the directory format and the ``CURRENT`` pointer
@@ -20,7 +20,7 @@ from embedding.vectors import embed_images, load_embeddings
 from index.faiss_build import build_faiss, choose_kind, gpu_count, match_calibration, recall_vs_exact, sample_queries
 from index.store import write_index_dir
 from warehouse import latest_run, open_warehouse, start_run
-from warehouse.catalog import DENOISE_OF_RUN
+from warehouse.views import DENOISE_OF_RUN
 from warehouse.locks import step_lock
 from warehouse.models_table import find_model, newest_model
 from warehouse.runs import now
@@ -31,7 +31,7 @@ PRODUCT_COLUMNS = ["product_id", "title", "brand", "price", "url", "shop_name", 
 # --- the index step ----------------------------------------------------------------------------
 
 
-def catalogue_photos(wh, settings) -> tuple[pa.Table, str | None]:
+def catalog_photos(wh, settings) -> tuple[pa.Table, str | None]:
     """The photos to index: (image_id, product_id, path, run_id of the images row), in a stable order.
 
     Kept photos of the current denoise run, or every valid photo with ``index.index_all_photos``. Returns
@@ -56,18 +56,18 @@ def catalogue_photos(wh, settings) -> tuple[pa.Table, str | None]:
                   WHERE d.kept AND i.status = 'ok' AND i.path IS NOT NULL ORDER BY i.image_id"""
     photos = wh.query(sql, params)
     if photos.num_rows == 0:
-        raise ShoesearchError("no photos to index: crawl or ingest a catalogue first")
+        raise ShoesearchError("no photos to index: crawl or ingest a catalog first")
     return photos, denoise_run
 
 
-def catalogue_vectors(wh, photos: pa.Table, model_id: str) -> tuple[np.ndarray, pa.Table, pa.Table]:
-    """(vectors in faiss row order, mapping row -> photo, the products they show) for the catalogue photos."""
+def catalog_vectors(wh, photos: pa.Table, model_id: str) -> tuple[np.ndarray, pa.Table, pa.Table]:
+    """(vectors in faiss row order, mapping row -> photo, the products they show) for the catalog photos."""
     image_ids = photos.column("image_id").to_pylist()
     ids, vectors = load_embeddings(wh, model_id)
     order = {image_id: row for row, image_id in enumerate(image_ids)}
     keep = [k for k, image_id in enumerate(ids) if image_id in order]  # unreadable photos have no vector
     if not keep:
-        raise ShoesearchError(f"no embeddings of model {model_id!r} for the catalogue photos")
+        raise ShoesearchError(f"no embeddings of model {model_id!r} for the catalog photos")
     rows = [order[ids[k]] for k in keep]
     mapping = photos.take(pa.array(rows)).select(["image_id", "product_id", "path"])
     mapping = mapping.append_column("row", pa.array(np.arange(len(rows), dtype=np.int64)))
@@ -87,7 +87,7 @@ def _faiss_with_recall(vectors: np.ndarray, kind: str, cfg, use_gpu: bool):
 
 
 def build_index(settings, model_spec: str | None = None, chosen_by: str | None = None) -> str:
-    """Embed the catalogue photos with ``model_spec`` (incrementally) and build a faiss index over them.
+    """Embed the catalog photos with ``model_spec`` (incrementally) and build a faiss index over them.
 
     ``model_spec``: a trained model id or ``imagenet:<backbone>``; default: the newest trained model.
     ``chosen_by``: the run that chose this descriptor (the nightly's evaluation), kept in the lineage.
@@ -98,10 +98,10 @@ def build_index(settings, model_spec: str | None = None, chosen_by: str | None =
     wh = open_warehouse(settings)
     newest = newest_model(wh)
     spec = model_spec or (newest["model_id"] if newest else f"imagenet:{settings.embed.backbone}")
-    photos, denoise_run = catalogue_photos(wh, settings)
+    photos, denoise_run = catalog_photos(wh, settings)
     embed_run = embed_images(settings, model_spec=spec, image_ids=photos.column("image_id").to_pylist())
     model_id = model_id_of(settings, spec)
-    vectors, mapping, products = catalogue_vectors(wh, photos, model_id)
+    vectors, mapping, products = catalog_vectors(wh, photos, model_id)
     kind = choose_kind(len(vectors), cfg)
     inputs = [embed_run, (find_model(wh, model_id) or {}).get("run_id"), chosen_by, denoise_run,
               *sorted(set(photos.column("run_id").to_pylist()))]

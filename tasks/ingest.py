@@ -1,4 +1,4 @@
-"""Load a local catalogue folder into ``products`` and ``images`` (for users with their own photos).
+"""Load a local catalog folder into ``products`` and ``images`` (for users with their own photos).
 
 Layout (see docs/ARCHITECTURE.md): ``DIR/<product>/<photos>``; the file that sorts first is
 photo 0. Optional ``labels.csv`` (image,group_id[,domain[,is_noise]]) and ``products.json``
@@ -29,7 +29,7 @@ from photos.imagestore import ImageLimits, StoredImage, read_photo_file, store_i
 from warehouse import open_warehouse, start_run
 from warehouse.locks import step_lock
 
-ROWS_PER_PART = 20_000  # images staged per Parquet part: bounded memory on big catalogues
+ROWS_PER_PART = 20_000  # images staged per Parquet part: bounded memory on big catalogs
 
 
 Skipped = list[tuple[str, str]]  # (reason, the entry's name as shown)
@@ -38,7 +38,7 @@ Skipped = list[tuple[str, str]]  # (reason, the entry's name as shown)
 def catalog_products(catalog_dir: Path) -> tuple[list[tuple[str, list[Path]]], Skipped]:
     """[(folder name, sorted photo paths)] for every product folder that has photos, and what was skipped."""
     if not catalog_dir.is_dir():
-        raise ShoesearchError(f"catalogue folder {catalog_dir} does not exist")
+        raise ShoesearchError(f"catalog folder {catalog_dir} does not exist")
     root, products, skipped = catalog_dir.resolve(), [], []
     for folder in sorted(p for p in catalog_dir.iterdir() if not p.name.startswith(".") and p.is_dir()):
         if reason := skip_reason(folder, root):
@@ -59,13 +59,13 @@ def catalog_products(catalog_dir: Path) -> tuple[list[tuple[str, list[Path]]], S
 
 
 def skip_reason(path: Path, root: Path) -> str | None:
-    """Why a folder or photo is left out (None: it is read). ``root`` is the resolved catalogue folder."""
+    """Why a folder or photo is left out (None: it is read). ``root`` is the resolved catalog folder."""
     try:
         path.name.encode("utf-8")
     except UnicodeEncodeError:  # undecodable bytes, kept by Python as surrogates: no table can hold the name
         return "name is not UTF-8"
     if path.is_symlink() and not path.resolve().is_relative_to(root):
-        return "link leaves the catalogue folder"
+        return "link leaves the catalog folder"
     return None
 
 
@@ -95,7 +95,7 @@ def catalog_name(catalog_dir: Path, name: str | None) -> str:
     raw = name or catalog_dir.resolve().name
     clean = re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-")
     if not clean:
-        raise ShoesearchError(f"cannot derive a catalogue name from {raw!r}: pass name=")
+        raise ShoesearchError(f"cannot derive a catalog name from {raw!r}: pass name=")
     return clean
 
 

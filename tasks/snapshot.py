@@ -10,12 +10,12 @@ from __future__ import annotations
 from prefect import task
 
 from warehouse import open_warehouse
-from warehouse.catalog import write_catalog
+from warehouse.views import write_views_file
 
 
 def refresh_snapshot(settings) -> str:
     """Rewrite ``settings.snapshot_path`` from the current tables; returns its path."""
-    return str(write_catalog(open_warehouse(settings), settings.snapshot_path, materialize=True))
+    return str(write_views_file(open_warehouse(settings), settings.snapshot_path, materialize=True))
 
 
 refresh_snapshot_task = task(refresh_snapshot, name="refresh-snapshot")

@@ -1,4 +1,4 @@
-"""Shared test data: a small synthetic shoe catalogue, generated once per session, and homes with it ingested."""
+"""Shared test data: a small synthetic shoe catalog, generated once per session, and homes with it ingested."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ CATALOG_NOISE_RATE = 0.2
 
 @pytest.fixture(scope="session")
 def synthetic_catalog(tmp_path_factory) -> Path:
-    """A catalogue folder (DIR/<product>/<NN>.jpg + labels.csv + products.json + manifest.json)."""
+    """A catalog folder (DIR/<product>/<NN>.jpg + labels.csv + products.json + manifest.json)."""
     from demo_shop.synthetic import generate_catalog
 
     out = tmp_path_factory.mktemp("catalog") / "shoes"
@@ -23,7 +23,7 @@ def synthetic_catalog(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ingested_home(tmp_path_factory, synthetic_catalog) -> Path:
-    """A data home with the synthetic catalogue ingested. Read-only: copy it (``ingested_settings``) to write."""
+    """A data home with the synthetic catalog ingested. Read-only: copy it (``ingested_settings``) to write."""
     from core.settings import Settings
     from tasks.ingest import ingest_catalog
 

@@ -1,4 +1,4 @@
-"""Crawl fixtures: a 40-product synthetic catalogue (once per session) and fast crawl settings."""
+"""Crawl fixtures: a 40-product synthetic catalog (once per session) and fast crawl settings."""
 
 from __future__ import annotations
 

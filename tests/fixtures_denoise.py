@@ -1,4 +1,4 @@
-"""Denoise-area fixtures: the synthetic catalogue embedded once per session at a small size."""
+"""Denoise-area fixtures: the synthetic catalog embedded once per session at a small size."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from tests.fixtures_catalog import writable_copy
 
-EMBED_TEST_OVERRIDES = {  # small and fast: the catalogue photos are 128 px
+EMBED_TEST_OVERRIDES = {  # small and fast: the catalog photos are 128 px
     "embed.image_size": 128, "embed.batch_size": 16,  # loader workers: the default (2)
 }
 

@@ -1,4 +1,4 @@
-"""Search-area fixtures: a data home with the synthetic catalogue indexed (ImageNet embedder), a live API
+"""Search-area fixtures: a data home with the synthetic catalog indexed (ImageNet embedder), a live API
 server on a free loopback port (served as `shoesearch api` serves it), and raw HTTP over a socket."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ batch_size = 16
 [index]
 index_all_photos = true
 """
-# At this input size the catalogue's 128 px JPEGs decode through JPEG draft() (DCT scaling to 64 px), as
-# large catalogue photos do at the real 224 px: a query path without draft() would not match them exactly.
+# At this input size the catalog's 128 px JPEGs decode through JPEG draft() (DCT scaling to 64 px), as
+# large catalog photos do at the real 224 px: a query path without draft() would not match them exactly.
 DRAFT_IMAGE_SIZE = 48
 
 
@@ -37,7 +37,7 @@ def search_settings(home: Path, image_size: int = 96):
 
 @pytest.fixture(scope="session")
 def indexed_home(tmp_path_factory, ingested_home) -> Path:
-    """The ingested catalogue, indexed with the ImageNet baseline and switched in. Read-only."""
+    """The ingested catalog, indexed with the ImageNet baseline and switched in. Read-only."""
     from tasks.gate import switch_index
     from tasks.index import build_index
 
@@ -50,7 +50,7 @@ def indexed_home(tmp_path_factory, ingested_home) -> Path:
 
 @pytest.fixture(scope="session")
 def draft_home(tmp_path_factory, ingested_home) -> Path:
-    """The ingested catalogue indexed at ``DRAFT_IMAGE_SIZE`` px (see there). Read-only."""
+    """The ingested catalog indexed at ``DRAFT_IMAGE_SIZE`` px (see there). Read-only."""
     from tasks.gate import switch_index
     from tasks.index import build_index
 

@@ -1,4 +1,4 @@
-"""The HTTP API over real loopback HTTP: bad uploads get 4xx, a catalogued photo finds its product."""
+"""The HTTP API over real loopback HTTP: bad uploads get 4xx, a cataloged photo finds its product."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def _png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def test_catalogued_photo_finds_its_product_and_page_renders(api_server):
+def test_cataloged_photo_finds_its_product_and_page_renders(api_server):
     from warehouse import open_warehouse
 
     base, settings = api_server
@@ -65,7 +65,7 @@ def _sample_jpeg(name: str) -> bytes:
 
 
 def test_a_photo_of_no_shoe_is_answered_with_no_confident_match(api_server):
-    """A catalogued shoe photo is a confident match; a photo of a building is not (JSON field and page notice).
+    """A cataloged shoe photo is a confident match; a photo of a building is not (JSON field and page notice).
     Measured on this index (ImageNet GeM, 96 px): threshold 0.82, the building's best score 0.38."""
     from warehouse import open_warehouse
 

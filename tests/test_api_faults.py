@@ -25,8 +25,8 @@ def truncate(path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def catalogued_photo(settings) -> tuple[str, bytes]:
-    """(product id, bytes) of a stored catalogue photo, found from the files (the warehouse may be damaged)."""
+def cataloged_photo(settings) -> tuple[str, bytes]:
+    """(product id, bytes) of a stored catalog photo, found from the files (the warehouse may be damaged)."""
     import pyarrow.parquet as pq
 
     index_id = (settings.indexes_dir / "CURRENT").read_text().strip()
@@ -45,7 +45,7 @@ def test_search_does_not_read_the_products_table(indexed_settings):
     assert parts
     for part in parts:
         truncate(part)
-    product_id, photo = catalogued_photo(settings)
+    product_id, photo = cataloged_photo(settings)
     with serve_api(settings) as base:
         r = search(base, photo)
         health = httpx.get(f"{base}/health", timeout=60)
@@ -58,7 +58,7 @@ def test_an_unreadable_indexes_table_leaves_the_pointer_serving(indexed_settings
     """The ``indexes`` table is the truth, the ``CURRENT`` pointer its fast path: with a truncated part of the
     table, the index the pointer names is served and /health is degraded, naming the part."""
     settings = indexed_settings
-    product_id, photo = catalogued_photo(settings)
+    product_id, photo = cataloged_photo(settings)
     parts = [p for p in (settings.warehouse_dir / "indexes").glob("batch-*/*.parquet") if "schema" not in str(p)]
     for part in parts:
         truncate(part)
@@ -73,7 +73,7 @@ def test_an_unreadable_indexes_table_leaves_the_pointer_serving(indexed_settings
 def test_an_unreadable_index_file_is_named_by_search_and_health(indexed_settings, name):
     """Issue 25 item 3: a truncated file of the current index gave a bare 500 text/plain while /health said ok."""
     settings = indexed_settings
-    _, photo = catalogued_photo(settings)
+    _, photo = cataloged_photo(settings)
     index_id = (settings.indexes_dir / "CURRENT").read_text().strip()
     truncate(settings.indexes_dir / index_id / name)
     with serve_api(settings) as base:
@@ -90,7 +90,7 @@ def test_unreadable_product_details_degrade_results_to_ids(indexed_settings):
     settings = indexed_settings
     index_id = (settings.indexes_dir / "CURRENT").read_text().strip()
     truncate(settings.indexes_dir / index_id / "products.parquet")
-    product_id, photo = catalogued_photo(settings)
+    product_id, photo = cataloged_photo(settings)
     with serve_api(settings) as base:
         r = search(base, photo)
         health = httpx.get(f"{base}/health", timeout=60).json()
@@ -114,7 +114,7 @@ def test_non_finite_prices_of_an_older_index_are_answered_as_null(indexed_settin
     bad = [float("nan"), float("inf")] * table.num_rows
     table = table.set_column(table.schema.get_field_index("price"), "price", pa.array(bad[: table.num_rows], pa.float64()))
     pq.write_table(table, path)
-    product_id, photo = catalogued_photo(settings)
+    product_id, photo = cataloged_photo(settings)
     with serve_api(settings) as base:
         r = search(base, photo)
         page = httpx.post(f"{base}/", files={"photo": ("q.jpg", photo, "image/jpeg")}, timeout=60)
@@ -130,7 +130,7 @@ def test_a_newer_index_with_a_truncated_file_leaves_the_last_good_one_serving(in
     from tasks.index import build_index
 
     settings = indexed_settings
-    product_id, photo = catalogued_photo(settings)
+    product_id, photo = cataloged_photo(settings)
     with serve_api(settings) as base:
         good = search(base, photo).json()["index_id"]
         broken = build_index(settings)
@@ -156,7 +156,7 @@ def test_a_switch_whose_pointer_write_was_lost_reaches_the_running_api(indexed_s
     from tasks.index import build_index
 
     settings = indexed_settings
-    _, photo = catalogued_photo(settings)
+    _, photo = cataloged_photo(settings)
     with serve_api(settings) as base:
         old = search(base, photo).json()["index_id"]
         new = build_index(settings)

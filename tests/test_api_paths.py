@@ -43,7 +43,7 @@ def test_results_and_page_name_only_served_urls(api_server):
     assert r.status_code == 200, r.text
     assert_no_server_path(r.text, settings.home)
     for hit in r.json()["results"]:
-        assert "photo_file" not in hit and hit["url"] is None  # the test catalogue's URLs are file://
+        assert "photo_file" not in hit and hit["url"] is None  # the test catalog's URLs are file://
         assert hit["photo_url"] == "/photos/" + hit["photo_path"] and not hit["photo_path"].startswith("/")
         assert httpx.get(base + hit["photo_url"], timeout=10).status_code == 200
     page = httpx.post(f"{base}/", files={"photo": ("q.jpg", photo)}, timeout=60)

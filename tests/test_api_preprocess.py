@@ -1,9 +1,9 @@
-"""Query photos are preprocessed exactly as catalogue photos are, and cheaply.
+"""Query photos are preprocessed exactly as catalog photos are, and cheaply.
 
-* A catalogue photo finds itself with score ~1 through the HTTP API (a real uvicorn server) and the
-  `shoesearch search` command, uploaded as it is (a JPEG the catalogue decoded through draft(): the home
+* A catalog photo finds itself with score ~1 through the HTTP API (a real uvicorn server) and the
+  `shoesearch search` command, uploaded as it is (a JPEG the catalog decoded through draft(): the home
   indexed at 48 px) or stored rotated with the EXIF Orientation that displays it upright again (lossless
-  PNG of the full decode, so on the 96 px home where draft() leaves the catalogue's 128 px JPEGs whole).
+  PNG of the full decode, so on the 96 px home where draft() leaves the catalog's 128 px JPEGs whole).
 * Decoding a small-file, many-pixel PNG (6300 x 6300, under the 40 Mpx guard) costs about one decoded
   frame of memory, not several full-resolution copies and a float tensor (peak RSS of a subprocess).
 """
@@ -30,7 +30,7 @@ EXACT = 0.99999  # the same bytes: only float rounding may differ
 
 
 def front_photo(settings) -> tuple[str, bytes]:
-    """(product_id, JPEG bytes) of a catalogue product's front photo."""
+    """(product_id, JPEG bytes) of a catalog product's front photo."""
     from warehouse import open_warehouse
 
     row = open_warehouse(settings).query(
@@ -61,7 +61,7 @@ def homes(draft_home, indexed_home):
     return [(draft, {"as is": (draft_jpeg, EXACT)}, draft_product), (plain, rotated, product)]
 
 
-def test_catalogue_photo_finds_itself_through_the_api(homes):
+def test_catalog_photo_finds_itself_through_the_api(homes):
     for settings, cases, product_id in homes:
         with serve_api(settings) as base:
             for name, (data, bound) in cases.items():
@@ -71,7 +71,7 @@ def test_catalogue_photo_finds_itself_through_the_api(homes):
                 assert top["product_id"] == product_id and top["score"] > bound, (name, top["score"])
 
 
-def test_catalogue_photo_finds_itself_through_the_cli(homes, tmp_path, monkeypatch, capsys):
+def test_catalog_photo_finds_itself_through_the_cli(homes, tmp_path, monkeypatch, capsys):
     from shoesearch.cli import main
 
     for settings, cases, product_id in homes:

@@ -99,13 +99,13 @@ def test_existing_folder_without_a_warehouse_is_left_untouched(tmp_path):
 def test_writers_still_create_the_home(tmp_path):
     from PIL import Image
 
-    catalogue = tmp_path / "catalogue"
+    catalog = tmp_path / "catalog"
     for product, colour in (("boot", (120, 60, 20)), ("sneaker", (20, 60, 200))):
-        (catalogue / product).mkdir(parents=True)
+        (catalog / product).mkdir(parents=True)
         for i in range(2):
-            Image.new("RGB", (96, 96), tuple(c + 20 * i for c in colour)).save(catalogue / product / f"{i}.jpg")
+            Image.new("RGB", (96, 96), tuple(c + 20 * i for c in colour)).save(catalog / product / f"{i}.jpg")
     home = tmp_path / "new-home"
-    res = run_cli("--home", str(home), "ingest", str(catalogue), cwd=tmp_path)
+    res = run_cli("--home", str(home), "ingest", str(catalog), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert (home / "warehouse").is_dir()
     tables = run_cli("--home", str(home), "sql", "SELECT count(*) AS n FROM images_current", "--format", "csv",

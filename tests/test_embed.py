@@ -99,7 +99,7 @@ def test_a_picture_shared_by_two_products_is_embedded_once(tmp_path, synthetic_c
 
 def test_gpu_decode_path_applies_exif_orientation_like_the_cpu_path(tmp_path):
     """The nvjpeg path (run here with device=cpu: same code, torchvision's CPU JPEG decoder) sends an
-    EXIF-rotated JPEG and a PNG through the catalogue's CPU preprocessing, so every photo's tensor matches
+    EXIF-rotated JPEG and a PNG through the catalog's CPU preprocessing, so every photo's tensor matches
     ``preprocess_path``; before, the rotated JPEG came out sideways (nvjpeg ignores EXIF)."""
     import torch
     from PIL import Image

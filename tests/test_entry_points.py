@@ -28,7 +28,7 @@ from tests.fixtures_search import free_port
 pytestmark = pytest.mark.e2e  # nightly Prefect flows over a live shop: outside the fast loop
 
 BIN = Path(sys.executable).parent
-N_PRODUCTS = 10  # of the session's 40-product shop catalogue: 4 train / 6 test with SPLIT_FRACTIONS
+N_PRODUCTS = 10  # of the session's 40-product shop catalog: 4 train / 6 test with SPLIT_FRACTIONS
 SPLIT_FRACTIONS = "0.4;0.1;0.5"  # test-heavy: enough test products for an evaluation on 10 products
 IMAGE_SIZE = 64  # tiny photos: the wiring, not the pixels, is under test
 # As tests/test_nightly.py's NIGHTLY_SETTINGS, without its schedule.* values: the retry settings stay at their

@@ -28,7 +28,7 @@ def brute_force_recall(index, vectors: np.ndarray, queries: np.ndarray, k: int) 
     """Recall@k of ``index`` against a numpy brute-force top-k, computed here (not with faiss).
 
     A returned id counts when its true inner product reaches the k-th best one (ties: duplicate photos
-    of a catalogue have equal vectors, and either of them is a correct k-th neighbour).
+    of a catalog have equal vectors, and either of them is a correct k-th neighbour).
     """
     sims = queries.astype(np.float64) @ vectors.astype(np.float64).T
     kth = np.sort(sims, axis=1)[:, -k]
@@ -121,7 +121,7 @@ def index_vectors(settings, wh, index_id: str) -> tuple[object, np.ndarray]:
 
 
 # Held-back photos: views rendered here (a random rotation / placement and light of their own), never ingested
-# nor indexed. With the ImageNet baseline at 96 px, over all 16 catalogue products, "tilted" and "far" views
+# nor indexed. With the ImageNet baseline at 96 px, over all 16 catalog products, "tilted" and "far" views
 # ranked the right product first 32 of 32 times ("three_quarter": 14 of 16, once 5th, once 9th). The test, on 4
 # products x 2 views, asks the top 3 for every query and first for 7 of 8 (chance: 3/16 and 1/16 per query).
 HELD_BACK_VIEWS = ("tilted", "far")
@@ -178,7 +178,7 @@ def test_index_built_switched_and_searchable(indexed_settings, tmp_path):
     deep = searcher.search_vectors(searcher.embed([Image.open(settings.images_dir / row["path"])]), 6)[0]
     assert len({h.product_id for h in deep}) == 6 and deep[0].product_id == row["product_id"]
 
-    # Photos the index never saw (held back: rendered now) of catalogued products find their product.
+    # Photos the index never saw (held back: rendered now) of cataloged products find their product.
     ranks = []
     for design in HELD_BACK_PRODUCTS:
         for view in HELD_BACK_VIEWS:
@@ -193,7 +193,7 @@ def test_index_built_switched_and_searchable(indexed_settings, tmp_path):
 
 # The index step's recorded recall of a deliberately coarse HNSW (M=4, efSearch=4; the defaults, M=32 and
 # efSearch=128, find every neighbour of 134 photos: recall 1.000, which a recall comparing exact with exact would
-# also read) over the indexed catalogue (134 photos): measured 0.855 (M=8/ef=4: 0.898, M=4/ef=2: 0.723).
+# also read) over the indexed catalog (134 photos): measured 0.855 (M=8/ef=4: 0.898, M=4/ef=2: 0.723).
 # Bounds: +- 0.05.
 COARSE_HNSW = {"hnsw_m": 4, "hnsw_ef_search": 4}
 COARSE_HNSW_RECALL = (0.855, 0.05)
@@ -267,7 +267,7 @@ def test_baseline_gate_serves_the_better_descriptor_of_one_evaluation(indexed_se
 
 
 # IVF-PQ through the index step, at the defaults (SQ8 refinement of 8x candidates, nprobe 32) except two values,
-# because the test catalogue has 134 photos: exact_max_vectors=10 (else search stays exact up to 200k) and
+# because the test catalog has 134 photos: exact_max_vectors=10 (else search stays exact up to 200k) and
 # pq_bits=1 (PQ trains 2**pq_bits codewords on >= 39 points each: 8 bits need 9,984 vectors, 1 bit needs 78).
 # Recall@10 vs exact measured over the 134 photos: PQ alone 0.575 (1-bit codes are coarse), with the default SQ8
 # refinement 0.996 -- so a step that dropped the refinement, or wrote a constant, fails. Bounds: +- 0.05.
@@ -319,9 +319,9 @@ def eer_threshold(vectors: np.ndarray, products: list[str]) -> float:
     return float(candidates[np.argmin([abs((right < t).mean() - (wrong >= t).mean()) for t in candidates])])
 
 
-def test_confident_match_threshold_is_calibrated_on_the_catalogue(indexed_settings, tmp_path):
+def test_confident_match_threshold_is_calibrated_on_the_catalog(indexed_settings, tmp_path):
     """The index records the score where right and wrong best matches cross (recomputed here by brute force);
-    held-back views of catalogued shoes mostly beat it (measured 7 of 8), photos of no shoe never do (a
+    held-back views of cataloged shoes mostly beat it (measured 7 of 8), photos of no shoe never do (a
     building and a flower: 0.38 and 0.41 against 0.82)."""
     import io
 

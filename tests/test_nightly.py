@@ -92,11 +92,11 @@ def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nig
     kept = wh.query("SELECT count(*) AS n FROM denoise_current WHERE kept").column("n")[0].as_py()
     assert info.n_vectors == kept
 
-    # A catalogued product's front photo finds that product first.
+    # A cataloged product's front photo finds that product first.
     front = wh.query("SELECT product_id, path FROM images_current WHERE position = 0 AND status = 'ok' "
                      "ORDER BY product_id LIMIT 1").to_pylist()[0]
     assert search(settings, settings.images_dir / front["path"], k=3)[0].product_id == front["product_id"]
-    # Photos the shop never showed (held back: rendered now) of catalogued products find their product.
+    # Photos the shop never showed (held back: rendered now) of cataloged products find their product.
     ranks = held_back_ranks(settings, tmp_path, k=3)
     assert sum(r is not None for r in ranks) >= 18 and ranks.count(1) >= 12, ranks
 
@@ -131,7 +131,7 @@ def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nig
     assert [r["index_id"] for r in refused] == [second["index_id"]]
     new_r1, current_r1 = verdict(refused[0]["note"])
     split2 = second["steps"]["split"]
-    assert split2 != first["steps"]["split"]  # the catalogue grew: the current model is re-scored on split 2
+    assert split2 != first["steps"]["split"]  # the catalog grew: the current model is re-scored on split 2
     assert wh.query("SELECT count(*) AS n FROM splits WHERE run_id = ? AND split = 'test'", [split2]).column(0)[0].as_py() >= 5
     trained_r1 = {e["variant"]: e["recall_at_1"] for e in second["evaluations"]}["trained"]
     assert new_r1 == pytest.approx(trained_r1, abs=1e-4)  # the candidate's evaluated test Recall@1

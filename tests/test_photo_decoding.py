@@ -1,7 +1,7 @@
 """Decoding untrusted photos (issue 25, items 1, 6, 22), on photos made by the tests:
 
 * a progressive JPEG whose last scan repeats is refused from its header, in every path (store, API check,
-  catalogue loading, the GPU path's JPEG test), before a decoder spends minutes on it;
+  catalog loading, the GPU path's JPEG test), before a decoder spends minutes on it;
 * a decode that passes the header checks but uses more than its CPU-time bound is killed and reported as a
   ``bomb`` (store, and the API over HTTP, where a normal search keeps working beside two such uploads);
 * an MPO (a JPEG with an MPF block, as phones write) is read as a JPEG: its first frame, everywhere;
@@ -63,7 +63,7 @@ def test_a_jpeg_of_many_scans_is_refused_from_its_header_everywhere(tmp_path):
     with pytest.raises(BadPhoto, match=r"bomb.*more than 100 JPEG scans"):
         check_photo(data, upload_limits(Settings.load(home=tmp_path / "home")))
     path = tmp_path / "stored.jpg"
-    path.write_bytes(data)  # stored before the header check existed: the catalogue's loaders refuse it too
+    path.write_bytes(data)  # stored before the header check existed: the catalog's loaders refuse it too
     with pytest.raises(PhotoError, match="more than 100 JPEG scans"):
         read_photo(path, 224, MEAN, STD, 40_000_000)
     assert not is_upright_jpeg(data)  # so the GPU path hands it to the CPU path, which refuses it
@@ -135,12 +135,12 @@ def test_an_mpo_photo_is_ingested_as_a_jpeg_and_a_many_scan_jpeg_is_counted_as_a
     from tasks.ingest import ingest_catalog
     from warehouse import open_warehouse
 
-    folder = tmp_path / "catalogue" / "phone-shoe"
+    folder = tmp_path / "catalog" / "phone-shoe"
     folder.mkdir(parents=True)
     (folder / "01.jpg").write_bytes(mpo())
     (folder / "02.jpg").write_bytes(progressive_jpeg(3000, 1200))
     settings = Settings.load(home=tmp_path / "home")
-    ingest_catalog(settings, tmp_path / "catalogue", name="phones")
+    ingest_catalog(settings, tmp_path / "catalog", name="phones")
     rows = open_warehouse(settings).query("SELECT position, status, reason, path FROM images ORDER BY position").to_pylist()
     assert [(r["status"], r["path"] is not None) for r in rows] == [("ok", True), ("bomb", False)], rows
     assert rows[0]["path"].endswith(".jpg") and "more than 100 JPEG scans" in rows[1]["reason"]

@@ -163,8 +163,8 @@ WRITERS = {"ingest", "index", "embed", "denoise", "train", "evaluate", "catalog"
 class Built:
     home: Path
     work: Path  # read-only examples run here: data -> home, photo.jpg, ../my_photos
-    catalogue: Path
-    photo: Path  # a catalogued photo (position 0) of ``photo_product``
+    catalog: Path
+    photo: Path  # a cataloged photo (position 0) of ``photo_product``
     photo_product: str
     values: dict  # placeholder -> real value
     n_products: int
@@ -179,7 +179,7 @@ def built(tmp_path_factory, indexed_home, synthetic_catalog) -> Built:
     from tasks.denoise import denoise
     from tests.fixtures_search import search_settings
     from warehouse import open_warehouse
-    from warehouse.catalog import write_catalog
+    from warehouse.views import write_views_file
 
     root = tmp_path_factory.mktemp("readme")
     home = root / "home"
@@ -187,7 +187,7 @@ def built(tmp_path_factory, indexed_home, synthetic_catalog) -> Built:
     settings = search_settings(home)
     denoise_run = denoise(settings)  # the index's ImageNet embeddings are reused: nothing to embed
     wh = open_warehouse(settings)
-    write_catalog(wh, settings.snapshot_path, materialize=True)
+    write_views_file(wh, settings.snapshot_path, materialize=True)
     front = wh.query("SELECT product_id, path FROM images_current WHERE position = 0 AND status = 'ok' "
                      "ORDER BY product_id LIMIT 1").to_pylist()[0]
     photo = settings.images_dir / front["path"]
@@ -198,7 +198,7 @@ def built(tmp_path_factory, indexed_home, synthetic_catalog) -> Built:
                                 (SELECT count(*) FROM images_current) AS photos,
                                 (SELECT count(*) FROM denoise_current WHERE NOT kept) AS dropped""").to_pylist()[0]
     values = {"RUN_ID": denoise_run, "INDEX_ID": current_index_id(settings), "IMAGE_ID": image_id.as_py(),
-              "PHOTO": "photo.jpg", "CATALOGUE": str(synthetic_catalog),
+              "PHOTO": "photo.jpg", "CATALOG": str(synthetic_catalog),
               "...": "SELECT count(*) AS photos FROM images_current"}
     b = Built(home, root / "ro" / "work", synthetic_catalog, photo, front["product_id"], values,
               counts["products"], counts["photos"], counts["dropped"])
@@ -215,7 +215,7 @@ def make_workdir(b: Built, base: Path, copy: bool) -> Path:
     else:
         (work / "data").symlink_to(b.home)
     shutil.copy(b.photo, work / "photo.jpg")
-    (base / "my_photos").symlink_to(b.catalogue)
+    (base / "my_photos").symlink_to(b.catalog)
     return work
 
 
@@ -229,7 +229,7 @@ def substitute(ex: Example, values: dict) -> list[str]:
         elif tok.startswith("DIR/"):
             tok = "data/" + tok[len("DIR/"):]
         elif ex.command == "ingest" and tok == "DIR":
-            tok = values["CATALOGUE"]
+            tok = values["CATALOG"]
         elif re.fullmatch(r"jd:\d+#\d+", tok):
             tok = values["IMAGE_ID"]
         elif PLACEHOLDER.match(tok):

@@ -236,7 +236,7 @@ def test_home_argument_env_and_default(tmp_path, monkeypatch):
     h = s.home
     assert (s.warehouse_dir, s.images_dir, s.crawl_dir, s.models_dir, s.indexes_dir, s.reports_dir) == (
         h / "warehouse", h / "images", h / "crawl", h / "models", h / "indexes", h / "reports")
-    assert (s.catalog_path, s.snapshot_path, s.config_path) == (
+    assert (s.views_path, s.snapshot_path, s.config_path) == (
         h / "catalog.duckdb", h / "snapshot.duckdb", h / "shoesearch.toml")
 
 

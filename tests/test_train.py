@@ -1,4 +1,4 @@
-"""End to end on a small synthetic catalogue: split -> k-means -> train -> evaluate (CPU).
+"""End to end on a small synthetic catalog: split -> k-means -> train -> evaluate (CPU).
 
 One module-scoped home and one trained model serve every test here; the extra training runs
 (resume, warm start, the Prefect flow) are short, so the whole file stays within its CI budget.
@@ -33,7 +33,7 @@ SHORT = {**SMALL, "train.epochs": 2, "train.queries_per_epoch": 16}  # the extra
 
 @pytest.fixture(scope="module")
 def train_home(tmp_path_factory):
-    """A home with a small synthetic catalogue ingested (raw photos: no denoise run)."""
+    """A home with a small synthetic catalog ingested (raw photos: no denoise run)."""
     from core.settings import Settings
     from demo_shop.synthetic import generate_catalog
     from tasks.ingest import ingest_catalog

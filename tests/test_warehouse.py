@@ -178,7 +178,7 @@ def test_sql_reader_while_another_process_appends(settings):
     # And the catalog file opens in the duckdb CLI while nothing else holds it.
     duckdb_cli = Path(sys.executable).with_name("duckdb")
     if duckdb_cli.exists():
-        res = subprocess.run([str(duckdb_cli), "-readonly", "-csv", str(settings.catalog_path), "-c",
+        res = subprocess.run([str(duckdb_cli), "-readonly", "-csv", str(settings.views_path), "-c",
                               "SELECT count(*) AS n FROM images"], capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
         assert res.stdout.split() == ["n", "2000"]
@@ -221,7 +221,7 @@ def test_settings_layering(tmp_path, monkeypatch):
 
 def test_integer_keys_are_filled_and_snapshot_is_a_stable_copy(settings):
     from warehouse import key_of
-    from warehouse.catalog import write_catalog
+    from warehouse.views import write_views_file
 
     wh = open_warehouse(settings)
     wh.write("r1", {"products": [product("c:1", brand="Nike")],
@@ -229,7 +229,7 @@ def test_integer_keys_are_filled_and_snapshot_is_a_stable_copy(settings):
     row = wh.query("SELECT i.image_key, i.product_key, p.product_key AS pk FROM images i JOIN products p "
                    "USING (product_key)").to_pylist()[0]
     assert row == {"image_key": key_of("c:1#0"), "product_key": key_of("c:1"), "pk": key_of("c:1")}
-    write_catalog(wh, settings.snapshot_path, materialize=True)
+    write_views_file(wh, settings.snapshot_path, materialize=True)
     wh.write("r2", {"products": [product("c:2")]})
     snap = run_cli("sql", "--snapshot", "SELECT count(*) AS n FROM products_current", "--format", "csv", home=settings.home)
     live = run_cli("sql", "SELECT count(*) AS n FROM products_current", "--format", "csv", home=settings.home)

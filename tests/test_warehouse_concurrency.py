@@ -194,17 +194,17 @@ def test_two_concurrent_ingests_of_one_folder_write_each_product_once(settings, 
 
     if not Path("/proc/locks").exists():
         pytest.skip("needs /proc/locks to see both ingests wait")
-    catalogue = tmp_path / "catalogue"
+    catalog = tmp_path / "catalog"
     for p in range(6):
-        (catalogue / f"shoe{p}").mkdir(parents=True)
+        (catalog / f"shoe{p}").mkdir(parents=True)
         for i in range(3):
-            Image.new("RGB", (64, 64), (40 * p, 30 * i, 90)).save(catalogue / f"shoe{p}" / f"{i}.jpg")
+            Image.new("RGB", (64, 64), (40 * p, 30 * i, 90)).save(catalog / f"shoe{p}" / f"{i}.jpg")
     wh = open_warehouse(settings)
     procs = []
     # Hold the staging lock (every open takes it) until both ingests wait on a lock, then let them race.
     with file_lock(wh.root / ".staging.lock"):
         for _ in range(2):
-            procs.append(subprocess.Popen([*CLI, "ingest", str(catalogue)], cwd=REPO, env=env_for(settings.home),
+            procs.append(subprocess.Popen([*CLI, "ingest", str(catalog)], cwd=REPO, env=env_for(settings.home),
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         deadline = time.monotonic() + 180
         while _blocked_on_a_flock([p.pid for p in procs]) != {p.pid for p in procs}:

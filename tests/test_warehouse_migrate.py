@@ -52,10 +52,10 @@ def keyless_files(root: Path) -> list[Path]:
             if not set(KEY_SOURCES) & set(pq.read_schema(part).names)]
 
 
-def tiny_catalogue(tmp_path: Path) -> Path:
+def tiny_catalog(tmp_path: Path) -> Path:
     from PIL import Image
 
-    folder = tmp_path / "catalogue" / "boot"
+    folder = tmp_path / "catalog" / "boot"
     folder.mkdir(parents=True)
     for i in range(2):
         Image.new("RGB", (64, 64), (90, 20 * i, 20)).save(folder / f"{i}.jpg")
@@ -71,7 +71,7 @@ def test_old_home_is_upgraded_on_open_and_every_command_works(first, settings, t
         "tables": ["tables", "--format", "json"],
         "sql": ["sql", "SELECT count(*) AS n FROM images_current i JOIN denoise_current d USING (image_key) "
                 "JOIN products_current p ON p.product_key = i.product_key WHERE d.kept", "--format", "csv"],
-        "ingest": ["ingest", str(tiny_catalogue(tmp_path))],
+        "ingest": ["ingest", str(tiny_catalog(tmp_path))],
     }
     for name in [first] + [c for c in commands if c != first]:  # whichever opens the old home first
         res = run_cli(*commands[name], home=settings.home)

@@ -4,7 +4,7 @@
 
 * ``"denoised"``: photos the latest denoise run kept (``denoise_current.kept``);
 * ``"raw"``: every stored photo (``images_current.status = 'ok'``), noise included;
-* ``"auto"``: denoised when a denoise run exists, raw otherwise (so training works on a catalogue
+* ``"auto"``: denoised when a denoise run exists, raw otherwise (so training works on a catalog
   that was never denoised, and says so in the run parameters).
 """
 
@@ -21,7 +21,7 @@ from models.device import forward
 from models.netvlad_model import unwrap  # noqa: F401 - the loop modules take it from here
 from photos.loading import PhotoDataset, batches, make_loader  # noqa: F401 - PhotoDataset is used from here
 from warehouse import latest_run
-from warehouse.catalog import DENOISE_OF_RUN
+from warehouse.views import DENOISE_OF_RUN
 
 PHOTO_SETS = ("auto", "raw", "denoised")
 

@@ -30,7 +30,7 @@ def fit_whitening(net, inputs: Dataset, settings, device: torch.device) -> None:
         return
     net.eval()
     cap = settings.train.whitening_photos
-    if len(inputs) > cap:  # N x K*D floats: a seeded sample bounds memory on big catalogues
+    if len(inputs) > cap:  # N x K*D floats: a seeded sample bounds memory on big catalogs
         pick = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(settings.train.seed))[:cap]
         inputs = Subset(inputs, sorted(pick.tolist()))
     vlad = embed_dataset(lambda x: net(x, whiten=False), inputs, settings.train.batch_size * 4,

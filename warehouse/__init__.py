@@ -25,7 +25,7 @@ def require_home(settings) -> None:
     """Refuse, creating nothing, a home whose ``warehouse/`` does not exist (read-only commands call this).
 
     Writers (crawl, ingest, embed, ...) create the home instead; readers must not, or a typo in
-    ``--home`` would leave an empty home behind and answer as if the catalogue were empty.
+    ``--home`` would leave an empty home behind and answer as if the catalog were empty.
     """
     if not settings.warehouse_dir.is_dir():
         raise MissingHome(settings.home)
@@ -36,7 +36,7 @@ def open_warehouse(settings, must_exist: bool = False) -> Warehouse:
 
     A missing home is created, unless ``must_exist`` (read-only commands): then :class:`MissingHome`.
     """
-    from warehouse.catalog import write_catalog
+    from warehouse.views import write_views_file
 
     if must_exist:
         require_home(settings)
@@ -44,9 +44,9 @@ def open_warehouse(settings, must_exist: bool = False) -> Warehouse:
     sql_path = settings.home / "catalog.sql"
     stale = not sql_path.exists() or wh.glob("runs") not in sql_path.read_text(encoding="utf-8")
     # A read-only home is read as committed; its catalog file is rewritten by the next writer.
-    if not wh.read_only and (stale or wh.migrated or not settings.catalog_path.exists()):  # missing, moved, upgraded
+    if not wh.read_only and (stale or wh.migrated or not settings.views_path.exists()):  # missing, moved, upgraded
         try:
-            write_catalog(wh, settings.catalog_path, sql_path)
+            write_views_file(wh, settings.views_path, sql_path)
         except UnreadableFile:  # reported by the queries that need that table; the next open retries
             pass
     wh.effective_settings = settings.as_overrides()

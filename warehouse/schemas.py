@@ -12,10 +12,10 @@ import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
 # Integer surrogate keys, filled in automatically from the id they name (see ``conform.key_of``):
-# joins on 64-bit integers are several times cheaper than on strings at catalogue scale.
+# joins on 64-bit integers are several times cheaper than on strings at catalog scale.
 KEY_SOURCES = {"product_key": "product_id", "image_key": "image_id"}
 JSON = pa.string()  # JSON documents are stored as text; DuckDB's json functions read them
-# Numbers a source quotes (a shop's price API, a catalogue's products.json) where "unknown" is null: NaN and
+# Numbers a source quotes (a shop's price API, a catalog's products.json) where "unknown" is null: NaN and
 # infinities (JSON's NaN / Infinity, 1e999, a price API's "inf") are stored as null and counted (``conform``),
 # rather than refusing the product or storing a number no page, JSON reader or sum can use.
 NULL_IF_NOT_FINITE = {"products": ("price", "list_price")}

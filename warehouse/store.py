@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from core.errors import ShoesearchError
 from core.files import atomic_path, atomic_write_text, fsync_file
-from warehouse.catalog import UnreadableFile, check_query, unreadable  # noqa: F401 - UnreadableFile re-exported
+from warehouse.views import UnreadableFile, check_query, unreadable  # noqa: F401 - UnreadableFile re-exported
 from warehouse.conform import SchemaError, conform, key_of  # noqa: F401 - re-exported (cli, crawlers)
 from warehouse.locks import HeldLock, file_lock, pid_alive, take_if_abandoned  # noqa: F401 - file_lock re-exported
 from warehouse.schemas import TABLES
@@ -255,11 +255,11 @@ class Warehouse:
 
         ``confined`` (for SQL typed by a user): the connection reads files under the warehouse
         directory only, and its settings (with ``limits``) are locked so a query cannot lift that
-        (see ``catalog.confine``).
+        (see ``views.confine``).
         """
         import duckdb
 
-        from warehouse.catalog import confine, create_views
+        from warehouse.views import confine, create_views
 
         con = duckdb.connect(":memory:")
         self.broken = create_views(con, self)  # a table with an unreadable file is left out: see check_query

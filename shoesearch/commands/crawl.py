@@ -6,14 +6,14 @@ from __future__ import annotations
 def register(sub) -> None:
     shop = sub.add_parser("shop", help="the JD-structured demo shop (local crawl target)")
     shop_sub = shop.add_subparsers(dest="shop_command", metavar="SUBCOMMAND")
-    p = shop_sub.add_parser("serve", help="serve a catalogue folder or synthetic products as a JD-like site")
+    p = shop_sub.add_parser("serve", help="serve a catalog folder or synthetic products as a JD-like site")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--catalog", metavar="DIR", help="DIR/<product>/<photos> (+ optional labels.csv, products.json)")
     src.add_argument("--synthetic", type=int, metavar="N", help="N generated shoe products (default 200)")
     p.add_argument("--port", type=int, help="port (default: settings crawl.shop_port)")
     p.add_argument("--host", help="address (default: settings crawl.shop_host, loopback)")
     p.add_argument("--noise-rate", type=float, default=None,
-                   help="fraction of gallery photos that are noise (synthetic default 0.2, catalogue default 0)")
+                   help="fraction of gallery photos that are noise (synthetic default 0.2, catalog default 0)")
     p.add_argument("--faults", action="append", default=[], metavar="NAME[=N]",
                    help="misbehave for tests, e.g. captcha=5,5xx=2,layout=2 (see docs/crawling.md)")
     p.add_argument("--page-size", type=int, help="items per result page (default: crawl.shop_page_size = 60)")
@@ -40,9 +40,9 @@ def register(sub) -> None:
     p.add_argument("--max-pages", type=int)
     p.set_defaults(func=cmd_crawl)
 
-    p = sub.add_parser("ingest", help="load a local catalogue folder DIR/<product>/<photos> into products/images")
+    p = sub.add_parser("ingest", help="load a local catalog folder DIR/<product>/<photos> into products/images")
     p.add_argument("dir")
-    p.add_argument("--name", help="catalogue name used in product ids (default: the folder name)")
+    p.add_argument("--name", help="catalog name used in product ids (default: the folder name)")
     p.set_defaults(func=cmd_ingest)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("index", help="embed the catalogue with a model, build a faiss index and make it current")
+    p = sub.add_parser("index", help="embed the catalog with a model, build a faiss index and make it current")
     p.add_argument("--model", help="trained model id or imagenet:<backbone> (default: newest trained model)")
     p.add_argument("--no-gate", action="store_true", help="switch even if the model's test Recall@1 is lower")
     p.set_defaults(func=cmd_index)
@@ -59,7 +59,7 @@ def cmd_search(args, settings) -> int:
     print(format_table(table, args.format) if hits else "no products found")
     if hits and hits[0].confident is False and args.format == "table":
         threshold = get_searcher(settings).match_threshold
-        print(f"no confident match: the best score, {hits[0].score:.3f}, is below {threshold:.3f} (what catalogue "
+        print(f"no confident match: the best score, {hits[0].score:.3f}, is below {threshold:.3f} (what catalog "
               "photos score with a wrong product); these are the closest products anyway")
     return 0
 

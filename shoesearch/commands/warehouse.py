@@ -136,7 +136,7 @@ def cmd_sql(args, settings) -> int:
 
     from shoesearch.bounded import run_bounded
     from warehouse import open_warehouse
-    from warehouse.catalog import check_query, confine, unreadable
+    from warehouse.views import check_query, confine, unreadable
 
     statement = parse_read_only(args.query)  # before touching the home: a bad query changes nothing
     if args.max_rows < 0:
@@ -197,14 +197,14 @@ def cmd_lineage(args, settings) -> int:
 
 def cmd_catalog(args, settings) -> int:
     from warehouse import open_warehouse
-    from warehouse.catalog import write_catalog
+    from warehouse.views import write_views_file
 
     wh = open_warehouse(settings, must_exist=True)  # writes inside a home, never creates one
-    path = write_catalog(wh, settings.catalog_path, settings.home / "catalog.sql")
+    path = write_views_file(wh, settings.views_path, settings.home / "catalog.sql")
     print(f"wrote {path} (views over the live Parquet files) and {settings.home / 'catalog.sql'}")
     print(f"open it with:  duckdb -readonly {path}")
     if args.snapshot:
-        snap = write_catalog(wh, settings.snapshot_path, materialize=True)
+        snap = write_views_file(wh, settings.snapshot_path, materialize=True)
         print(f"wrote {snap} (tables copied as of now; rerun to refresh)")
     return 0
 

@@ -1,4 +1,4 @@
-"""DuckDB views over the Parquet tables, and a re-creatable catalog file for other tools.
+"""DuckDB views over the Parquet tables, and a re-creatable views file for other tools (``catalog.duckdb``).
 
 ``shoesearch sql`` uses an in-memory DuckDB connection with these views, so it never locks
 anything. ``catalog.duckdb`` (and ``catalog.sql``) hold the same views with absolute paths for
@@ -162,7 +162,7 @@ def confine(con, directories: list[Path], limits: dict[str, str] | None = None) 
     con.execute("SET lock_configuration = true")
 
 
-def write_catalog(warehouse, db_path: Path, sql_path: Path | None = None, materialize: bool = False) -> Path:
+def write_views_file(warehouse, db_path: Path, sql_path: Path | None = None, materialize: bool = False) -> Path:
     """(Re)create the catalog database atomically; also write the view statements as a .sql file."""
     import duckdb
 
