@@ -3,13 +3,18 @@
 The ratio shows the data-loading and bookkeeping overhead. Photos: the synthetic shop at
 800x800 JPEG (the size of real JD gallery photos). Prints a table, writes bench/results/embed.json.
 
-    .venv/bin/python bench/embed.py [--products 24] [--backbone efficientnet_lite0]
+    .venv/bin/python bench/embed.py [--products 24] [--backbone efficientnet_lite0] [--engine ray]
+
+``--engine ray`` also embeds the same photos on a local Ray cluster (``ray.num_cpus``, default 2 workers' worth)
+in the same run: local vs Ray img/s, the cluster's start-up apart, and the largest vector difference; writes
+bench/results/embed-engines.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -27,6 +32,8 @@ def main() -> None:
     ap.add_argument("--products", type=int, default=24)
     ap.add_argument("--photo-size", type=int, default=800)
     ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--engine", choices=["local", "ray"], default="local")
+    ap.add_argument("--ray-cpus", type=int, default=2)
     args = ap.parse_args()
 
     from core.settings import Settings
@@ -42,6 +49,8 @@ def main() -> None:
         catalog = generate_catalog(Path(tmp) / "cat", args.products, noise_rate=0.2, seed=0, image_size=args.photo_size)
         settings = Settings.load(home=Path(tmp) / "home", overrides={"embed.backbone": args.backbone})
         ingest_catalog(settings, catalog, name="bench")
+        if args.engine == "ray":
+            shutil.copytree(settings.home, Path(tmp) / "ray-home")
         wh = open_warehouse(settings)
         paths = [settings.images_dir / r["path"] for r in wh.query(
             "SELECT DISTINCT path FROM images_current WHERE status = 'ok'").to_pylist()]
@@ -67,6 +76,10 @@ def main() -> None:
             if cuda:
                 torch.cuda.synchronize()
             bare_s = time.perf_counter() - started
+        if args.engine == "ray":
+            engines = compare_engines(settings, Settings.load(
+                home=Path(tmp) / "ray-home", overrides={"embed.backbone": args.backbone, "compute.engine": "ray",
+                                                        "ray.num_cpus": args.ray_cpus}), len(paths) / task_s)
 
     n = len(paths)
     result = {
@@ -81,6 +94,35 @@ def main() -> None:
     print(f"{'bare forward (same tensors)':<32}{result['bare_forward_img_per_s']:>10.1f}")
     print(f"ratio task / bare: {result['task_vs_bare_ratio']:.2f}  ({n} photos, {device}, {args.backbone})")
     write_result(result, "embed.json")
+    if args.engine == "ray":
+        print(f"{'engine':<32}{'img/s':>10}")
+        print(f"{'local (DataLoader workers)':<32}{engines['local_img_per_s']:>10.1f}")
+        print(f"{'ray (' + str(args.ray_cpus) + ' CPUs, local cluster)':<32}{engines['ray_img_per_s']:>10.1f}")
+        print(f"ray cluster start {engines['ray_start_s']:.1f} s (paid once per process); largest vector difference "
+              f"{engines['max_abs_diff']:.1e}")
+        write_result({**engines, "photos": n, "backbone": args.backbone, "ray_cpus": args.ray_cpus,
+                      "machine": result["machine"]}, "embed-engines.json")
+
+
+def compare_engines(local, ray_settings, local_img_per_s: float) -> dict:
+    """Embed the same photos on a local Ray cluster; the cluster's start-up is timed apart from the embedding."""
+    import numpy as np
+
+    from embedding.ray_engine import connect
+    from embedding.vectors import embed_images
+    from warehouse import open_warehouse
+
+    started = time.perf_counter()
+    connect(ray_settings)
+    start_s = time.perf_counter() - started
+    started = time.perf_counter()
+    embed_images(ray_settings)
+    ray_s = time.perf_counter() - started
+    rows = [{r["sha1"]: np.asarray(r["vector"]) for r in open_warehouse(s).query(
+        "SELECT sha1, vector FROM embeddings").to_pylist()} for s in (local, ray_settings)]
+    diff = max(float(np.abs(rows[0][k] - rows[1][k]).max()) for k in rows[0])
+    return {"local_img_per_s": local_img_per_s, "ray_img_per_s": len(rows[1]) / ray_s, "ray_start_s": start_s,
+            "max_abs_diff": diff, "same_pictures": sorted(rows[0]) == sorted(rows[1])}
 
 
 if __name__ == "__main__":

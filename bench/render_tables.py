@@ -38,6 +38,8 @@ SECTIONS: tuple[tuple[str, str, str, Callable[[Path], list[str]]], ...] = (
     ("Crawl", "crawl.py", "", perf.crawl),
     ("Embedding", "embed.py", "`embed-f16d00e.json` is the same command run in a `git worktree` of commit f16d00e "
      "(before the hardening of issue 25), its `embed.json` renamed.", perf.embed),
+    ("Embedding engines", "embed.py", "`bench/embed.py --engine ray`: the local engine and Ray Data on the same "
+     "photos in one run; the Ray cluster's start-up is paid once per process.", perf.embed_engines),
     ("API search latency", "api_search.py", "", perf.api_search),
     ("Search index", "search.py", "", perf.search),
     ("Training throughput", "train.py", "", perf.train),

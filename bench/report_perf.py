@@ -75,6 +75,15 @@ def embed(results: Path) -> list[str]:
                   for name, what, r in rows]
 
 
+@from_json("embed-engines.json")
+def embed_engines(r: dict) -> list[str]:
+    return [f"`bench/results/embed-engines.json`: {r['photos']} photos, {r['backbone']}, {r['machine']}; the same "
+            f"photos embedded by each engine in one run (vectors equal within {r['max_abs_diff']:.1e})", "",
+            "| engine | img/s | start-up s |", "|---|---:|---:|",
+            f"| local (DataLoader workers) | {r['local_img_per_s']:.1f} | - |",
+            f"| Ray Data, local cluster of {r['ray_cpus']} CPUs | {r['ray_img_per_s']:.1f} | {r['ray_start_s']:.1f} |"]
+
+
 @from_json("api_search.json")
 def api_search(r: dict) -> list[str]:
     out = [f"`bench/results/api_search.json`: {r['products']} products, {r['photos']} photos, {r['rounds']} rounds "

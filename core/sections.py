@@ -208,6 +208,9 @@ class TrainSettings(_Section):
     split_fractions: tuple[Fraction, Fraction, Fraction] = (0.7, 0.1, 0.2)  # train / val / test products
     seed: Seed = 0
     device: str = "auto"
+    # Training processes (DDP, docs/training.md): 0 = one per GPU when there are several, else one; > 1 on CPUs
+    # runs that many gloo processes (each with its share of the queries and a copy of the model).
+    processes: Count0 = 0
     num_workers: Count0 = 2
     amp: bool = True  # bf16 autocast on GPU
 
@@ -246,6 +249,11 @@ class IndexSettings(_Section):
     recall_sample: Count = 1000  # queries used to measure approximate-vs-exact recall
     recall_k: Count = 10  # recall@k of the approximate index vs exact search
     keep_indexes: Count = 3  # index directories kept on disk (the current one always is)
+    # Update the current index (same model and kind) with the photos added and removed since, instead of
+    # rebuilding it; rebuilt once the photos added + removed since its last full build exceed this fraction of
+    # what that build held (the IVF/PQ quantisers were trained on that catalog; tombstones cost memory).
+    incremental: bool = True
+    max_delta_fraction: Fraction = 0.2
     seed: Seed = 0
 
 
@@ -285,6 +293,13 @@ class ScheduleSettings(_Section):
     # The nightly indexes the off-the-shelf ImageNet descriptor instead of the trained model when that scores a
     # higher test Recall@1 on the same photos (measured on footwear-dev: it does, bench/REPORT.md "Retrieval quality").
     baseline_gate: bool = True
+    # Retrain on a policy, not every night (tasks.nightly.retrain_decision): when the products changed by more
+    # than this share since the serving model's training split, or the model is older than this many days.
+    # A night that does not train updates the index with what changed (index.incremental). 10 %: new products
+    # are searchable the same night either way; retraining for a few percent of new products costs a training
+    # run (hours at 500k photos on a GPU, docs/scale.md) for little change in what the model has seen.
+    retrain_change: Fraction = 0.1
+    retrain_after_days: NonNegative = 7.0
     task_retries: Count0 = 2  # retries of steps that talk to the network or disk (crawl, embed, index)
     retry_delay_s: NonNegative = 60.0  # wait between retries: a flaky site or full disk may recover
 
@@ -307,6 +322,22 @@ class SqlSettings(_Section):
     timeout_s: NonNegative = 300.0
 
 
+@_section
+class ComputeSettings(_Section):
+    # Where the heavy steps run: "local" (this process and its DataLoader workers) or "ray" (a Ray cluster:
+    # decoding on CPU tasks, the model on an actor pool, one per GPU; crawl shards as Ray tasks). The warehouse
+    # rows are the same whichever ran them (docs/scale.md).
+    engine: Literal["local", "ray"] = "local"
+
+
+@_section
+class RaySettings(_Section):
+    address: str = ""  # "auto" (the cluster this machine belongs to), "ray://host:10001", or "" = start a local one
+    num_cpus: Count0 = 0  # CPUs of a local cluster started here (0 = all of this machine's)
+    embed_actors: Count0 = 0  # model replicas (0 = one per GPU of the cluster, else one per 2 CPUs, at least 1)
+    decode_batch_size: Count = 64  # photos per decode task: big enough to amortise a task, small enough to stream
+
+
 SECTIONS = {
     "crawl": CrawlSettings,
     "embed": EmbedSettings,
@@ -316,4 +347,6 @@ SECTIONS = {
     "api": ApiSettings,
     "schedule": ScheduleSettings,
     "sql": SqlSettings,
+    "compute": ComputeSettings,
+    "ray": RaySettings,
 }

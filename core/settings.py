@@ -47,10 +47,12 @@ from core.sections import (  # noqa: F401 - the sections are imported from here 
     SECTIONS,
     ApiSettings,
     BadSettingValue,
+    ComputeSettings,
     CrawlSettings,
     DenoiseSettings,
     EmbedSettings,
     IndexSettings,
+    RaySettings,
     ScheduleSettings,
     SqlSettings,
     TrainSettings,
@@ -94,6 +96,8 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     sql: SqlSettings = Field(default_factory=SqlSettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
 
     @field_validator("home")
     @classmethod

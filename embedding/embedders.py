@@ -8,6 +8,9 @@ there is one).
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from models.device import pick_device
 from models.embedder_spec import default_spec, embedder_model_id, load_embedder
 from models.netvlad_model import load_trained_embedder
@@ -31,3 +34,10 @@ def model_id_of(settings, spec: str | None = None) -> str:
     if ":" in spec:
         return embedder_model_id(spec, settings)
     return model_row(open_warehouse(settings), spec, TRAINED)["model_id"]
+
+
+def embed_batch(embedder, x: torch.Tensor) -> np.ndarray:
+    """One forward pass -> float32 numpy vectors (empty batches allowed)."""
+    if x.shape[0] == 0:
+        return np.zeros((0, embedder.dim), np.float32)
+    return embedder(x).float().cpu().numpy()

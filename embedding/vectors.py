@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from core.errors import ShoesearchError
 from core.finite import require_finite
-from embedding.embedders import model_id_of, open_embedder
+from embedding.embedders import embed_batch, model_id_of, open_embedder
 from models.device import autocast, fast_input, on_device, pick_device
 from photos.decoding import MAX_SCANS
 from photos.loading import PhotoBytes, PhotoTensors, batches, is_upright_jpeg, make_loader
@@ -115,43 +115,37 @@ def embed_images(settings, model_spec: str | None = None, image_ids: list[str] |
         if p["sha1"] not in done and p["sha1"] not in todo:
             todo[p["sha1"]] = p
     embedder = open_embedder(settings, model_spec) if todo else None
-    params = {"model_spec": model_spec, "model_id": model_id, "device": str(device),
+    params = {"model_spec": model_spec, "model_id": model_id, "device": str(device), "engine": settings.compute.engine,
               "image_size": embedder.image_size if embedder else None, "photos": len(photos), "to_embed": len(todo)}
     inputs = sorted({p["run_id"] for p in photos})
     with start_run(wh, step="embed", params=params, inputs=inputs) as run:
-        run.message = _embed_pending(run, list(todo.values()), embedder, settings, device)
+        run.message = _embed_pending(run, list(todo.values()), embedder, model_spec, settings, device)
     return run.run_id
 
 
-def _embed_pending(run, todo: list[dict], embedder, settings, device: torch.device) -> str:
-    """Embed ``todo`` photos in batches, committing every ``embed.commit_every``; returns a summary."""
+def _embed_pending(run, todo: list[dict], embedder, spec: str | None, settings, device: torch.device) -> str:
+    """Embed ``todo`` photos in batches on ``compute.engine``, committing every ``embed.commit_every``; returns a
+    summary. Both engines give (todo positions, ok flags, vectors of the ok photos) per batch."""
     if not todo:
         return "nothing to embed"
-    embedder = on_device(embedder, device)
-    paths = [settings.images_dir / p["path"] for p in todo]
-    loader, gpu_decode = _loader(paths, embedder, settings, device)
+    if settings.compute.engine == "ray":
+        from embedding.ray_engine import ray_batches
+
+        stream = ray_batches(todo, spec, settings, (embedder.image_size, embedder.mean, embedder.std))
+    else:
+        stream = _local_batches(todo, embedder, settings, device)
     pending: list[tuple[str, str, np.ndarray]] = []
     embedded = unreadable = 0
     started = time.perf_counter()
     bar = tqdm(total=len(todo), unit="img", desc=f"embed {embedder.model_id}", smoothing=0.1)
     try:
-        for batch in batches(loader):
-            if gpu_decode:
-                index, datas, upright = batch
-                x, ok = decode_on_gpu(datas, device, embedder.image_size, embedder.mean, embedder.std, upright,
-                                      settings.crawl.max_image_pixels, settings.crawl.max_image_scans)
-            else:
-                index, x, ok = batch
-            index = torch.as_tensor(index)
-            x = fast_input(x, device)
-            with torch.inference_mode(), autocast(device):
-                vectors = embed_batch(embedder, x[ok.to(x.device)])
+        for rows, ok, vectors in stream:
             require_finite(f"embed: {embedder.model_id} vectors of {len(vectors)} photos", vectors, NOT_FINITE_HINT)
-            for i, vec in zip(index[ok].tolist(), vectors):
+            for i, vec in zip(np.asarray(rows)[ok], vectors):
                 pending.append((todo[i]["image_id"], todo[i]["sha1"], vec))
             embedded += int(ok.sum())
             unreadable += int((~ok).sum())
-            bar.update(len(index))
+            bar.update(len(rows))
             if len(pending) >= settings.embed.commit_every:
                 _commit(run, pending, embedder.model_id)
                 pending = []
@@ -162,11 +156,21 @@ def _embed_pending(run, todo: list[dict], embedder, settings, device: torch.devi
     return f"{embedded} photos embedded ({rate:.1f} img/s), {unreadable} unreadable"
 
 
-def embed_batch(embedder, x: torch.Tensor) -> np.ndarray:
-    """One forward pass -> float32 numpy vectors (empty batches allowed)."""
-    if x.shape[0] == 0:
-        return np.zeros((0, embedder.dim), np.float32)
-    return embedder(x).float().cpu().numpy()
+def _local_batches(todo: list[dict], embedder, settings, device: torch.device):
+    """The local engine: DataLoader workers decode (or nvjpeg on the GPU), this process runs the model."""
+    embedder = on_device(embedder, device)
+    loader, gpu_decode = _loader([settings.images_dir / p["path"] for p in todo], embedder, settings, device)
+    for batch in batches(loader):
+        if gpu_decode:
+            index, datas, upright = batch
+            x, ok = decode_on_gpu(datas, device, embedder.image_size, embedder.mean, embedder.std, upright,
+                                  settings.crawl.max_image_pixels, settings.crawl.max_image_scans)
+        else:
+            index, x, ok = batch
+        x = fast_input(x, device)
+        with torch.inference_mode(), autocast(device):
+            vectors = embed_batch(embedder, x[ok.to(x.device)])
+        yield torch.as_tensor(index).tolist(), ok.cpu().numpy().astype(bool), vectors
 
 
 def _commit(run, pending, model_id: str) -> None:

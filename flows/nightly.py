@@ -1,5 +1,7 @@
 """Prefect flow ``nightly``: crawl -> embed new photos -> denoise (the ``denoise`` flow, as a subflow: its
 second pass uses the served trained model) -> (re)train -> evaluate -> index -> gated switch -> analyst snapshot.
+Training runs on a policy (``tasks.nightly.retrain_decision``: the catalog changed enough, or the model is old);
+a night that does not train updates the current index with what changed and says why it did not train.
 
 Over nights this is the chain denoise -> train -> re-denoise -> retrain: the denoise flow's second pass
 re-judges, with the model that serves (switched in by an earlier night), the products it never trained on
@@ -36,6 +38,7 @@ from tasks.nightly import (
     finished_evaluation_task,
     finished_train_task,
     report_nightly_task,
+    retrain_decision_task,
     warm_start_model_task,
 )
 from tasks.snapshot import refresh_snapshot_task
@@ -53,6 +56,14 @@ def nightly(site: str | None = None, crawl: bool = True, home: str | None = None
     steps["crawl"] = crawl_task.with_options(**retry)(settings, site=site) if crawl else None
     steps["embed"] = embed_images_task.with_options(**retry)(settings, None)
     steps["denoise"] = denoise_flow(**flow_settings(settings), embed_run_id=steps["embed"])
+    decision = retrain_decision_task(settings)
+    if not decision["train"]:  # index what changed with the model that serves; say why nothing trained
+        with index_lock(settings):
+            steps["index"] = build_index_task.with_options(**retry)(settings, decision["serve"])
+            steps["switch"] = switch_index_task(settings, steps["index"])
+        outcome = report_nightly_task(settings, steps, training=decision["reason"])
+        refresh_snapshot_task(settings)
+        return outcome
     steps["split"] = split_for_nightly_task(settings)
     warm = warm_start_model_task(settings)
     steps["train"] = finished_train_task(settings, steps["split"], warm)
@@ -66,6 +77,6 @@ def nightly(site: str | None = None, crawl: bool = True, home: str | None = None
     with index_lock(settings):  # another nightly's or a manual `index`'s build + switch waits (see index_lock)
         steps["index"] = build_index_task.with_options(**retry)(settings, served["model_spec"], steps["evaluate"])
         steps["switch"] = switch_index_task(settings, steps["index"])
-    outcome = report_nightly_task(settings, steps, served["reason"])
+    outcome = report_nightly_task(settings, steps, served["reason"], decision["reason"])
     refresh_snapshot_task(settings)
     return outcome

@@ -119,9 +119,13 @@ def _read_meta(path: Path) -> dict:
 
 
 def _read_mapping(path: Path) -> tuple[list, list, list]:
-    """(image ids, product ids, photo paths) by faiss row."""
+    """(image ids, product ids, photo paths) by faiss row; a row an incremental update removed (``removed``,
+    ``index.incremental``) has no product id: search skips it."""
     mapping = pq.read_table(path).sort_by("row")
-    return tuple(mapping.column(c).to_pylist() for c in ("image_id", "product_id", "path"))
+    image_ids, product_ids, paths = (mapping.column(c).to_pylist() for c in ("image_id", "product_id", "path"))
+    if "removed" in mapping.column_names:
+        product_ids = [None if gone else p for p, gone in zip(product_ids, mapping.column("removed").to_pylist())]
+    return image_ids, product_ids, paths
 
 
 def _read_products(path: Path) -> dict[str, dict]:
@@ -217,7 +221,7 @@ class Searcher:
                 if row < 0:
                     continue
                 product_id = self.product_ids[row]
-                if product_id in seen:
+                if product_id is None or product_id in seen:  # a removed photo, or a product already listed
                     continue
                 seen.add(product_id)
                 product = self.products.get(product_id, {})

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 
+import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from core.errors import ShoesearchError
 from core.finite import require_finite
 from embedding.embedders import open_embedder
-from index.store import INDEX_FILE, current_index_row, index_row, prune_indexes, write_pointer
+from index.store import INDEX_FILE, MAPPING_FILE, current_index_row, index_row, prune_indexes, write_pointer
 from warehouse import open_warehouse, start_run
 from warehouse.models_table import test_recall, test_split
 from warehouse.runs import now
@@ -111,8 +112,10 @@ def switch_index(settings, index_id: str, gate: bool = True) -> str:
     with start_run(wh, step="switch", params={"index_id": index_id, "gate": gate}, inputs=inputs) as run:
         if ok:
             index = faiss.read_index(str(settings.home / built["path"] / INDEX_FILE))  # loads: not half-built
-            if index.ntotal != built["n_vectors"]:
-                raise ShoesearchError(f"index {index_id} holds {index.ntotal} vectors, expected {built['n_vectors']}")
+            rows = pq.ParquetFile(settings.home / built["path"] / MAPPING_FILE).metadata.num_rows  # + removed rows
+            if index.ntotal != rows or rows < built["n_vectors"]:
+                raise ShoesearchError(f"index {index_id} holds {index.ntotal} vectors for {rows} mapping rows, "
+                                      f"expected {built['n_vectors']} photos")
         status = "current" if ok else "refused"
         run.write("indexes", [{**{k: v for k, v in built.items() if k != "run_id"},
                                "status": status, "note": reason, "created_at": now()}])

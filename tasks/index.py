@@ -18,7 +18,8 @@ from core.errors import ShoesearchError
 from embedding.embedders import model_id_of
 from embedding.vectors import embed_images, load_embeddings
 from index.faiss_build import build_faiss, choose_kind, gpu_count, match_calibration, recall_vs_exact, sample_queries
-from index.store import write_index_dir
+from index import incremental
+from index.store import current_index_row, write_index_dir
 from warehouse import latest_run, open_warehouse, start_run
 from warehouse.views import DENOISE_OF_RUN
 from warehouse.locks import step_lock
@@ -87,11 +88,12 @@ def _faiss_with_recall(vectors: np.ndarray, kind: str, cfg, use_gpu: bool):
 
 
 def build_index(settings, model_spec: str | None = None, chosen_by: str | None = None) -> str:
-    """Embed the catalog photos with ``model_spec`` (incrementally) and build a faiss index over them.
+    """Embed the catalog photos with ``model_spec`` (incrementally) and index them; returns the index run id.
 
     ``model_spec``: a trained model id or ``imagenet:<backbone>``; default: the newest trained model.
-    ``chosen_by``: the run that chose this descriptor (the nightly's evaluation), kept in the lineage.
-    Records an ``indexes`` row (status ``built``) and returns the run id, which is also the index id.
+    ``chosen_by``: the run that chose this model (an ``evaluate`` run), recorded in the lineage.
+    With the current index's model and kind, the new index is that index plus the photos added since, minus
+    those removed (``index.incremental``, see ``index.incremental``); else it is built afresh.
     The index is not searched until ``tasks.gate.switch_index`` makes it current.
     """
     cfg = settings.index
@@ -108,23 +110,57 @@ def build_index(settings, model_spec: str | None = None, chosen_by: str | None =
     params = {"model_spec": spec, "model_id": model_id, "kind": kind, "index": json.loads(settings.section_json("index"))}
     with start_run(wh, step="index", params=params, inputs=inputs) as run:
         index_id, use_gpu, dim = run.run_id, gpu_count() > 0, int(vectors.shape[1])
-        print(f"index {index_id}: {kind} over {len(vectors)} photos x {dim} dims "
-              f"of {products.num_rows} products ({'GPU' if use_gpu else 'CPU'})", flush=True)
-        index, recall, note = _faiss_with_recall(vectors, kind, cfg, use_gpu)
-        calibration = match_calibration(index, vectors, mapping.column("product_id").to_pylist(), cfg.recall_sample,
-                                        cfg.seed)
-        print(f"index {index_id}: {note}; confident match above score {calibration['match_threshold']}", flush=True)
+        base = current_index_row(wh) if cfg.incremental else None
+        built = (_updated(settings, base, model_id, kind, vectors, mapping) if base else None) or \
+            _built_afresh(settings, index_id, kind, vectors, mapping, use_gpu)
+        print(f"index {index_id}: {kind} over {len(vectors)} photos x {dim} dims of {products.num_rows} "
+              f"products ({'GPU' if use_gpu else 'CPU'}); {built['note']}", flush=True)
         meta = {"index_id": index_id, "model_id": model_id, "model_spec": spec, "kind": kind,
-                "n_vectors": len(vectors), "dim": dim, "recall_vs_exact": recall,
-                "match_threshold": calibration["match_threshold"], "match_calibration": calibration,
-                "built_on": "gpu" if use_gpu else "cpu", "created_at": now().isoformat()}
-        path = write_index_dir(settings, index_id, index, mapping, products, meta)
+                "n_vectors": len(vectors), "n_rows": built["index"].ntotal, "dim": dim, "recall_vs_exact": built["recall"],
+                "match_threshold": built["calibration"]["match_threshold"], "match_calibration": built["calibration"],
+                "built_on": "gpu" if use_gpu else "cpu", "created_at": now().isoformat(), **built["meta"]}
+        path = write_index_dir(settings, index_id, built["index"], built["mapping"], products, meta)
         run.write("indexes", [{
             "index_id": index_id, "model_id": model_id, "kind": kind, "path": str(path.relative_to(settings.home)),
-            "n_vectors": len(vectors), "dim": dim, "recall_vs_exact": recall, "status": "built", "note": note,
-            "created_at": now()}])
-        run.message = note
+            "n_vectors": len(vectors), "dim": dim, "recall_vs_exact": built["recall"], "status": "built",
+            "note": built["note"], "created_at": now()}])
+        run.message = built["note"]
     return run.run_id
+
+
+def _built_afresh(settings, index_id: str, kind: str, vectors: np.ndarray, mapping: pa.Table, use_gpu: bool) -> dict:
+    cfg = settings.index
+    index, recall, note = _faiss_with_recall(vectors, kind, cfg, use_gpu)
+    calibration = match_calibration(index, vectors, mapping.column("product_id").to_pylist(), cfg.recall_sample,
+                                    cfg.seed)
+    return {"index": index, "mapping": mapping, "recall": recall, "calibration": calibration,
+            "note": f"{note}; confident match above score {calibration['match_threshold']}",
+            "meta": {"full_build": {"index_id": index_id, "n_vectors": len(vectors), "added": 0, "removed": 0}}}
+
+
+def _updated(settings, base: dict, model_id: str, kind: str, vectors: np.ndarray, mapping: pa.Table) -> dict | None:
+    """The current index plus the photos added since, minus those removed; None (said why) when it must be rebuilt."""
+    try:
+        index, base_mapping, base_meta = incremental.read_base(settings.home / base["path"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable file of the current index: build afresh instead
+        print(f"index: built afresh: the current index {base['index_id']} is unreadable ({type(exc).__name__})",
+              flush=True)
+        return None
+    added, removed = incremental.plan(base_mapping, mapping)
+    why = incremental.update_reason(base_meta, model_id, kind, len(added), len(removed),
+                                    settings.index.max_delta_fraction)
+    if why:
+        print(f"index: built afresh: {why}", flush=True)
+        return None
+    new_mapping = incremental.apply(index, base_mapping, mapping, vectors, added, removed)
+    full = incremental.full_build_after(base_meta, len(added), len(removed))
+    note = (f"incremental on {base['index_id']}: +{len(added)} / -{len(removed)} photos "
+            f"({full['added'] + full['removed']} since the full build {full['index_id']}); recall vs exact as "
+            f"measured then: {base['recall_vs_exact']:.3f}")
+    return {"index": index, "mapping": new_mapping, "recall": base["recall_vs_exact"],
+            "calibration": base_meta["match_calibration"], "note": note,
+            "meta": {"full_build": full, "base_index_id": base["index_id"], "added": len(added),
+                     "removed": len(removed)}}
 
 
 def index_lock(settings):

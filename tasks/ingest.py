@@ -146,9 +146,13 @@ def _ingest_locked(settings, catalog_dir: Path, products, source: str, labels: d
                 run.write("products", product_rows)
                 run.write("images", image_rows)
                 product_rows, image_rows = [], []
+        gone = sorted(set(known) - {f"{source}:{folder}" for folder, _ in products})
+        product_rows += [removed_row(product_id) for product_id in gone]
         run.write("products", product_rows)
         run.write("images", image_rows)
         run.message = f"{len(products) - unchanged} products loaded, {unchanged} unchanged"
+        if gone:
+            run.message += f", {len(gone)} removed (no longer in the folder)"
         if skipped:
             run.message += f"; {skip_summary(skipped)}"
     return run.run_id
@@ -193,6 +197,17 @@ def _product_row(product_id: str, meta: dict, folder: str, catalog_dir: Path, n_
         "variants": meta.get("variants"), "n_images": n_images, "content_hash": content_hash,
         "crawled_at": datetime.now(timezone.utc),
     }
+
+
+REMOVED = "removed"  # the content hash of a product's removal record: products_current no longer shows it
+
+
+def removed_row(product_id: str) -> dict:
+    """The record that ``product_id`` left the catalog: newest of its rows, no photos; ``products_current`` and
+    ``images_current`` skip it (the history stays in ``products``), and a later ingest that finds the folder
+    again loads it anew."""
+    return {"product_id": product_id, "source": "catalog", "sku": product_id.split(":", 1)[-1], "n_images": 0,
+            "content_hash": REMOVED, "crawled_at": datetime.now(timezone.utc)}
 
 
 ingest_task = task(ingest_catalog, name="ingest", retries=0)

@@ -13,9 +13,42 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from index.store import served_trained_model
+from index.store import current_index_row, served_trained_model
 from warehouse import open_warehouse
-from warehouse.models_table import find_model, newest_model, trained_on_split
+from warehouse.models_table import find_model, model_params, newest_model, trained_on_split
+from warehouse.runs import now
+
+
+def retrain_decision(settings) -> dict:
+    """Whether tonight trains, and why: ``{"train": bool, "reason": str, "serve": spec to index when not}``.
+
+    It trains when no index serves yet, there is no trained model, the model behind the current index (or the
+    newest trained one, when the ImageNet descriptor serves) is older than ``schedule.retrain_after_days``, or
+    the products changed by more than ``schedule.retrain_change`` (added + removed, as a share of the products
+    its training split held). Otherwise the night indexes what changed with the model that serves."""
+    cfg, wh = settings.schedule, open_warehouse(settings)
+    current = current_index_row(wh)
+    model = find_model(wh, served_trained_model(settings)) or newest_model(wh)
+    if current is None or model is None:
+        return {"train": True, "reason": "no index serves yet" if current is None else "no trained model yet"}
+    days = (now() - model["created_at"]).total_seconds() / 86400
+    if days > cfg.retrain_after_days:
+        return {"train": True, "reason": f"model {model['model_id']} is {days:.1f} days old "
+                                         f"(schedule.retrain_after_days {cfg.retrain_after_days:g})"}
+    split = model_params(model).get("split_run_id")
+    n = wh.query("""WITH now_p AS (SELECT DISTINCT product_id FROM images_current WHERE status = 'ok'),
+                         split_p AS (SELECT product_id FROM splits WHERE run_id = ?)
+                    SELECT (SELECT count(*) FROM split_p) AS n_split,
+                           (SELECT count(*) FROM now_p WHERE product_id NOT IN (SELECT product_id FROM split_p)) AS n_new,
+                           (SELECT count(*) FROM split_p WHERE product_id NOT IN (SELECT product_id FROM now_p)) AS n_gone""",
+                 [split]).to_pylist()[0]
+    change = (n["n_new"] + n["n_gone"]) / max(n["n_split"], 1)
+    said = (f"{n['n_new']} products added, {n['n_gone']} removed since model {model['model_id']} was trained on "
+            f"{n['n_split']} ({change:.0%}; schedule.retrain_change {cfg.retrain_change:g})")
+    if change > cfg.retrain_change:
+        return {"train": True, "reason": said}
+    return {"train": False, "serve": current["model_id"],
+            "reason": f"no training: {said}, model {days:.1f} days old; the index is updated with what changed"}
 
 
 def warm_start_model(settings) -> str | None:
@@ -50,15 +83,16 @@ def finished_evaluation(settings, model_id: str) -> str | None:
     return rows[0]["run_id"] if rows else None
 
 
-def report_nightly(settings, steps: dict, served: str = "") -> dict:
+def report_nightly(settings, steps: dict, served: str = "", training: str = "") -> dict:
     """Summarise the run (switch decision + evaluation table) as a Prefect artifact; returns it."""
     wh = open_warehouse(settings)
     decision = wh.query("SELECT * FROM indexes WHERE run_id = ?", [steps["switch"]]).to_pylist()[0]
     evals = wh.query(
         """SELECT variant, photos, model_id, queries, recall_at_1, recall_at_5, recall_at_10, mean_ap
-           FROM evaluations WHERE run_id = ? ORDER BY variant""", [steps["evaluate"]]).to_pylist()
+           FROM evaluations WHERE run_id = ? ORDER BY variant""", [steps.get("evaluate")]).to_pylist()
     lines = [f"# Nightly: index {decision['index_id']} {decision['status'].upper()}", "",
              f"model `{decision['model_id']}` — {decision['note']}", "",
+             *([f"training: {training}", ""] if training else []),
              *([f"served: {served}", ""] if served else []),
              f"index: {decision['kind']}, {decision['n_vectors']} photos, recall vs exact "
              f"{decision['recall_vs_exact']:.3f}", "",
@@ -72,10 +106,11 @@ def report_nightly(settings, steps: dict, served: str = "") -> dict:
     except Exception:  # noqa: BLE001 - outside a flow run there is nowhere to publish; the summary still returns
         pass
     return {"status": decision["status"], "index_id": decision["index_id"], "model_id": decision["model_id"],
-            "note": decision["note"], "served": served, "evaluations": evals, "steps": steps, "summary": markdown}
+            "note": decision["note"], "served": served, "training": training, "evaluations": evals, "steps": steps, "summary": markdown}
 
 
 warm_start_model_task = task(warm_start_model, name="warm-start-model", cache_policy=NO_CACHE)
 finished_train_task = task(finished_train, name="finished-train", cache_policy=NO_CACHE)
 finished_evaluation_task = task(finished_evaluation, name="finished-evaluation", cache_policy=NO_CACHE)
 report_nightly_task = task(report_nightly, name="report-nightly", cache_policy=NO_CACHE)
+retrain_decision_task = task(retrain_decision, name="retrain-decision", cache_policy=NO_CACHE)

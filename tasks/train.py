@@ -9,10 +9,10 @@ Stable entry points (the nightly flow uses them):
   ``embedding.embedders.open_embedder(settings, model_id)`` loads it.
 
 This module keeps the books: the starting model, the run, a ``train_metrics`` row per epoch, the test score and
-the model row. The loop itself is ``training.fit.fit`` (one file). Multi-GPU: on a host with several GPUs
-``train_model`` re-launches this module under ``torchrun`` (``python -m tasks.train HOME ARGS_JSON OUT`` is the
-per-rank entry point); the queries are sharded over ranks, gradients averaged by DDP, and only rank 0 writes
-the warehouse and checkpoints.
+the model row. The loop itself is ``training.fit.fit`` (one file). Several processes: on a host with several
+GPUs (or with ``train.processes`` > 1, e.g. CPU processes with gloo) ``train_model`` re-launches this module under
+``torchrun`` (``python -m tasks.train HOME ARGS_JSON OUT`` is the per-rank entry point); the queries are sharded
+over ranks in equal parts, gradients averaged by DDP, and only rank 0 writes the warehouse and checkpoints.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,9 +68,18 @@ def _starting_model(settings, wh, init_model_id: str | None, kmeans_run_id: str 
 def train_model(settings, split_run_id: str, init_model_id: str | None = None, kmeans_run_id: str | None = None,
                 photos: str = "auto") -> str:
     """Train NetVLAD on the split's training photos; returns the train run id (see module docstring)."""
-    if settings.train.device != "cpu" and torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
-        return launch_ddp(settings, split_run_id, init_model_id, kmeans_run_id, photos)
+    world = processes(settings)
+    if world > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_ddp(settings, split_run_id, init_model_id, kmeans_run_id, photos, world)
     return train_rank(settings, split_run_id, init_model_id, kmeans_run_id, photos)
+
+
+def processes(settings) -> int:
+    """Training processes: ``train.processes``, or (0) one per GPU when training on CUDA with several, else 1."""
+    if settings.train.processes:
+        return settings.train.processes
+    on_gpu = settings.train.device != "cpu" and torch.cuda.is_available()
+    return torch.cuda.device_count() if on_gpu and torch.cuda.device_count() > 1 else 1
 
 
 def train_rank(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> str:
@@ -77,7 +87,9 @@ def train_rank(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> 
     rank 0 keeps the books and the other ranks only compute (they return an empty run id)."""
     cfg = settings.train
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = pick_device(cfg.device if world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    device = pick_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     wh = open_warehouse(settings)
@@ -87,8 +99,9 @@ def train_rank(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> 
     parent, model = _starting_model(settings, wh, init_model_id, kmeans_run_id, len(train_set))
     params = {"split_run_id": split_run_id, "parent_model_id": parent["model_id"], "photos": train_set.photos,
               "train": json.loads(settings.section_json("train")), "world_size": world}
-    checkpoints = Checkpoints.keyed(settings.models_dir / "checkpoints",
-                                    {k: v for k, v in params.items() if k != "world_size"})
+    key = {**params, "train": {k: v for k, v in params["train"].items() if k != "processes"}}  # resumable on
+    checkpoints = Checkpoints.keyed(settings.models_dir / "checkpoints",  # any number of processes
+                                    {k: v for k, v in key.items() if k != "world_size"})
     job = {"settings": settings, "model": model, "sets": (train_set, val_set), "device": device,
            "checkpoints": checkpoints, "rank": rank, "world": world, "warm": bool(init_model_id)}
     if rank != 0:
@@ -128,34 +141,52 @@ def _publish(settings, state: dict, params: dict, parent: dict, checkpoints: Che
                          "start_val_recall_at_1": state.get("start_val_recall_at_1")}, {"split": "test", **test})
 
 
-def launch_ddp(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> str:
-    """Run :func:`train_rank` on every GPU through torchrun (:func:`rank_main`); returns rank 0's run id."""
+def launch_ddp(settings, split_run_id, init_model_id, kmeans_run_id, photos, world: int) -> str:
+    """Run :func:`train_rank` in ``world`` processes through torchrun (:func:`rank_main`): one per GPU (NCCL), or
+    CPU processes (gloo); returns rank 0's run id."""
     args = {"split_run_id": split_run_id, "init_model_id": init_model_id, "kmeans_run_id": kmeans_run_id,
             "photos": photos, "overrides": settings.as_overrides()}  # every rank runs with exactly these settings
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run_id"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={torch.cuda.device_count()}", "-m", "tasks.train",
+               f"--nproc_per_node={world}", "-m", "tasks.train",
                str(settings.home), json.dumps(args), str(out)]
-        done = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent)
+        done = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, preexec_fn=_die_with_parent)
         if done.returncode != 0 or not out.exists():
-            raise ShoesearchError(f"multi-GPU training failed (torchrun exit {done.returncode})")
+            raise ShoesearchError(f"multi-process training failed (torchrun exit {done.returncode}): its ranks' "
+                                  "errors are printed above")
         return out.read_text().strip()
 
 
 def rank_main(home: str, args_json: str, out: str) -> None:
-    """One rank of multi-GPU training (``python -m tasks.train HOME ARGS_JSON OUT`` under torchrun, started by
-    :func:`launch_ddp`); rank 0 writes the run id it produced to ``OUT``."""
+    """One rank of multi-process training (``python -m tasks.train HOME ARGS_JSON OUT`` under torchrun, started
+    by :func:`launch_ddp`): NCCL on GPUs, gloo on CPUs, the same code; rank 0 writes its run id to ``OUT``."""
+    _die_with_parent()
     args = json.loads(args_json)
     settings = Settings.load(home=home, overrides=args.pop("overrides"))
-    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    torch.distributed.init_process_group("nccl")
+    cuda = pick_device(settings.train.device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
     try:
         run_id = train_rank(settings, args["split_run_id"], args["init_model_id"], args["kmeans_run_id"], args["photos"])
         if int(os.environ["RANK"]) == 0:
             Path(out).write_text(run_id)
     finally:
         torch.distributed.destroy_process_group()
+
+
+def _die_with_parent() -> None:
+    """Make this process die with its parent (Linux ``PR_SET_PDEATHSIG``): torchrun with the training command, each
+    rank with torchrun. torchrun starts ranks in sessions of their own, so a killed training command would
+    otherwise leave its ranks training on, racing the rerun for the checkpoints and committing a run nobody
+    waits for."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: torchrun's own signal handling is all there is
+        pass
 
 
 train_model_task = task(train_model, name="train")

@@ -44,7 +44,8 @@ def _home(tmp_path: Path, toml: str = "") -> Path:
 # Defaults changed on purpose since those literals were captured (docs/training.md, "The recipe").
 TRAIN_DEFAULT_CHANGES = {"descriptor_dim": 256, "learn_whitening": True, "whitening_shrinkage": 0.1,
                          "trainable_blocks": 3, "flip_augment": False, "crop_colour_augment": False,
-                         "lr_schedule": "constant"}
+                         "lr_schedule": "constant", "processes": 0}  # processes: issue 27 (DDP on CPU)
+INDEX_DEFAULT_CHANGES = {"incremental": True, "max_delta_fraction": 0.2}  # issue 27: updated, not rebuilt
 
 
 def test_section_json_matches_the_old_implementation_on_defaults():
@@ -53,7 +54,7 @@ def test_section_json_matches_the_old_implementation_on_defaults():
     s = Settings()
     expected_train = json.dumps({**json.loads(OLD_TRAIN_JSON), **TRAIN_DEFAULT_CHANGES}, sort_keys=True)
     assert s.section_json("train") == expected_train
-    assert s.section_json("index") == OLD_INDEX_JSON
+    assert s.section_json("index") == json.dumps({**json.loads(OLD_INDEX_JSON), **INDEX_DEFAULT_CHANGES}, sort_keys=True)
     assert Settings.load(home="/nonexistent-home").section_json("train") == expected_train
 
 

@@ -51,7 +51,7 @@ def fit(model, settings, sets: tuple[PhotoSet, PhotoSet], device: torch.device, 
     if not resumed and rank == 0:
         checkpoints.save("init", model, state)
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     criterion = WeakTripletLoss(cfg.margin)
     if rank == 0 and state["epoch"] == 0 and state["best"] < 0:  # the starting model is the first candidate
         r1, ap = _val_scores(recall(model, settings, val_set, device))
@@ -93,7 +93,7 @@ def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch:
     gen = torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)  # same order on resume and on every rank
     queries = query_indices(photo_set)
     order = torch.randperm(len(queries), generator=gen).tolist()[: cfg.queries_per_epoch or None]
-    queries = [queries[i] for i in order][rank::world]
+    queries = shard([queries[i] for i in order], rank, world)
     total, steps, images, busy = 0.0, 0, 0, 0.0
     bar = tqdm(total=len(queries), desc=f"epoch {epoch}", leave=False, disable=rank != 0 or None)
     for start in range(0, len(queries), cfg.cache_refresh_queries):
@@ -101,6 +101,7 @@ def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch:
                             gen, device)
         if cfg.flip_augment:  # photos is WithMirrors (see trainable): mined on the photos, trained on either side
             tuples = mirror_some(tuples, len(photo_set), gen)
+        tuples = tuples[:fewest(len(tuples), world, device)]  # every rank takes as many steps: DDP would hang
         model.train()
         fed = TupleDataset(photos, tuples, _crop_colour(model, cfg))
         for batch in batches(make_loader(fed, cfg.batch_size, cfg.num_workers, device)):
@@ -115,6 +116,21 @@ def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch:
             bar.set_postfix(loss=f"{total / steps:.4f}")
     bar.close()
     return total / max(steps, 1), images / max(busy, 1e-9)
+
+
+def shard(queries: list[int], rank: int, world: int) -> list[int]:
+    """This rank's equal share of the epoch's queries (the last ``len % world`` are left to the next epoch's
+    shuffle): ranks with uneven shares would take a different number of steps and DDP would hang."""
+    return queries[: len(queries) // world * world][rank::world]
+
+
+def fewest(n: int, world: int, device: torch.device) -> int:
+    """The smallest ``n`` over the ranks (mining may skip a query on one rank only)."""
+    if world == 1:
+        return n
+    t = torch.tensor([n], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return int(t.item())
 
 
 def tuple_loss(model, batch: torch.Tensor, criterion, positives: int, device: torch.device,

@@ -42,7 +42,7 @@ DERIVED_VIEWS = {
         SELECT * EXCLUDE (rn) FROM (
             SELECT *, row_number() OVER (
                 PARTITION BY product_id ORDER BY crawled_at DESC NULLS LAST, run_id DESC) AS rn
-            FROM products) WHERE rn = 1""",
+            FROM products) WHERE rn = 1 AND content_hash IS DISTINCT FROM 'removed'""",  # a removal record (ingest)
     "images_current": """
         SELECT i.* FROM images i
         JOIN products_current p ON p.product_key = i.product_key AND p.run_id = i.run_id""",
