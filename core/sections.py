@@ -107,6 +107,15 @@ class CrawlSettings(_Section):
     min_image_side: Count = 32  # smaller pictures are icons, not product photos
     autothrottle_max_delay_s: NonNegative = 30.0  # back off this far when the site slows down
     commit_every: Count = 20  # products per warehouse commit: a killed crawl loses at most this many
+    # Scrapy processes the keywords/categories are split over (docs/crawling.md, "Sharded crawls"). 1: one
+    # process already keeps concurrent_requests downloads in flight, and on the real site politeness, not CPU,
+    # bounds the rate (more shards = more requests at once). Raise it when parsing and photo checks saturate a
+    # core (a big catalog on a fast site, or the demo shop).
+    shards: Count = 1
+    # An item page is fetched again only when its listing entry (title, price, photo, shop) changed since the
+    # last fetch, or that fetch is older than this. 7: the listing shows neither the gallery nor the variants;
+    # a weekly re-fetch bounds how stale those get, while nightly crawls fetch only what changed. 0: always fetch.
+    refetch_after_days: NonNegative = 7.0
     progress_every_s: Positive = 10.0  # how often a running crawl reports its counts
     shop_host: str = "127.0.0.1"  # the demo shop listens on loopback only
     shop_port: Port = 8765

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
 from scrapy import signals
 
 from core.files import atomic_write_text
-from crawlers.outcome import (CAPPED_PREFIX, FAILURE_STAT, OFFSITE_PREFIX, crawl_failure, shortfall_reason, source_rows,
-                              sources_table)
+from crawlers.outcome import FAILURE_STAT, shortfall_reason, sources_table, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -50,34 +51,32 @@ class CrawlStatsFile:
                                                     ensure_ascii=False))
 
     def summary(self, spider, reason: str, raw: dict) -> dict:
-        stats = {k: v for k, v in raw.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        keywords, categories = list(getattr(spider, "keywords", [])), list(getattr(spider, "categories", []))
-        return {
-            "finish_reason": reason,
+        return summarize(raw, reason, {
             "stop_message": getattr(spider, "stop_message", None),
-            "failure": crawl_failure(raw),  # set when no listing page was parsed: the crawl reached nothing
             "duration_s": round(time.monotonic() - self.started, 3),
-            "pages": sum(v for k, v in raw.items() if k.startswith("shoesearch/pages/")),
-            "responses": raw.get("response_received_count", 0),
-            "keywords": keywords,
-            "categories": categories,
-            "max_products": getattr(spider, "max_products", None),
-            "max_pages": getattr(spider, "max_pages", None),
-            "sources": source_rows(raw, keywords, categories),
-            "products_listed": raw.get("shoesearch/products/listed", 0),
-            "products_written": raw.get("shoesearch/products/written", 0),
-            "products_unchanged": raw.get("shoesearch/products/unchanged", 0),
-            "products_resumed": raw.get("shoesearch/products/already_done", 0),
-            "images_written": raw.get("shoesearch/images/written", 0),
-            "images_by_status": {k.rsplit("/", 1)[1]: v for k, v in raw.items()
-                                 if k.startswith("shoesearch/images/status/")},
-            "parse_failures": {k.rsplit("/", 1)[1]: v for k, v in raw.items()
-                               if k.startswith("shoesearch/parse_failed/")},
-            "offsite_refused": {k[len(OFFSITE_PREFIX):]: v for k, v in raw.items() if k.startswith(OFFSITE_PREFIX)},
-            "capped": {k[len(CAPPED_PREFIX):]: v for k, v in raw.items() if k.startswith(CAPPED_PREFIX)},
-            "requests_failed": {group: {k.split("/", 3)[3]: v for k, v in raw.items()
-                                        if k.startswith(f"shoesearch/request_failed/{group}/")}
-                                for group in ("unreachable", "refused")},
-            "retries": raw.get("retry/count", 0),
-            "stats": stats,
-        }
+            "keywords": getattr(spider, "keywords", []), "categories": getattr(spider, "categories", []),
+            "max_products": getattr(spider, "max_products", None), "max_pages": getattr(spider, "max_pages", None),
+        })
+
+
+class StopWithParent:
+    """``SHOESEARCH_PARENT_PID``: the spider stops cleanly (SIGTERM: Scrapy's graceful shutdown, JOBDIR kept) when
+    the process that started it dies, however it dies (Linux ``PR_SET_PDEATHSIG``). A crawl task killed with
+    SIGKILL, or a Ray worker cancelled by force, leaves no shard writing on its own (a rerun would resume it
+    while it still ran)."""
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        from scrapy.exceptions import NotConfigured
+
+        parent = crawler.settings.get("SHOESEARCH_PARENT_PID")
+        if not parent or not sys.platform.startswith("linux"):
+            raise NotConfigured
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != int(parent):  # it died before the line above: nobody waits for this crawl
+            raise RuntimeError(f"the crawl task (pid {parent}) that started this spider is gone")
+        return cls()

@@ -27,6 +27,7 @@ class ProductItem(scrapy.Item):
     images = scrapy.Field()  # `images` rows, filled by GalleryPipeline
     layout = scrapy.Field()  # "pageConfig" or "dom" (the fallback parser was used)
     found_via = scrapy.Field()  # "keyword:<kw>" or "category:<ids>" that listed it first (crawlers/outcome.py)
+    listing_signature = scrapy.Field()  # its listing entry's signature, recorded once committed (crawlers/listings.py)
 
     PRODUCT_FIELDS = ("product_id", "source", "sku", "title", "brand", "brand_id", "category", "category_ids",
                       "shop_id", "shop_name", "price", "list_price", "url", "variants", "n_images",

@@ -11,6 +11,7 @@ on JD's hosts, or with ``--site`` that one ``host:port``; ``crawlers/middlewares
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -169,6 +170,27 @@ class ListingEntry:
     sku: str
     url: str | None
     title: str | None
+    price: str | None = None  # as the listing prints it ("2799.00"); None where JS fills it in
+    image: str | None = None  # jfs path of the listed photo (photo 0)
+    shop: str | None = None
+
+    @property
+    def signature(self) -> str | None:
+        """What the listing shows of the product, hashed: title, price, photo and shop.
+
+        The spider re-fetches an item page only when this changed since its last fetch (or that fetch is
+        older than ``crawl.refetch_after_days``). None (always fetch) when the listing shows no price or no
+        title: without them a price change could not be seen from the listing.
+        """
+        if not self.price or not self.title:
+            return None
+        shown = json.dumps([self.title, self.price, self.image, self.shop], ensure_ascii=False)
+        return hashlib.sha1(shown.encode()).hexdigest()
+
+
+def _text(texts: list[str]) -> str | None:
+    """Text nodes as one line: the keyword highlight (``<font class="skcolor_ljg">``) splits a title in nodes."""
+    return " ".join("".join(texts).split()) or None
 
 
 def parse_listing(html: str) -> list[ListingEntry] | None:
@@ -183,8 +205,14 @@ def parse_listing(html: str) -> list[ListingEntry] | None:
         if not sku.isdigit():
             continue
         href = li.css("div.p-img a::attr(href)").get()
-        title = " ".join(t.strip() for t in li.css("div.p-name em ::text").getall() if t.strip()) or None
-        out.append(ListingEntry(sku, href, title))
+        img = li.css("div.p-img img")
+        photo = (img.attrib.get("src") or img.attrib.get("data-lazy-img") or "") if img else ""
+        out.append(ListingEntry(
+            sku, href, _text(li.css("div.p-name em ::text").getall()),
+            price=_text(li.css("div.p-price strong i::text").getall()),
+            image=jfs_path(photo) if photo else None,
+            shop=(li.css("div.p-shop a.curr-shop::attr(title)").get() or "").strip() or None,
+        ))
     return out
 
 

@@ -8,6 +8,8 @@ The spider counts per source (a keyword or a category id) under Scrapy stats nam
 - ``new``: products this source listed first (their item page was requested for it);
 - ``written`` / ``unchanged`` / ``resumed``: what became of them (``unchanged``: same content as the
   warehouse row, not written again; ``resumed``: written by an interrupted attempt of the same crawl);
+- ``unchanged_in_listing``: of ``unchanged``, those whose listing entry showed what it showed at their last
+  fetch (younger than ``crawl.refetch_after_days``): their item page was not requested (``crawlers/listings.py``);
 - ``duplicates``: entries already listed by another source (or earlier by this one);
 - ``over_limit``: entries not fetched because ``--max-products`` was reached;
 - ``parse_failed``: its pages that no longer match the JD layout (listings, item pages, prices);
@@ -49,8 +51,8 @@ CAPPED_TEXT = {  # what each size cap did, for the one-line outcome
     "photos": "gallery photos beyond crawl.max_photos_per_product left out",
 }
 FAILURE_STAT = "shoesearch/failure"  # the one-line failure, read by ``crawlers/commands/crawl.py``
-COUNTERS = ("pages", "listed", "new", "written", "unchanged", "resumed", "duplicates", "over_limit",
-            "parse_failed", "refused")
+COUNTERS = ("pages", "listed", "new", "written", "unchanged", "unchanged_in_listing", "resumed", "duplicates",
+            "over_limit", "parse_failed", "refused")
 SHOWN_ALWAYS = ("pages", "listed", "new", "written", "duplicates", "parse_failed", "refused")
 MAX_CAUSES = 3  # distinct failure causes quoted in the one-line failure
 
@@ -170,6 +172,44 @@ def crawl_failure(raw: dict) -> str | None:
     return None
 
 
+# --- the summary -----------------------------------------------------------------------------
+def summarize(raw: dict, reason: str, info: dict) -> dict:
+    """The stats file's summary of a crawl from its Scrapy stats ``raw`` (one process's, or the shards' summed:
+    ``crawlers/shards.py``). ``info``: ``stop_message``, ``duration_s``, ``keywords``, ``categories``,
+    ``max_products``, ``max_pages``."""
+    keywords, categories = list(info.get("keywords") or []), list(info.get("categories") or [])
+
+    def by_last(prefix: str) -> dict:
+        return {k.rsplit("/", 1)[1]: v for k, v in raw.items() if k.startswith(prefix)}
+
+    return {
+        "finish_reason": reason,
+        "stop_message": info.get("stop_message"),
+        "failure": crawl_failure(raw),  # set when no listing page was parsed: the crawl reached nothing
+        "duration_s": info.get("duration_s"),
+        "pages": sum(v for k, v in raw.items() if k.startswith("shoesearch/pages/")),
+        "responses": raw.get("response_received_count", 0),
+        "keywords": keywords,
+        "categories": categories,
+        "max_products": info.get("max_products"),
+        "max_pages": info.get("max_pages"),
+        "sources": source_rows(raw, keywords, categories),
+        "products_listed": raw.get("shoesearch/products/listed", 0),
+        "products_written": raw.get("shoesearch/products/written", 0),
+        "products_unchanged": raw.get("shoesearch/products/unchanged", 0),
+        "products_unchanged_in_listing": raw.get("shoesearch/products/unchanged_in_listing", 0),
+        "products_resumed": raw.get("shoesearch/products/already_done", 0),
+        "images_written": raw.get("shoesearch/images/written", 0),
+        "images_by_status": by_last("shoesearch/images/status/"),
+        "parse_failures": by_last("shoesearch/parse_failed/"),
+        "offsite_refused": {k[len(OFFSITE_PREFIX):]: v for k, v in raw.items() if k.startswith(OFFSITE_PREFIX)},
+        "capped": {k[len(CAPPED_PREFIX):]: v for k, v in raw.items() if k.startswith(CAPPED_PREFIX)},
+        "requests_failed": {group: _failed_by_cause(raw, group) for group in ("unreachable", "refused")},
+        "retries": raw.get("retry/count", 0),
+        "stats": {k: v for k, v in raw.items() if isinstance(v, (int, float, str, bool)) or v is None},
+    }
+
+
 # --- per source ----------------------------------------------------------------------------
 def source_rows(raw: dict, keywords: list[str], categories: list[str]) -> list[dict]:
     """One row per keyword, then per category, in the crawl's order, from the spider's stats."""
@@ -196,7 +236,9 @@ def _accounting(s: dict) -> str:
     resumed = s.get("products_resumed", 0)
     lost = scheduled - s["products_written"] - s["products_unchanged"] - resumed
     parts = [f"{s['products_written']} written"]
-    parts += [f"{s['products_unchanged']} unchanged since the last crawl"] if s["products_unchanged"] else []
+    in_listing = s.get("products_unchanged_in_listing", 0)
+    seen = f" ({in_listing} of them seen unchanged in the listing: item page not fetched)" if in_listing else ""
+    parts += [f"{s['products_unchanged']} unchanged since the last crawl{seen}"] if s["products_unchanged"] else []
     parts += [f"{resumed} written by an earlier attempt"] if resumed else []
     parts += [f"{lost} not written (parse failures or refused requests, see the table)"] if lost > 0 else []
     offsite = s.get("offsite_refused") or {}
@@ -236,12 +278,12 @@ def shortfall_reason(s: dict) -> str:
 
 # --- printing ------------------------------------------------------------------------------
 def _columns(rows: list[dict]) -> list[str]:
-    return [c for c in COUNTERS if c in SHOWN_ALWAYS or any(r[c] for r in rows)]
+    return [c for c in COUNTERS if c in SHOWN_ALWAYS or any(r.get(c) for r in rows)]  # .get: older summaries
 
 
 def _cells(row: dict, columns: list[str]) -> list[str]:
     pages = f"{row['pages']}+" if row["more_pages"] else str(row["pages"])
-    return [f"{row['kind']} {row['name']}"] + [pages if c == "pages" else str(row[c]) for c in columns]
+    return [f"{row['kind']} {row['name']}"] + [pages if c == "pages" else str(row.get(c, 0)) for c in columns]
 
 
 def _width(text: str) -> int:

@@ -15,6 +15,7 @@ from scrapy.pipelines.media import MediaPipeline
 from core.errors import ShoesearchError
 from core.files import atomic_write_text
 from crawlers.config import crawl_settings_from
+from crawlers.listings import ListingMemory
 from crawlers.outcome import crawl_failure, source_stat
 from photos.imagestore import ImageLimits, StoredImage, store_image
 
@@ -127,6 +128,8 @@ class WarehousePipeline:
         self.products: list[dict] = []
         self.images: list[dict] = []
         self.sources: list[str | None] = []  # per buffered product, the keyword/category that found it
+        self.signatures: list[tuple] = []  # (sku, listing signature, crawled_at): recorded once committed
+        self.memory = ListingMemory(settings.crawl_dir, crawl.site or None)
         self.written = {"products": 0, "images": 0}
         self._last_progress = 0.0
         self._own_run = None
@@ -148,6 +151,7 @@ class WarehousePipeline:
         self.products.append(item.product_row())
         self.images.extend(item["images"])
         self.sources.append(item.get("found_via"))
+        self.signatures.append((item.get("sku"), item.get("listing_signature"), item.get("crawled_at")))
         if len(self.products) >= self.commit_every:
             self.flush()
         self._progress()
@@ -168,7 +172,9 @@ class WarehousePipeline:
             stats.inc_value(source_stat(source, "written"))
         self.written["products"] += len(self.products)
         self.written["images"] += len(self.images)
-        self.products, self.images, self.sources = [], [], []
+        # After the commit: a signature never stands for a product the warehouse does not hold (crawlers/listings.py).
+        self.memory.record(self.signatures)
+        self.products, self.images, self.sources, self.signatures = [], [], [], []
 
     def _progress(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -30,6 +30,7 @@ ITEM_PIPELINES = {
 EXTENSIONS = {
     "scrapy.extensions.telnet.TelnetConsole": None,
     "crawlers.extensions.CrawlStatsFile": 500,
+    "crawlers.extensions.StopWithParent": 0,  # SHOESEARCH_PARENT_PID (the crawl task): stop when it dies
 }
 LOG_LEVEL = "INFO"
 FEED_EXPORT_ENCODING = "utf-8"

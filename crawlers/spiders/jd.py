@@ -18,7 +18,11 @@ Sizes are not trusted: a page over ``crawl.max_page_bytes`` is dropped unread, a
 counted under ``shoesearch/capped/``, see :mod:`crawlers.outcome`); photos have ``crawl.max_image_bytes``.
 
 Incremental: a product whose parsed content (fields, price, gallery URLs) hashes to the value of
-its current row, and whose photos were all stored, is not yielded (its photos are not fetched).
+its current row, and whose photos were all stored, is not yielded (its photos are not fetched). Before
+that, a product in ``products_current`` whose listing entry (title, price, photo, shop) shows what it showed
+at its last fetch, younger than ``crawl.refetch_after_days``, is not fetched at all (``crawlers/listings.py``).
+Sharded (``SHOESEARCH_CLAIMS``): a SKU is fetched by the shard that claims it first, and ``max_products`` is
+a total over the shards (``crawlers/shards.py``).
 Resume: SKUs already written by the earlier, interrupted attempts of the same crawl job
 (``SHOESEARCH_DONE_RUNS``) are not fetched again. Every request is ``dont_filter``: listings are
 re-walked on resume (requests that were in flight when a crawl was killed are otherwise lost
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import scrapy
 from scrapy.exceptions import CloseSpider
@@ -38,8 +42,16 @@ from scrapy.utils.defer import deferred_from_coro
 from crawlers import jdsite
 from crawlers.config import crawl_settings_from
 from crawlers.items import ProductItem
-from crawlers.outcome import (CAPPED_PREFIX, FAILED_PREFIX, OFFSITE_PREFIX, classify_failure, is_over_size,
-                              source_label, source_stat)
+from crawlers.listings import ListingMemory
+from crawlers.outcome import (
+    CAPPED_PREFIX,
+    FAILED_PREFIX,
+    OFFSITE_PREFIX,
+    classify_failure,
+    is_over_size,
+    source_label,
+    source_stat,
+)
 
 XHR_HEADERS = {"X-Requested-With": "XMLHttpRequest"}
 LOGGED_URLS = 5  # of a long list of refused gallery entries, the log quotes this many
@@ -70,6 +82,15 @@ class JdSpider(scrapy.Spider):
         spider.stop_reason = None
         spider.stop_message = None
         spider.pending_stop = None  # (reason, message) of a stop noted before any page was parsed
+        spider.signatures: dict[str, str] = {}  # SKU -> its listing entry's signature (recorded once fetched)
+        spider._fetched_unchanged: list[tuple[str, str, datetime]] = []  # to record in the listing memory
+        claims = crawler.settings.get("SHOESEARCH_CLAIMS")
+        if claims:
+            from crawlers.shards import ClaimStore
+
+            spider.claims = ClaimStore(claims, crawler.settings.getint("SHOESEARCH_SHARD"), spider.max_products)
+        else:
+            spider.claims = None
         spider._load_known()
         return spider
 
@@ -92,6 +113,10 @@ class JdSpider(scrapy.Spider):
                     WHERE status IN ({transient}) AND starts_with(product_id, 'jd:')"""
             ).to_pylist()
         }
+        self.memory = ListingMemory(self.settings_obj.crawl_dir, self.crawl_cfg.site or None)
+        days = self.crawl_cfg.refetch_after_days
+        self.refetch_after = timedelta(days=days) if days > 0 else None
+        self.seen = self.memory.load() if self.refetch_after else {}
         self.done_skus = set()
         if self.done_runs:
             marks = ",".join("?" for _ in self.done_runs)
@@ -181,14 +206,15 @@ class JdSpider(scrapy.Spider):
 
     def _items(self, entries, source: str):
         stats = self.crawler.stats
+        claims = self.claims.claim([e.sku for e in entries if e.sku not in self.scheduled]) if self.claims else {}
         for entry in entries:
             self._count(source, "listed")
             self.listed.add(entry.sku)
             stats.set_value("shoesearch/products/listed", len(self.listed))
-            if entry.sku in self.scheduled:
+            if entry.sku in self.scheduled or claims.get(entry.sku) == "other":  # other: another shard has it
                 self._count(source, "duplicates")
                 continue
-            if len(self.scheduled) >= self.max_products:
+            if claims.get(entry.sku) == "over" or (not self.claims and len(self.scheduled) >= self.max_products):
                 stats.inc_value("shoesearch/products/over_limit")
                 self._count(source, "over_limit")
                 continue
@@ -199,8 +225,40 @@ class JdSpider(scrapy.Spider):
                 stats.inc_value("shoesearch/products/already_done")
                 self._count(source, "resumed")
                 continue
+            if self._unchanged_in_listing(entry, source):
+                continue
             url = self._on_site(entry.url, lambda: self.site.item_url(entry.sku))
             yield self._request(url, self.parse_item, sku=entry.sku)
+
+    def _unchanged_in_listing(self, entry: jdsite.ListingEntry, source: str) -> bool:
+        """True (counted) when the warehouse holds the product, complete, and its listing entry shows what it
+        showed at its last fetch, younger than ``crawl.refetch_after_days``: its item page is not requested."""
+        signature = entry.signature
+        if signature:
+            self.signatures[entry.sku] = signature
+        seen = self.seen.get(entry.sku)
+        product_id = f"jd:{entry.sku}"
+        if (not signature or self.refetch_after is None or seen is None or seen[0] != signature
+                or product_id not in self.known_hashes or product_id in self.incomplete
+                or datetime.now(timezone.utc) - seen[1] > self.refetch_after):
+            return False
+        for counter in ("unchanged", "unchanged_in_listing"):
+            self.crawler.stats.inc_value(f"shoesearch/products/{counter}")
+            self._count(source, counter)
+        return True
+
+    def _remember_fetched(self, sku: str, flush: bool = False) -> None:
+        """Record (in batches) the listing signature of a product whose item page showed nothing new."""
+        if sku in self.signatures:
+            self._fetched_unchanged.append((sku, self.signatures[sku], datetime.now(timezone.utc)))
+        if self._fetched_unchanged and (flush or len(self._fetched_unchanged) >= self.crawl_cfg.commit_every):
+            self.memory.record(self._fetched_unchanged)
+            self._fetched_unchanged = []
+
+    def closed(self, reason: str) -> None:
+        self._remember_fetched("", flush=True)
+        if self.claims:
+            self.claims.close()
 
     def _on_site(self, link: str | None, canonical) -> str:
         """A link found in a page if it is on the site, else (counted, logged) ``canonical()``."""
@@ -268,12 +326,14 @@ class JdSpider(scrapy.Spider):
         if self.known_hashes.get(product_id) == content_hash and product_id not in self.incomplete:
             self.crawler.stats.inc_value("shoesearch/products/unchanged")
             self._count(self.origin.get(page.sku), "unchanged")
+            self._remember_fetched(page.sku)
             return
         fields.pop("gallery")
         yield ProductItem(
             product_id=product_id, source="jd", url=item_url,
             n_images=len(gallery), content_hash=content_hash, crawled_at=datetime.now(timezone.utc),
-            gallery=gallery, layout=page.layout, found_via=self.origin.get(page.sku), **fields,
+            gallery=gallery, layout=page.layout, found_via=self.origin.get(page.sku),
+            listing_signature=self.signatures.get(page.sku), **fields,
         )
 
     # --- walls and failures ---
