@@ -142,7 +142,8 @@ def variant_rows(settings, wh, model_id: str, labels: dict[str, bool], baseline_
     from models.device import pick_device
     from models.embedder_spec import load_embedder
     from training.data import PhotoSet, load_photos
-    from training.evaluation import score, variant_embedders
+    from tasks.evaluate import variant_embedders
+    from training.evaluation import score
 
     device = pick_device(settings.train.device)
     row, params, variants = variant_embedders(settings, wh, model_id, device)
