@@ -78,7 +78,8 @@ def test_two_shards_write_what_one_process_writes_each_sku_once(shop, unsharded,
     assert s["finish_reason"] == "finished" and s["products_written"] == SHOP_PRODUCTS
     assert [(sh["index"], sh["finish_reason"], sh["carried"]) for sh in s["shards"]] == [
         (0, "finished", False), (1, "finished", False)]
-    assert all(sh["products_written"] > 0 for sh in s["shards"])  # both did work, concurrently
+    # Both shards list the same products: which one claims a SKU is a race (under load one may claim them all),
+    # so only the total is fixed; each SKU once is checked above and in the sources below.
     assert sum(sh["products_written"] for sh in s["shards"]) == SHOP_PRODUCTS
     assert [sh["keywords"] + sh["categories"] for sh in s["shards"]] == [
         DEFAULTS.keywords[0::2] + DEFAULTS.categories[1::2], DEFAULTS.keywords[1::2] + DEFAULTS.categories[0::2]]
