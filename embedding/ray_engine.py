@@ -20,7 +20,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-RAY_ENV = {"RAY_ACCEPT_CALLABLE_SOURCE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}  # offline hosts: no usage report
 
 
 def connect(settings):
