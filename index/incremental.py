@@ -48,7 +48,7 @@ def update_reason(base_meta: dict, model_id: str, kind: str, n_added: int, n_rem
         return f"the model changed ({base_meta.get('model_id')} -> {model_id})"
     if base_meta.get("kind") != kind:
         return f"the index kind changed ({base_meta.get('kind')} -> {kind})"
-    full = base_meta.get("full_build") or {"n_vectors": base_meta.get("n_vectors", 0), "added": 0, "removed": 0}
+    full = full_build_of(base_meta)
     delta = full["added"] + full["removed"] + n_added + n_removed
     if delta > max_fraction * max(full["n_vectors"], 1):
         return (f"{delta} photos added or removed since the last full build of {full['n_vectors']} "
@@ -80,8 +80,17 @@ def apply(index, base: pa.Table, wanted: pa.Table, vectors: np.ndarray, added: l
     return pa.concat_tables([old, new.cast(old.schema)])
 
 
+def full_build(index_id: str | None, n_vectors: int) -> dict:
+    """The ``full_build`` record of an index built afresh: nothing added or removed since."""
+    return {"index_id": index_id, "n_vectors": n_vectors, "added": 0, "removed": 0}
+
+
+def full_build_of(meta: dict) -> dict:
+    """An index's ``full_build`` record; an index from before updates existed counts as its own full build."""
+    return meta.get("full_build") or full_build(meta.get("index_id"), meta.get("n_vectors", 0))
+
+
 def full_build_after(base_meta: dict, n_added: int, n_removed: int) -> dict:
     """The ``full_build`` record of an update: the base's full build with this update's deltas added."""
-    full = base_meta.get("full_build") or {"index_id": base_meta.get("index_id"),
-                                           "n_vectors": base_meta.get("n_vectors", 0), "added": 0, "removed": 0}
+    full = full_build_of(base_meta)
     return {**full, "added": full["added"] + n_added, "removed": full["removed"] + n_removed}

@@ -135,7 +135,7 @@ def _built_afresh(settings, index_id: str, kind: str, vectors: np.ndarray, mappi
                                     cfg.seed)
     return {"index": index, "mapping": mapping, "recall": recall, "calibration": calibration,
             "note": f"{note}; confident match above score {calibration['match_threshold']}",
-            "meta": {"full_build": {"index_id": index_id, "n_vectors": len(vectors), "added": 0, "removed": 0}}}
+            "meta": {"full_build": incremental.full_build(index_id, len(vectors))}}
 
 
 def _updated(settings, base: dict, model_id: str, kind: str, vectors: np.ndarray, mapping: pa.Table) -> dict | None:
