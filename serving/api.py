@@ -19,6 +19,9 @@ import asyncio
 import html
 import logging
 import re
+import threading
+import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -181,9 +184,33 @@ def search_upload(settings, limits, upload: UploadFile | None, k: int) -> dict:
             "results": [public_hit(h) for h in hits]}
 
 
+def _load_at_start(settings, ready: threading.Event) -> None:
+    """Load the current index and its model and run one warm-up search (``serving.search.serving``), then say
+    ready; a home without a servable index is ready too (``/health`` then says why searches fail)."""
+    from serving.search import serving
+
+    started = time.perf_counter()
+    try:
+        state = serving(settings)
+        log.info("ready in %.1f s: %s", time.perf_counter() - started,
+                 f"index {state.searcher.index_id}" if state.searcher else state.problem)
+    except Exception:  # noqa: BLE001 - a failed load is reported by /health and search, never kills the server
+        log.exception("loading the index at start failed")
+    finally:
+        ready.set()
+
+
 def create_app(settings) -> FastAPI:
-    """The API for one data home; the index and model are loaded on the first search."""
-    app = FastAPI(title="shoesearch", description="Search shoe products by photo.")
+    """The API for one data home; the index and model are loaded (and one warm-up search run) as the server
+    starts, in the background: ``/health`` answers 503 ``starting`` until then, searches wait for it."""
+    ready = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        threading.Thread(target=_load_at_start, args=(settings, ready), name="load-index", daemon=True).start()
+        yield
+
+    app = FastAPI(title="shoesearch", description="Search shoe products by photo.", lifespan=lifespan)
     limits = upload_limits(settings)
     app.add_middleware(BodyGuard, photo_limit=limits.max_bytes, timeout_s=settings.api.body_timeout_s)
     app.add_middleware(RequestCap, limit=settings.api.max_connections)  # outermost: a refusal reads nothing
@@ -203,6 +230,9 @@ def create_app(settings) -> FastAPI:
     def health() -> JSONResponse:
         from serving.search import health as serving_health
 
+        if not ready.is_set():
+            return JSONResponse({"status": "starting", "index_id": None,
+                                 "error": "loading the model and the index"}, status_code=503)
         status, body = serving_health(settings)  # loads the current index (once): "ok" means searches are served
         return JSONResponse({k: public_message(v, settings.home) if isinstance(v, str) else v
                              for k, v in body.items()}, status_code=status)

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -236,6 +237,22 @@ class Searcher:
             results.append(hits)
         return results
 
+    def warm_up(self) -> float:
+        """One search of a blank photo through the whole query path (decode worker, model, index), so the first
+        real query is as fast as the rest; returns its seconds."""
+        import io
+
+        started = time.perf_counter()
+        limits = upload_limits(self.settings)
+        side = max(256, limits.min_side)
+        blank = io.BytesIO()
+        Image.new("RGB", (side, side), (128, 128, 128)).save(blank, "JPEG")
+        try:
+            self.search(self.photo_tensor(blank.getvalue(), limits, self.settings.api.max_decodes), 1)
+        except Exception as exc:  # noqa: BLE001 - a failed warm-up costs the first query its speed, nothing more
+            log.warning("warm-up search failed: %s", exc)
+        return time.perf_counter() - started
+
     def search(self, photo, k: int) -> list[SearchHit]:
         """The top ``k`` products for a PIL image or a tensor from :meth:`photo_tensor`."""
         if isinstance(photo, Image.Image):
@@ -275,7 +292,9 @@ def _refresh(settings, state: Serving) -> None:
         if info is None:
             raise ShoesearchError("no index yet: run `shoesearch index` (or `shoesearch nightly`) first")
         if state.searcher is None or state.searcher.index_id != info.index_id:
-            state.searcher = Searcher(settings, info.index_id)
+            searcher = Searcher(settings, info.index_id)
+            log.info("index %s loaded; warm-up search %.2f s", info.index_id, searcher.warm_up())
+            state.searcher = searcher
         state.problem = ShoesearchError(state.searcher.problem) if state.searcher.problem else None
     except ShoesearchError as exc:
         state.problem = exc

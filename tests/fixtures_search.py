@@ -74,9 +74,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_api(settings):
+def serve_api(settings, wait_ready: bool = True):
     """The API served by uvicorn as `shoesearch api` serves it (``serving.api.server_config``), on a free
-    loopback port in a thread; yields the base URL."""
+    loopback port in a thread; yields the base URL once ``/health`` no longer says ``starting`` (the index
+    and model are loaded at start), or as soon as it answers when not ``wait_ready``."""
     import httpx
     import uvicorn
 
@@ -90,8 +91,10 @@ def serve_api(settings):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(base + "/", timeout=2).status_code == 200:  # the page: /health would load the index
+            if httpx.get(base + "/", timeout=2).status_code == 200 and not (
+                    wait_ready and httpx.get(base + "/health", timeout=2).json()["status"] == "starting"):
                 break
+            time.sleep(0.1)
         except httpx.HTTPError:
             time.sleep(0.1)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import httpx
 from PIL import Image
@@ -81,3 +82,28 @@ def test_a_photo_of_no_shoe_is_answered_with_no_confident_match(api_server):
     assert other["results"][0]["score"] < other["match_threshold"] < shoe["results"][0]["score"]
     page = httpx.post(f"{base}/", files={"photo": ("c.jpg", _sample_jpeg("china.jpg"), "image/jpeg")}, timeout=60)
     assert "No confident match" in page.text
+
+
+def test_the_index_and_model_load_at_start_and_health_says_starting_until_then(indexed_home):
+    """Issue 28: the first search paid ~5 s (the model loaded on the first query). The server loads the index and
+    the model as it starts and runs a warm-up search; until then /health answers 503 ``starting`` (here held
+    there by holding the loader's lock), then ``ok`` with no search asked, the searcher already in memory."""
+    from serving import search as serving_search
+    from tests.fixtures_search import search_settings, serve_api
+
+    settings = search_settings(indexed_home)
+    serving_search._SERVING.pop(str(settings.home), None)  # as a fresh process: nothing loaded
+    with serving_search._LOAD_LOCK, serve_api(settings, wait_ready=False) as base:
+        held = httpx.get(f"{base}/health", timeout=10)
+        assert held.status_code == 503 and held.json()["status"] == "starting", held.text
+        assert "<form" in httpx.get(base + "/", timeout=10).text  # the page is served meanwhile
+        serving_search._LOAD_LOCK.release()
+        try:
+            for _ in range(600):
+                if (health := httpx.get(f"{base}/health", timeout=10)).json()["status"] != "starting":
+                    break
+                time.sleep(0.1)
+            assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+            assert serving_search._SERVING[str(settings.home)].searcher is not None  # loaded before any search
+        finally:
+            serving_search._LOAD_LOCK.acquire()
