@@ -14,11 +14,14 @@ next run of any step but crawl (whose resume closes its own attempts) marks each
 lock it can take, i.e. whose process is gone (killed, out of memory, power loss), as ``failed``.
 Every run's ``parameters`` also hold ``settings``: every effective setting the step ran with
 (``Settings.as_overrides()``, recorded by ``open_warehouse``), so a figure can be traced to them.
+A successful run that wrote ``products``, ``images`` or ``denoise`` then rewrites the materialised current
+views (:mod:`warehouse.current`), so analysts' queries over them stay fast.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import traceback
 import uuid
@@ -27,10 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from warehouse.current import refresh
 from warehouse.locks import LOCKS_DIR, HeldLock, take_if_abandoned
 from warehouse.store import Warehouse
 
 _CODE_VERSION: str | None = None
+log = logging.getLogger(__name__)
 
 
 def now() -> datetime:
@@ -202,6 +207,19 @@ def start_run(
         run._finish("failed", detail[:2000])
         raise
     run._finish("success", run.message)
+    if any(run.rows.get(table) for table in ("products", "images", "denoise")):
+        refresh_current(wh)
+
+
+def refresh_current(wh: Warehouse) -> None:
+    """Rewrite the materialised current views (:mod:`warehouse.current`) after a run that changed their inputs.
+
+    Never fails the run it follows: without them the views are computed live (slower, never stale).
+    """
+    try:
+        refresh(wh)
+    except Exception as exc:  # noqa: BLE001 - disk full, unreadable file: the live views answer instead
+        log.warning("current views not refreshed (queries compute them live): %s", exc)
 
 
 def lineage(wh: Warehouse, run_id: str) -> list[dict[str, Any]]:

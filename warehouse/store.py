@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -33,6 +34,7 @@ from core.errors import ShoesearchError
 from core.files import atomic_path, atomic_write_text, fsync_file
 from warehouse.views import UnreadableFile, check_query, unreadable  # noqa: F401 - UnreadableFile re-exported
 from warehouse.conform import SchemaError, conform, key_of  # noqa: F401 - re-exported (cli, crawlers)
+from warehouse.current import listing, manifest_mtime, valid_files
 from warehouse.locks import HeldLock, file_lock, pid_alive, take_if_abandoned  # noqa: F401 - file_lock re-exported
 from warehouse.schemas import TABLES
 
@@ -43,6 +45,7 @@ class TransactionLost(ShoesearchError):
     """A transaction's staged parts vanished before its commit: nothing of it was committed."""
 
 
+_FORKED: list = []  # cached connections a forked child inherited: kept, never closed, in that child
 COMMIT_ORDER = {"products": 1, "runs": 2}  # renamed after every other table of a transaction
 
 
@@ -170,6 +173,8 @@ class Warehouse:
         self.effective_settings: dict | None = None  # recorded in every run's parameters (open_warehouse)
         self.staging_dir = self.root / "_staging"
         self.broken: dict = {}  # views the last connect() left out, with the unreadable file behind each
+        self._cached = None  # (what its views read, connection, broken): see _cursor
+        self._cache_lock = threading.Lock()
         # A home we may not write (read-only mount, another user's files) is read as committed: recovery and
         # migration need writes and a lock file, and a reader must not fail for want of them.
         self.read_only = self.root.is_dir() and not os.access(self.root, os.W_OK)
@@ -250,31 +255,62 @@ class Warehouse:
             raise SchemaError(f"unknown table {table!r}; tables are: {', '.join(TABLES)}")
         return str(self.root / table / "batch-*" / "*.parquet")
 
-    def connect(self, confined: bool = False, limits: dict[str, str] | None = None):
+    def connect(self, confined: bool = False, limits: dict[str, str] | None = None, materialised: bool = True,
+                for_query: str | None = None):
         """A fresh in-memory DuckDB connection with every table (and ``*_current``) as a view.
 
-        ``confined`` (for SQL typed by a user): the connection reads files under the warehouse
-        directory only, and its settings (with ``limits``) are locked so a query cannot lift that
-        (see ``views.confine``).
+        ``products_current``, ``images_current`` and ``denoise_current`` read their materialised files while
+        those are exact (:mod:`warehouse.current`), else (or with ``materialised=False``) they are computed.
+        ``confined`` (for SQL typed by a user): the connection reads files under the warehouse directory only,
+        and its settings (with ``limits``) are locked so a query cannot lift that (see ``views.confine``).
+        ``for_query`` (a connection for that one query): only the views it needs (``views.views_for``).
         """
+        from warehouse.views import views_for
+
+        only = views_for(for_query) if for_query else None
+        return self._connect(valid_files(self) if materialised else {}, confined, limits, only)
+
+    def _connect(self, files: dict[str, str], confined: bool = False, limits: dict[str, str] | None = None,
+                 only: set[str] | None = None):
         import duckdb
 
         from warehouse.views import confine, create_views
 
         con = duckdb.connect(":memory:")
-        self.broken = create_views(con, self)  # a table with an unreadable file is left out: see check_query
+        self.broken = create_views(con, self, current=files, only=only)  # a table with an unreadable file is left out
         if confined:
             confine(con, [self.root], limits)
         return con
 
+    def _cursor(self):
+        """A cursor on this process's cached connection, rebuilt when a commit or refresh changed what its
+        views read (a directory listing per query, no file read); views over globs see new batches anyway."""
+        now = listing(self)
+        key = (os.getpid(), json.dumps(now), manifest_mtime(self))
+        with self._cache_lock:
+            cached = self._cached
+            if cached is not None and cached[0][0] != os.getpid():  # inherited by fork: never touch it here
+                _FORKED.append(cached)
+            if cached is None or cached[0] != key:
+                con = self._connect(valid_files(self, now))
+                cached = self._cached = (key, con, dict(self.broken))
+                if self.broken:  # retried by the next query: the file may be restored meanwhile
+                    self._cached = None
+            self.broken = cached[2]
+            return cached[1].cursor()
+
     def query(self, sql: str, params: Iterable[Any] | None = None) -> pa.Table:
-        """Run ``sql`` over the views; a file it cannot read is :class:`UnreadableFile` (named, one line)."""
+        """Run ``sql`` over the views; a file it cannot read is :class:`UnreadableFile` (named, one line).
+
+        The process keeps one in-memory connection per warehouse (its views created once): a query pays
+        for itself only, not for a new connection and its views.
+        """
         import duckdb
 
-        con = self.connect()
+        cur = self._cursor()
         try:
             check_query(sql, self.broken)
-            cur = con.execute(sql, list(params) if params is not None else None)
+            cur.execute(sql, list(params) if params is not None else None)
             return cur.fetch_arrow_table()
         except duckdb.Error as exc:
             err = unreadable(exc, self.root)
@@ -282,7 +318,7 @@ class Warehouse:
                 raise
             raise err from None
         finally:
-            con.close()
+            cur.close()
 
     def read(self, table: str, columns: list[str] | None = None, where: str | None = None) -> pa.Table:
         cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"

@@ -29,6 +29,7 @@ class UnreadableFile(ShoesearchError):
         self.reason = reason
 
 
+_CATALOG_QUERY = re.compile(r"information_schema|\bpg_catalog\b|\bduckdb_\w+\s*\(|^\s*(show|pragma)\b", re.I)
 _QUOTED_PATH = re.compile(r"""['"](/[^'"]+)['"]""")
 
 # Views derived from the raw tables: "what is true now". A decision in ``denoise_current`` is about
@@ -73,12 +74,44 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def view_statements(warehouse, materialize: bool = False) -> list[str]:
+def view_names() -> list[str]:
+    return ["runs_log" if t == "runs" else t for t in TABLES] + list(DERIVED_VIEWS)
+
+
+def views_for(sql: str) -> set[str] | None:
+    """The views ``sql`` names (a word match: a name in a string literal counts too); None (all of them) when
+    it names none or asks the catalog itself (SHOW, DESCRIBE without a name, information_schema, duckdb_*()).
+
+    A connection for one query (``shoesearch sql``) creates only these and those they are built on: DuckDB
+    reads every file footer of a table when it creates its view, which would cost more than a fast query.
+    """
+    if _CATALOG_QUERY.search(sql):
+        return None
+    names = {n for n in view_names() if re.search(rf"\b{n}\b", sql, re.I)}
+    return names or None
+
+
+def _needed(stmts: list[str], names: set[str]) -> list[str]:
+    """The statements creating ``names`` and every view their bodies name, in order."""
+    body = {s.split(" AS ", 1)[0].split()[-1]: s.split(" AS ", 1)[1] for s in stmts}
+    todo, out = list(names), set()
+    while todo:
+        name = todo.pop()
+        if name in body and name not in out:
+            out.add(name)
+            todo += [n for n in body if re.search(rf"\b{n}\b", body[name])]
+    return [s for s in stmts if s.split(" AS ", 1)[0].split()[-1] in out]
+
+
+def view_statements(warehouse, materialize: bool = False, current: dict[str, str] | None = None,
+                    only: set[str] | None = None) -> list[str]:
     """CREATE statements for every raw table and derived view (absolute paths).
 
     ``materialize`` copies the tables and the derived "current" views into DuckDB's own storage
     (a snapshot: fastest for analysts, as of the time it was written) instead of views over the
-    live Parquet files.
+    live Parquet files. ``current`` ({view: Parquet file}, from :func:`warehouse.current.valid_files`)
+    reads those derived views from their materialised files, exact as of now, instead of computing them.
+    ``only`` (see :func:`views_for`): just these views and those they are built on.
     """
     stmts = []
     kind = "TABLE" if materialize else "VIEW"
@@ -89,8 +122,10 @@ def view_statements(warehouse, materialize: bool = False) -> list[str]:
             f"CREATE OR REPLACE {kind} {name} AS SELECT * FROM read_parquet({glob}, union_by_name = true)"
         )
     for name, body in DERIVED_VIEWS.items():  # a snapshot stores these too: no work left at query time
+        if current and name in current:
+            body = f"SELECT * FROM read_parquet({_sql_string(current[name])})"
         stmts.append(f"CREATE OR REPLACE {kind} {name} AS {' '.join(body.split())}")
-    return stmts
+    return stmts if only is None else _needed(stmts, only)
 
 
 def unreadable(exc: Exception, root: Path) -> UnreadableFile | None:
@@ -109,7 +144,8 @@ def unreadable(exc: Exception, root: Path) -> UnreadableFile | None:
     return None
 
 
-def create_views(con, warehouse, materialize: bool = False) -> dict[str, UnreadableFile]:
+def create_views(con, warehouse, materialize: bool = False, current: dict[str, str] | None = None,
+                 only: set[str] | None = None) -> dict[str, UnreadableFile]:
     """Run :func:`view_statements` on ``con``, one by one; returns the views left out, each with its cause.
 
     DuckDB reads every file's footer when it creates a view, so one unreadable file of one table would
@@ -119,7 +155,7 @@ def create_views(con, warehouse, materialize: bool = False) -> dict[str, Unreada
     import duckdb
 
     broken: dict[str, UnreadableFile] = {}
-    for stmt in view_statements(warehouse, materialize):
+    for stmt in view_statements(warehouse, materialize, current, only):
         name = stmt.split(" AS ", 1)[0].split()[-1]
         try:
             con.execute(stmt)

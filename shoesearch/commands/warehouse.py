@@ -150,7 +150,7 @@ def cmd_sql(args, settings) -> int:
         con = duckdb.connect(str(settings.snapshot_path), read_only=True)
         confine(con, [], limits)  # its tables are inside the file: no other file is needed
     else:
-        con = wh.connect(confined=True, limits=limits)  # in-memory, and reads files under the warehouse only
+        con = wh.connect(confined=True, limits=limits, for_query=args.query)  # in-memory, warehouse files only
     try:
         check_query(args.query, wh.broken)  # a table with an unreadable file: name the file, in one line
         run_bounded(con, lambda budget: _print_result(con, statement, args, budget), settings.sql.timeout_s)
