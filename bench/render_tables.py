@@ -1,8 +1,8 @@
 """bench/REPORT.md: every benchmark's figures as tables, rendered from the committed bench/results/*.json.
 
     .venv/bin/python bench/render_tables.py            # prints the report
-    .venv/bin/python bench/render_tables.py --write    # writes bench/REPORT.md
-    .venv/bin/python bench/render_tables.py --check    # exits 1 when bench/REPORT.md differs from the rendering
+    .venv/bin/python bench/render_tables.py --write    # writes bench/REPORT.md and README.md's results table
+    .venv/bin/python bench/render_tables.py --check    # exits 1 when either differs from the rendering
 
 Each section names the JSON its tables come from and the command (from its bench script's docstring) that
 writes that JSON. The rendering reads nothing but the JSON and the bench scripts' docstrings, in a fixed order
@@ -24,10 +24,12 @@ if not __package__:  # run as a script: import bench.* from the repo, not from b
 
 from bench import report_perf as perf  # noqa: E402
 from bench import report_quality as quality  # noqa: E402
+from bench import report_readme  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 REPORT = BENCH / "REPORT.md"
+README = BENCH.parent / "README.md"
 WRITE_COMMAND = ".venv/bin/python bench/render_tables.py --write"
 
 QUALITY_FLAGS = ("Each run's seeds and `--set` values are in its table; `--tag T` names the file "
@@ -43,6 +45,10 @@ SECTIONS: tuple[tuple[str, str, str, Callable[[Path], list[str]]], ...] = (
     ("API search latency", "api_search.py", "", perf.api_search),
     ("Search index", "search.py", "", perf.search),
     ("Training throughput", "train.py", "", perf.train),
+    ("Cost of growth", "scaling.py", "", perf.scaling),
+    ("GPU", "gpu.py", "Ratios to the limits measured on one H100 (bf16, channels_last, 224 px). `--device cpu` "
+     "writes `gpu-cpu.json` at tiny sizes: it proves the script runs (`tests/test_bench_gpu.py`), its figures mean "
+     "nothing.", perf.gpu),
     ("Retrieval quality", "quality.py", "Runs over three or more seeds (splits). " + QUALITY_FLAGS,
      quality.multi_seed_runs),
     ("Recipe sweep", "quality.py", "Every footwear-dev run, against the three-seed run at the same number of "
@@ -102,13 +108,25 @@ def render_report(results: Path = RESULTS, bench: Path = BENCH) -> str:
     return "\n".join(out) + "\n"
 
 
-def check(report: Path = REPORT, results: Path = RESULTS) -> str | None:
-    """None when ``report`` holds what ``results`` renders, else the one line saying what is wrong and the fix."""
-    shown = report.relative_to(BENCH.parent) if report.is_relative_to(BENCH.parent) else report
-    if not report.exists():
-        return f"{shown} is missing: run {WRITE_COMMAND}"
-    if report.read_text() != render_report(results):
-        return f"{shown} differs from what bench/results/*.json renders: run {WRITE_COMMAND}"
+def render_readme(readme: Path = README, results: Path = RESULTS) -> str:
+    """``readme`` with its results table (between ``report_readme``'s markers) rendered from ``results``."""
+    try:
+        return report_readme.splice(readme.read_text(), report_readme.readme_block(results))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, StopIteration) as e:
+        raise ReportError(f"README results table (from {results}): {type(e).__name__}: {e}") from e
+
+
+def check(report: Path = REPORT, results: Path = RESULTS, readme: Path | None = README) -> str | None:
+    """None when ``report`` (and ``readme``'s results table) hold what ``results`` renders, else the one line
+    saying what is wrong and the fix."""
+    for path, render in ((report, lambda: render_report(results)), (readme, lambda: render_readme(readme, results))):
+        if path is None:
+            continue
+        shown = path.relative_to(BENCH.parent) if path.is_relative_to(BENCH.parent) else path
+        if not path.exists():
+            return f"{shown} is missing: run {WRITE_COMMAND}"
+        if path.read_text() != render():
+            return f"{shown} differs from what bench/results/*.json renders: run {WRITE_COMMAND}"
     return None
 
 
@@ -125,12 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"render_tables: {problem}", file=sys.stderr)
             return 1 if problem else 0
         text = render_report()
+        readme = render_readme()
     except ReportError as e:
         print(f"render_tables: error: {e}", file=sys.stderr)
         return 2
     if args.write:
         REPORT.write_text(text)
-        print(f"wrote {REPORT}")
+        README.write_text(readme)
+        print(f"wrote {REPORT} and the results table of {README}")
     else:
         sys.stdout.write(text)
     return 0

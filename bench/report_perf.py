@@ -43,11 +43,18 @@ def from_json(name: str):
 
 @from_json("warehouse.json")
 def warehouse(r: dict) -> list[str]:
+    refresh = (f", materialised current views in {r['refresh_current_seconds']} s"
+               if "refresh_current_seconds" in r else "")
     out = [f"`bench/results/warehouse.json`: {r['images']:,} images, {r['products']:,} products in {r['batches']} "
-           f"batches (built in {r['build_seconds']} s, snapshot in {r['snapshot_seconds']} s); {r['result_rows']} "
-           f"result rows; target {r['target_ms']} ms", "",
+           f"batches (built in {r['build_seconds']} s{refresh}, snapshot in {r['snapshot_seconds']} s); "
+           f"{r['result_rows']} result rows; target {r['target_ms']} ms", "",
            "| query | p50 ms | p90 ms | × baseline (p50) |", "|---|---:|---:|---:|"]
-    return out + [f"| {name} | {t['p50_ms']} | {t['p90_ms']} | {t['x_baseline']} |" for name, t in r["timings"].items()]
+    out += [f"| {name} | {t['p50_ms']} | {t['p90_ms']} | {t['x_baseline']} |" for name, t in r["timings"].items()]
+    if "target_met" in r:
+        met = ", ".join(f"{k.replace('_', ' ')} {r['live_ms'][k]} ms ({'met' if ok else 'NOT met'})"
+                        for k, ok in r["target_met"].items())
+        out += ["", f"Target < {r['target_ms']} ms on the live views: {met}."]
+    return out
 
 
 @from_json("crawl.json")
@@ -66,12 +73,17 @@ def embed(results: Path) -> list[str]:
     rows = [x for x in rows if x[2] is not None]
     if not rows:
         return missing("embed.json")
-    out = ["| JSON | run | photos | backbone, px | batch, workers, threads | embed task img/s | bare forward img/s "
-           "| task / bare |", "|---|---|---:|---|---|---:|---:|---:|"]
+    out = ["F: bare forward, tensors ready; D: decode + preprocess by the photo loader, no model; limit = "
+           "1 / (1/F + 1/D); step: the embed step after its first batch; start-up: step start to its first batch "
+           "(model, loader workers). All img/s, measured in one run.", "",
+           "| JSON | run | photos | backbone, px | batch, workers, threads | F | D | limit | step | step / limit "
+           "| start-up s | whole step (start-up incl.) | whole / F |", "|---|---|---:|---|---|" + "---:|" * 8]
     return out + [f"| `bench/results/{name}` | {what} | {r['photos']} of {r['photo_size']} px | {r['backbone']}, "
                   f"{r['image_size']} | {r['batch_size']}, {r['num_workers']}, {r['cpu_threads']} | "
-                  f"{r['embed_task_img_per_s']:.1f} | {r['bare_forward_img_per_s']:.1f} | "
-                  f"{r['task_vs_bare_ratio']:.2f} |"
+                  f"{r['bare_forward_img_per_s']:.1f} | {_num(r.get('decode_img_per_s'))} | "
+                  f"{_num(r.get('limit_img_per_s'))} | {_num(r.get('step_img_per_s'))} | "
+                  f"{_num(r.get('ratio_vs_limit'), '.2f')} | {_num(r.get('step_start_s'))} | "
+                  f"{r['embed_task_img_per_s']:.1f} | {r['task_vs_bare_ratio']:.2f} |"
                   for name, what, r in rows]
 
 
@@ -95,18 +107,62 @@ def api_search(r: dict) -> list[str]:
 
 @from_json("search.json")
 def search(r: dict) -> list[str]:
-    m = r["machine"]
-    out = [f"`bench/results/search.json`: {m['cpu_count']} CPUs, faiss {m['faiss']} ({m['faiss_threads']} threads), "
-           f"{m['gpus']} GPUs, python {m['python']}; {r['seconds']:.0f} s in all", "",
-           "| vectors | index | device | build s | single q/s | p50 ms | p99 ms | batched q/s | × exact (single / "
-           "batched) | recall@10 vs exact |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for x in r["rows"]:
-        size = f"{x['vectors'] // 1_000_000}M" if x["vectors"] % 1_000_000 == 0 else f"{x['vectors'] // 1000}k"
-        out.append(f"| {size} | {SEARCH_KINDS.get(x['kind'], x['kind'])} | {x['device']} | {_num(x['build_s'])} | "
-                   f"{x['single_qps']:,.1f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {x['batch_qps']:,.0f} | "
-                   f"{x['single_speedup_vs_exact']:.0f} / {x['batch_speedup_vs_exact']:.1f} | "
-                   f"{x['recall_at_10']:.3f} |")
+    m, v = r["machine"], r["vectors"]
+    out = [f"`bench/results/search.json`: {m['cpu_count']} CPUs, faiss {m['faiss']} ({m['faiss_threads']} threads); "
+           f"{r['seconds']:.0f} s in all. Vectors ({v['dim']}-d) drawn from statistics fitted on {v['source']}: "
+           f"median best same-product / other-product cosine and Recall@1 real {_neighbours(v['real'])}, synthetic "
+           f"(same size) {_neighbours(v['synthetic'])}. Per index setting: the fastest row reaching recall@10 "
+           f"{r['target_recall_at_10']} of exact, else its best recall."]
+    if isinstance(r.get("args"), dict) and r["args"].get("note"):
+        out[0] += f" Note: {r['args']['note']}."
+    for size in r["sizes"]:
+        out += ["", "| vectors | index | nprobe / efSearch | p50 ms | p99 ms | batched q/s | × exact (single / "
+                "batched) | recall@10 | MB per million |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        out += [_search_row(x) for x in _search_best(size["rows"], r["target_recall_at_10"])]
+        chosen, defaults = size.get("chosen"), size.get("defaults")
+        out += ["", f"{_size(size['vectors'])}: chosen " + (_search_what(chosen) + f", p99 {chosen['p99_ms']:.2f} ms, "
+                f"recall@10 {chosen['recall_at_10']:.3f}, {chosen['mb_per_million']:,.0f} MB per million photos"
+                if chosen else "none reaches the target")]
+        if defaults:
+            out.append(f"{_size(size['vectors'])} with the project's defaults ({_search_what(defaults)}, built in "
+                       f"{defaults['build_s']:.0f} s): p99 {defaults['p99_ms']:.2f} ms, batched "
+                       f"{defaults['batch_qps']:,.0f} q/s, recall@10 {defaults['recall_at_10']:.3f}, "
+                       f"{defaults['mb_per_million']:,.0f} MB per million photos")
     return out
+
+
+def _neighbours(s: dict) -> str:
+    return f"{s['right_median']:.3f} / {s['wrong_median']:.3f} / {s['recall_at_1']:.3f}"
+
+
+def _size(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k"
+
+
+def _search_what(x: dict) -> str:
+    if x["kind"] in ("flat_ip", "hnsw"):
+        return SEARCH_KINDS[x["kind"]] + (f" M={x['hnsw_m']}" if x["kind"] == "hnsw" else "")
+    rerank = f" + SQ8 re-rank ×{x['refine_factor']}" if x.get("refine") else ""
+    return f"IVF{x['nlist']}-PQ{x['pq_bytes']}{rerank}, nprobe {x['nprobe']}"
+
+
+def _search_best(rows: list[dict], target: float) -> list[dict]:
+    """Per index setting (all but the query-time beam), the fastest row at the target recall, else the best recall."""
+    groups: dict = {}
+    for x in rows:
+        groups.setdefault((x["kind"], x.get("nlist"), x.get("pq_bytes"), x.get("refine_factor")), []).append(x)
+    best = []
+    for group in groups.values():
+        ok = [x for x in group if x["recall_at_10"] >= target]
+        best.append(min(ok, key=lambda x: x["p99_ms"]) if ok else max(group, key=lambda x: x["recall_at_10"]))
+    return best
+
+
+def _search_row(x: dict) -> str:
+    beam = x.get("ef_search") if x["kind"] == "hnsw" else x.get("nprobe")
+    return (f"| {_size(x['vectors'])} | {_search_what(x).split(', nprobe')[0]} | {_num(beam, 'd')} | "
+            f"{x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {x['batch_qps']:,.0f} | {x['single_speedup_vs_exact']:.0f} / "
+            f"{x['batch_speedup_vs_exact']:.1f} | {x['recall_at_10']:.3f} | {x['mb_per_million']:,.0f} |")
 
 
 @from_json("train.json")
@@ -118,6 +174,13 @@ def train(r: dict) -> list[str]:
            f"{c['train_photos']} training photos (frozen-stage cache built in {c['cache_s']} s)", "",
            "| path | images/s | vs bare |", "|---|---:|---:|"]
     out += [f"| {name} | {ips:.1f} | {r['ratio_vs_bare'][name]:.2f}x |" for name, ips in r["images_per_s"].items()]
+    split = r.get("epoch_breakdown_s", {})
+    if split:
+        out += ["", f"Epoch / step ({c.get('num_workers', '-')} loader workers): the epoch's wall clock split into "
+                "mining, steps and steps waiting for photos (loader starts included):", "",
+                "| epoch | epoch / step | wall s | mining s | steps s | waiting s |", "|---|---:|---:|---:|---:|---:|"]
+        out += [f"| {k} | {r['epoch_vs_step'][k]:.2f} | {t['wall_s']:.2f} | {t['mine_s']:.2f} | {t['step_s']:.2f} | "
+                f"{t['wait_s']:.2f} |" for k, t in split.items()]
     return out + ["", f"Reference, not measured here: {r['reference_h100_img_s']:,} img/s, VGG16 conv5 + NetVLAD "
                   "training at 224 px, bf16, one H100."]
 
@@ -165,4 +228,58 @@ def denoise_threshold(results: Path) -> list[str]:
                 f"views, {r['noise']} injected noise photos; distances to the first view: {quantiles}", "",
                 "| threshold | precision | recall |", "|---:|---:|---:|"]
         out += [f"| {t['threshold']:.2f} | {t['precision']:.2f} | {t['recall']:.2f} |" for t in r["at_threshold"]]
+    return out
+
+
+def _not_measured(name: str, why: str) -> list[str]:
+    return [f"Not measured yet: no `bench/results/{name}` ({why})."]
+
+
+def scaling(results: Path) -> list[str]:
+    """bench/scaling.py: seconds and peak memory per step and catalogue size, the growth exponents, the 500k
+    extrapolation."""
+    r = load(results, "scaling.json")
+    if r is None:
+        return _not_measured("scaling.json", "run `bench/scaling.py` on a quiet machine")
+    sizes = [n for n in r["sizes"] if n]
+    out = [f"`bench/results/scaling.json`: synthetic catalogs of {', '.join(f'{n:,}' for n in sizes)} photos "
+           f"({r['photo_size']} px), {r['cpu_count']} CPUs, one epoch of {r['queries_per_epoch']} queries; seconds / "
+           "peak MB of the step's process; exponents of a power-law fit (1 linear, 0 constant)", "",
+           "| step | " + " | ".join(f"{n:,} photos" for n in sizes) + " | time exp. | memory exp. |",
+           "|---|" + "---:|" * (len(sizes) + 2)]
+    for name, g in r["growth"].items():
+        cells = " | ".join(f"{s:.1f} s / {m:,.0f}" for s, m in zip(g["seconds"], g["self_peak_mb"]))
+        out.append(f"| {name} | {cells} | {_num(g['time_exponent'], '.2f')} | {_num(g['memory_exponent'], '.2f')} |")
+    out += ["", "| train.batch_size | " + " | ".join(f"{p} MB" for p in ("whitening", "epoch", "validation")) + " |",
+            "|---:|---:|---:|---:|"]
+    for b, run in r["batch_sweep"].items():
+        t = run.get("steps", {}).get("train", {})
+        out.append(f"| {b} | " + " | ".join(_num(t.get(p, {}).get("self_peak_mb"), ",.0f")
+                                            for p in ("whitening", "epoch", "validation")) + " |")
+    x = r["extrapolated_500k"]
+    parts = ", ".join(f"{k} {v / 3600:.2f} h / {x['h100_seconds'].get(k, 0) / 3600:.2f} h"
+                      for k, v in x["cpu_seconds"].items() if v is not None and k in x["h100_seconds"])
+    return out + ["", f"Extrapolated to 500k photos (this CPU / one H100): {parts}; nightly with one epoch "
+                  f"~{x['cpu_nightly_hours_1_epoch']} h / ~{x['h100_nightly_hours_1_epoch']} h. {x['note']}."]
+
+
+def gpu(results: Path) -> list[str]:
+    """bench/gpu.py on a lent GPU: each section's figure and its ratio to the H100 limit."""
+    r = load(results, "gpu.json")
+    if r is None:
+        return _not_measured("gpu.json", "no GPU was lent yet; `bench/gpu.py --device cpu` proves the script runs")
+    env = r["sections"].get("environment", {})
+    out = [f"`bench/results/gpu.json`: {env.get('gpu', r['device'])}, torch {env.get('torch')}, faiss "
+           f"{env.get('faiss')}; {r['seconds']} s in all", "", "| section | figure | value | × H100 limit |",
+           "|---|---|---:|---:|"]
+    keys = {"forward_lite0": "forward_lite0", "forward_vgg16": "forward_vgg16", "train_step_lite0": "train_step_lite0",
+            "train_step_vgg16": "train_step_vgg16", "decode": "decode_nvjpeg", "embed_nvjpeg": "embed_nvjpeg_steady",
+            "embed_cpu_decode": "embed_cpu_decode_steady", "search_torch": "search_exact_knn"}
+    for name, sec in r["sections"].items():
+        if "error" in sec or "skipped" in sec:
+            out.append(f"| {name} | {'error' if 'error' in sec else 'skipped'} | {sec.get('error', sec.get('skipped'))} | - |")
+            continue
+        for k, v in sec.items():
+            if k.endswith("_per_s") and isinstance(v, (int, float)):
+                out.append(f"| {name} | {k} | {v:,.1f} | {_num(r['ratios'].get(keys.get(name, '')), '.2f')} |")
     return out

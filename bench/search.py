@@ -1,20 +1,22 @@
-"""Benchmark: faiss search speed and approximate-vs-exact recall at 100k and 1M synthetic vectors.
+"""Benchmark: approximate search tuned on realistic vectors; a sweep of IVF-PQ and HNSW settings at 100k and 1M.
 
-For each gallery size it builds the exact inner-product index (the baseline) and the approximate
-indexes the index step would choose above ``index.exact_max_vectors``, then measures single-query
-latency (p50/p99, queries/s), batched throughput and recall@10 against exact search, and prints
-ratios against the exact index measured in the same run. Vectors are L2-normalised, 512-d (like
-PCA-whitened NetVLAD descriptors) and structured like a catalog: look-alike categories, products
-within them, ~10 photos per product; queries are perturbed gallery vectors, as a new photo of a
-cataloged product would be. Runs on CPU (faiss-cpu); with faiss-gpu and a
-GPU it also times the exact index on the GPU.
+The gallery is drawn by ``bench/search_vectors.py`` from statistics fitted on real descriptors (the trained
+model's, of ``../shared/data/footwear-dev``): their principal-axis spectrum, the component all photos share,
+look-alike product families and ~4-5 views per product; queries are new photos of cataloged products. Unlike
+isotropic clusters, such vectors make approximate search lose neighbours.
 
-    .venv/bin/python bench/search.py            # 100k and 1M, about 5 minutes on 2 cores
+For each gallery size it measures the exact inner-product index (the baseline: ground truth, p99, batched
+queries/s), then sweeps IVF-PQ (``nlist`` x PQ code size, each at every ``nprobe``, with and without the SQ8
+re-rank at several re-rank factors) and, up to ``--hnsw-max`` vectors, HNSW ``efSearch``. Each setting gets
+single-query p50/p99, batched queries/s, recall@10 against exact search and index bytes per million vectors.
+The chosen setting at the largest size is the lowest p99 with recall@10 >= ``--target`` (among p99 within 10 %
+of it, the smallest index); it is then rebuilt through ``index.faiss_build.build_faiss`` with the project's
+defaults (``core/sections.py`` ``IndexSettings``) and measured the same way, so the JSON shows the defaults
+meeting the target or not. CPU only (faiss-cpu); timings on a shared machine are noisy.
 
-Query counts are sized for a 2-core machine (exact search at 1M x 512 answers ~10-20 batched
-queries/s there): 50 timed single queries (so p99 is the second-slowest), 512 batched queries and
-200 recall queries per index; raise them with the flags on a bigger machine.
-    .venv/bin/python bench/search.py --sizes 20000 --single 50
+    .venv/bin/python bench/search.py                      # 100k and 1M, ~15 min on 2 quiet cores
+    .venv/bin/python bench/search.py --sizes 100000       # ~2 min
+    .venv/bin/python bench/search.py --refit MODEL.pt [--catalog DIR]   # refit search_vectors.json first
 """
 
 from __future__ import annotations
@@ -31,161 +33,252 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import search_vectors  # noqa: E402
 from bench.results_io import write_result  # noqa: E402
 from core.settings import IndexSettings  # noqa: E402
-from index.faiss_build import build_faiss, gpu_count, ivf_lists, recall_vs_exact  # noqa: E402
+from index.faiss_build import build_faiss, ivf_lists, pq_subquantizers  # noqa: E402
 
-DIM = 512
-CATEGORIES = 2_000  # look-alike groups (a model line, a colourway family)
-PHOTOS_PER_PRODUCT = 10  # a catalog is ~10 photos per product: 100k / 1M photos = 10k / 100k products
-CATEGORY_SPREAD = 0.6  # products of a category around its centre (per dimension, relative)
-PHOTO_SPREAD = 0.35  # a product's photos around the product (viewpoint, background)
-QUERY_NOISE = 0.3  # a query is a gallery vector plus this much noise
 RESULTS = Path(__file__).resolve().parent / "results" / "search.json"
-# Measured elsewhere, printed for context only (../shared/reference/ecosystem.md, one H100):
-GPU_REFERENCE = "exact kNN, 1M x 512 fp16 gallery, batched matmul+topk on one H100: 114,030 queries/s"
+CATALOG = Path(__file__).resolve().parents[2] / "shared" / "data" / "footwear-dev"
+K = 10
 
 
-def synthetic_vectors(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` L2-normalised photo vectors: categories -> products -> ~10 photos each.
-
-    Generated in chunks of whole products (the chunk size is a multiple of PHOTOS_PER_PRODUCT).
-    """
-    categories = rng.standard_normal((CATEGORIES, dim), dtype=np.float32)
-    out = np.empty((n, dim), dtype=np.float32)
-    step = 100_000
-    for start in range(0, n, step):
-        m = min(step, n - start)
-        product = np.arange(start, start + m) // PHOTOS_PER_PRODUCT
-        first = product[0]
-        n_products = product[-1] - first + 1
-        centres = categories[rng.integers(0, CATEGORIES, n_products)] + \
-            CATEGORY_SPREAD * rng.standard_normal((n_products, dim), dtype=np.float32)
-        block = centres[product - first] + PHOTO_SPREAD * rng.standard_normal((m, dim), dtype=np.float32)
-        out[start:start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    return out
-
-
-def make_queries(gallery: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    q = gallery[rng.integers(0, len(gallery), n)] + QUERY_NOISE / np.sqrt(gallery.shape[1]) * \
-        rng.standard_normal((n, gallery.shape[1]), dtype=np.float32)
-    return np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), dtype=np.float32)
-
-
-def time_single(index, queries: np.ndarray, k: int) -> dict:
+def time_single(index, queries: np.ndarray) -> dict:
     latencies = []
     for q in queries:
         t = time.perf_counter()
-        index.search(q[None, :], k)
+        index.search(q[None, :], K)
         latencies.append(time.perf_counter() - t)
     lat = np.array(latencies) * 1000
-    return {"single_qps": len(lat) / (lat.sum() / 1000), "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99))}
+    return {"single_qps": round(len(lat) / (lat.sum() / 1000), 1), "p50_ms": round(float(np.percentile(lat, 50)), 3),
+            "p99_ms": round(float(np.percentile(lat, 99)), 3)}
 
 
-def time_batch(index, queries: np.ndarray, k: int, batch: int) -> dict:
+def time_batch(index, queries: np.ndarray, batch: int) -> dict:
     t = time.perf_counter()
     for start in range(0, len(queries), batch):
-        index.search(queries[start:start + batch], k)
-    seconds = time.perf_counter() - t
-    return {"batch_qps": len(queries) / seconds, "batch_ms": 1000 * seconds / max(1, len(queries) // batch)}
+        index.search(queries[start:start + batch], K)
+    return {"batch_qps": round(len(queries) / (time.perf_counter() - t), 1)}
 
 
-def bench_size(n: int, args, rng: np.random.Generator) -> list[dict]:
+def recall(index, queries: np.ndarray, truth: np.ndarray) -> float:
+    _, found = index.search(queries, K)
+    return round(float(np.mean([len(set(t) & set(f)) / K for t, f in zip(truth, found)])), 4)
+
+
+def measure(index, qs: dict, truth: np.ndarray, args) -> dict:
+    return {**time_single(index, qs["single"]), **time_batch(index, qs["batch"], args.batch),
+            "recall_at_10": recall(index, qs["recall"], truth)}
+
+
+def bytes_per_million(index, n: int) -> float:
     import faiss
 
-    print(f"\n== {n:,} vectors x {DIM} dims ==", flush=True)
-    t = time.perf_counter()
-    gallery = synthetic_vectors(n, DIM, rng)
-    single_q = make_queries(gallery, args.single, rng)
-    batch_q = make_queries(gallery, args.batch_queries, rng)
-    recall_q = make_queries(gallery, args.recall_queries, rng)
-    print(f"generated in {time.perf_counter() - t:.1f} s", flush=True)
+    return round(faiss.serialize_index(index).nbytes / n, 1)  # bytes per vector = MB per million
 
-    # Bench-sized quantiser training (the defaults train on 200k vectors: minutes on 2 cores).
-    cfg = replace(IndexSettings(), train_sample=args.train_sample, ivf_lists=args.ivf_lists)
-    kinds = ["flat_ip", "ivfpq"] + (["hnsw"] if n <= args.hnsw_max else [])
-    rows = []
-    for kind in kinds:
-        t = time.perf_counter()
-        index = build_faiss(gallery, kind, cfg, use_gpu=False, seed=0)
-        build_s = time.perf_counter() - t
-        row = {"vectors": n, "dim": DIM, "kind": kind, "device": "cpu", "build_s": build_s,
-               "ivf_lists": ivf_lists(n, cfg) if kind == "ivfpq" else None,
-               "nprobe": cfg.nprobe if kind == "ivfpq" else None,
-               "ef_search": cfg.hnsw_ef_search if kind == "hnsw" else None}
-        row.update(time_single(index, single_q, args.k))
-        row.update(time_batch(index, batch_q, args.k, args.batch))
-        row["recall_at_10"] = 1.0 if kind == "flat_ip" else recall_vs_exact(index, gallery, recall_q, 10)
-        row["memory_mb"] = faiss.serialize_index(index).nbytes / 1e6
-        print(f"  {kind:8s} build {build_s:6.1f} s  single {row['single_qps']:8.1f} q/s "
-              f"(p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms)  batch {row['batch_qps']:9.1f} q/s  "
-              f"recall@10 {row['recall_at_10']:.3f}", flush=True)
-        rows.append(row)
-        del index
-    if gpu_count() > 0:  # only with faiss-gpu on a GPU host
-        resources = faiss.StandardGpuResources()
-        cpu_flat = faiss.IndexFlatIP(DIM)
-        cpu_flat.add(gallery)
-        index = faiss.index_cpu_to_gpu(resources, 0, cpu_flat)
-        row = {"vectors": n, "dim": DIM, "kind": "flat_ip", "device": "gpu", "build_s": None}
-        row.update(time_single(index, single_q, args.k))
-        row.update(time_batch(index, batch_q, args.k, args.batch))
-        row["recall_at_10"] = 1.0
-        rows.append(row)
-    base = next(r for r in rows if r["kind"] == "flat_ip" and r["device"] == "cpu")
-    for r in rows:
-        r["single_speedup_vs_exact"] = r["single_qps"] / base["single_qps"]
-        r["batch_speedup_vs_exact"] = r["batch_qps"] / base["batch_qps"]
+
+def trained_ivf(gallery: np.ndarray, nlist: int, args, rng) -> tuple:
+    """A coarse quantizer of ``nlist`` cells (trained as the index step trains it) and every vector's cell."""
+    import faiss
+
+    dim = gallery.shape[1]
+    size = min(len(gallery), max(args.train_per_list * nlist, args.train_min))
+    sample = gallery[np.sort(rng.choice(len(gallery), size, replace=False))]
+    t = time.perf_counter()
+    quantizer = faiss.IndexFlatIP(dim)
+    faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT).train(sample)  # trains the quantizer
+    _, assign = quantizer.search(gallery, 1)
+    return quantizer, np.ascontiguousarray(assign[:, 0]), sample, time.perf_counter() - t
+
+
+def ivfpq_on(quantizer, assign: np.ndarray, gallery: np.ndarray, sample: np.ndarray, pq_bytes: int):
+    """IVF-PQ over a trained quantizer, its vectors added with their precomputed cells (no re-assignment)."""
+    import faiss
+
+    n, dim = gallery.shape
+    index = faiss.IndexIVFPQ(quantizer, dim, quantizer.ntotal, pq_subquantizers(dim, pq_bytes), 8,
+                             faiss.METRIC_INNER_PRODUCT)
+    index.train(sample)  # the quantizer is trained: only the PQ codebooks are
+    for start in range(0, n, 100_000):
+        x, a = gallery[start:start + 100_000], assign[start:start + 100_000]
+        index.add_core(len(x), faiss.swig_ptr(x), None, faiss.swig_ptr(a))
+    return index
+
+
+def sweep_ivfpq(gallery, qs, truth, args, rng) -> list[dict]:
+    import faiss
+
+    n, rows = len(gallery), []
+    sq8 = faiss.IndexScalarQuantizer(gallery.shape[1], faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    sq8.train(gallery[:100_000])
+    sq8.add(gallery)
+    for nlist in [v for v in args.nlist if n >= 39 * v]:
+        quantizer, assign, sample, train_s = trained_ivf(gallery, nlist, args, rng)
+        print(f"  nlist {nlist}: quantizer trained and {n:,} vectors assigned in {train_s:.0f} s", flush=True)
+        for pq_bytes in args.pq_bytes:
+            t = time.perf_counter()
+            base = ivfpq_on(quantizer, assign, gallery, sample, pq_bytes)
+            build_s = train_s + time.perf_counter() - t
+            refined = faiss.IndexRefine(base, sq8)
+            memory = {0: bytes_per_million(base, n), 1: bytes_per_million(refined, n)}
+            for factor in args.refine_factor:
+                index = refined if factor else base
+                if factor:
+                    refined.k_factor = factor
+                for nprobe in args.nprobe:
+                    base.nprobe = nprobe
+                    row = {"vectors": n, "kind": "ivfpq", "nlist": nlist, "pq_bytes": pq_bytes, "nprobe": nprobe,
+                           "refine": "SQ8" if factor else "", "refine_factor": factor or None,
+                           "build_s": round(build_s, 1), "mb_per_million": memory[bool(factor)],
+                           **measure(index, qs, truth, args)}
+                    _print_row(row)
+                    rows.append(row)
+            del refined, base
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
-    header = f"{'vectors':>9} {'kind':8} {'dev':4} {'build s':>8} {'1q q/s':>9} {'p50 ms':>8} {'p99 ms':>8} " \
-             f"{'batch q/s':>10} {'x exact 1q':>10} {'x exact batch':>13} {'recall@10':>9}"
-    print("\n" + header)
-    print("-" * len(header))
+def sweep_hnsw(gallery, qs, truth, args) -> list[dict]:
+    cfg = IndexSettings()
+    t = time.perf_counter()
+    index = build_faiss(gallery, "hnsw", cfg, use_gpu=False)
+    build_s, rows = time.perf_counter() - t, []
+    memory = bytes_per_million(index, len(gallery))
+    for ef in args.ef_search:
+        index.hnsw.efSearch = ef
+        row = {"vectors": len(gallery), "kind": "hnsw", "hnsw_m": cfg.hnsw_m,
+               "ef_construction": cfg.hnsw_ef_construction, "ef_search": ef, "build_s": round(build_s, 1),
+               "mb_per_million": memory, **measure(index, qs, truth, args)}
+        _print_row(row)
+        rows.append(row)
+    return rows
+
+
+def exact_row(gallery, qs, args) -> tuple[dict, np.ndarray]:
+    import faiss
+
+    index = faiss.IndexFlatIP(gallery.shape[1])
+    index.add(gallery)
+    _, truth = index.search(qs["recall"], K)
+    row = {"vectors": len(gallery), "kind": "flat_ip", "build_s": 0.0,
+           "mb_per_million": bytes_per_million(index, len(gallery)),
+           **time_single(index, qs["single"][:args.exact_single]), **time_batch(index, qs["batch"], args.batch),
+           "recall_at_10": 1.0}
+    _print_row(row)
+    return row, truth
+
+
+def choose(rows: list[dict], target: float) -> dict | None:
+    """Lowest p99 with recall@10 >= ``target``; among p99 within 10 % of it, the smallest index, then best recall."""
+    ok = [r for r in rows if r["kind"] != "flat_ip" and r["recall_at_10"] >= target]
+    if not ok:
+        return None
+    fastest = min(r["p99_ms"] for r in ok)
+    near = [r for r in ok if r["p99_ms"] <= 1.1 * fastest]
+    return min(near, key=lambda r: (r["mb_per_million"], -r["recall_at_10"], r["p99_ms"]))
+
+
+def default_row(gallery, qs, truth, args) -> dict:
+    """The index the index step builds at this size with the project's defaults (bench-sized training sample)."""
+    cfg = replace(IndexSettings(), train_sample=min(IndexSettings().train_sample, len(gallery)))
+    t = time.perf_counter()
+    index = build_faiss(gallery, cfg.approximate, cfg, use_gpu=False, seed=0)
+    row = {"vectors": len(gallery), "kind": f"default ({cfg.approximate})", "nlist": ivf_lists(len(gallery), cfg),
+           "pq_bytes": cfg.pq_bytes, "nprobe": cfg.nprobe, "refine": cfg.refine, "refine_factor": cfg.refine_factor,
+           "train_sample": cfg.train_sample, "build_s": round(time.perf_counter() - t, 1),
+           "mb_per_million": bytes_per_million(index, len(gallery)), **measure(index, qs, truth, args)}
+    _print_row(row)
+    return row
+
+
+def bench_size(n: int, stats: dict, args) -> dict:
+    rng = np.random.default_rng(args.seed)
+    print(f"\n== {n:,} vectors x {stats['dim']} dims ==", flush=True)
+    t = time.perf_counter()
+    gallery, _, catalog = search_vectors.generate(stats, n, rng)
+    qs = {name: search_vectors.queries(catalog, count) for name, count in
+          (("single", args.single), ("batch", args.batch_queries), ("recall", args.recall_queries))}
+    print(f"generated in {time.perf_counter() - t:.1f} s", flush=True)
+    exact, truth = exact_row(gallery, qs, args)
+    rows = [exact] + sweep_ivfpq(gallery, qs, truth, args, rng)
+    if n <= args.hnsw_max:
+        rows += sweep_hnsw(gallery, qs, truth, args)
     for r in rows:
-        build = f"{r['build_s']:.1f}" if r["build_s"] is not None else "-"
-        print(f"{r['vectors']:>9,} {r['kind']:8} {r['device']:4} {build:>8} {r['single_qps']:>9.1f} "
-              f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['batch_qps']:>10.1f} "
-              f"{r['single_speedup_vs_exact']:>10.2f} {r['batch_speedup_vs_exact']:>13.2f} {r['recall_at_10']:>9.3f}")
+        r["single_speedup_vs_exact"] = round(r["single_qps"] / exact["single_qps"], 1)
+        r["batch_speedup_vs_exact"] = round(r["batch_qps"] / exact["batch_qps"], 1)
+    result = {"vectors": n, "dim": stats["dim"], "rows": rows, "chosen": choose(rows, args.target)}
+    if args.check_defaults and n == max(args.sizes) and n > IndexSettings().exact_max_vectors:
+        result["defaults"] = default_row(gallery, qs, truth, args)
+    return result
+
+
+def _print_row(r: dict) -> None:
+    what = {"flat_ip": "exact", "hnsw": f"hnsw ef {r.get('ef_search')}"}.get(r["kind"]) or (
+        f"{r['kind']} nlist {r['nlist']} pq {r['pq_bytes']} nprobe {r['nprobe']} "
+        f"{'SQ8x' + str(r['refine_factor']) if r.get('refine') else 'no re-rank'}")
+    print(f"  {what:<44} p50 {r['p50_ms']:7.2f} p99 {r['p99_ms']:7.2f} ms  batch {r['batch_qps']:8.0f} q/s  "
+          f"recall@10 {r['recall_at_10']:.3f}  {r['mb_per_million']:6.0f} MB/M", flush=True)
+
+
+def refit(args) -> dict:
+    """Refit ``search_vectors.json`` from a trained model's descriptors of ``args.catalog`` (stays outside)."""
+    x, groups, _ = search_vectors.embed_catalog(args.catalog, args.refit)
+    stats = search_vectors.fit_stats(x, groups, f"{args.refit.name} on {args.catalog.name}: {len(x)} photos")
+    search_vectors.STATS.write_text(__import__("json").dumps(stats, indent=1) + "\n")
+    print(f"refitted {search_vectors.STATS}: real {stats['real']}, synthetic {stats['synthetic']}")
+    return stats
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--nlist", type=int, nargs="+", default=[1024, 4096],
+                   help="IVF cells (skipped below 39 vectors each)")
+    p.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    p.add_argument("--pq-bytes", type=int, nargs="+", default=[32, 64], help="PQ code bytes per vector")
+    p.add_argument("--refine-factor", type=int, nargs="+", default=[0, 8, 16, 32], help="SQ8 re-rank factors (0: none)")
+    p.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    p.add_argument("--hnsw-max", type=int, default=100_000,
+                   help="HNSW only up to this size (build ~1-2k vectors/s here)")
+    p.add_argument("--train-per-list", type=int, default=39, help="quantizer training vectors per IVF cell")
+    p.add_argument("--train-min", type=int, default=50_000, help="at least this many training vectors (PQ codebooks)")
+    p.add_argument("--target", type=float, default=0.95, help="recall@10 vs exact the chosen setting must reach")
+    p.add_argument("--single", type=int, default=200, help="single queries timed per setting (p99 = 3rd slowest)")
+    p.add_argument("--exact-single", type=int, default=30, help="single queries timed on the exact index")
+    p.add_argument("--batch", type=int, default=256, help="queries per batched call")
+    p.add_argument("--batch-queries", type=int, default=1024, help="queries timed in batches per setting")
+    p.add_argument("--recall-queries", type=int, default=500, help="queries for recall@10 vs exact")
+    p.add_argument("--no-check-defaults", dest="check_defaults", action="store_false",
+                   help="skip rebuilding the largest size with the project's defaults")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refit", type=Path, help="trained model checkpoint (.pt): refit search_vectors.json first")
+    p.add_argument("--catalog", type=Path, default=CATALOG, help="catalog folder the refit embeds (labels.csv)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--single", type=int, default=50, help="single queries timed per index")
-    parser.add_argument("--batch", type=int, default=256, help="queries per batched call")
-    parser.add_argument("--batch-queries", type=int, default=512, help="queries timed in batches per index")
-    parser.add_argument("--recall-queries", type=int, default=200, help="queries for recall@10 vs exact")
-    parser.add_argument("--train-sample", type=int, default=50_000, help="IVF/PQ training vectors")
-    parser.add_argument("--ivf-lists", type=int, default=0, help="0: ~4*sqrt(n), at most train_sample/39 (as the index step)")
-    parser.add_argument("--hnsw-max", type=int, default=0,
-                        help="also build HNSW up to this size (slow on 2 cores: ~45 s per 20k vectors)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-
+    args = parse_args(argv)
     import faiss
 
-    rng = np.random.default_rng(0)
+    stats = refit(args) if args.refit else search_vectors.load_stats()
     started = time.perf_counter()
-    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads on {os.cpu_count()} CPU cores; "
-          f"per index: {args.single} single queries, {args.batch_queries} in batches of {args.batch}, "
-          f"{args.recall_queries} recall queries (exact baseline on the same queries)", flush=True)
-    rows = [r for n in args.sizes for r in bench_size(n, args, rng)]
-    print_table(rows)
-    if gpu_count() == 0:
-        print(f"\nno GPU here; for context only (not measured in this run): {GPU_REFERENCE}")
-    result = {
-        "benchmark": "search", "rows": rows, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"cpu_count": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
-                    "faiss": faiss.__version__, "gpus": gpu_count(), "python": platform.python_version()},
-        "seconds": time.perf_counter() - started,
-    }
+    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads on {os.cpu_count()} CPU cores; vectors "
+          f"fitted on {stats['source']}; per setting {args.single} single queries, {args.batch_queries} in batches "
+          f"of {args.batch}, {args.recall_queries} recall queries", flush=True)
+    sizes = [bench_size(n, stats, args) for n in args.sizes]
+    for s in sizes:
+        print(f"\n{s['vectors']:,}: chosen {s['chosen']}")
+        if "defaults" in s:
+            print(f"  defaults: {s['defaults']}")
+    result = {"benchmark": "search", "sizes": sizes, "target_recall_at_10": args.target,
+              "vectors": {k: stats[k] for k in ("source", "photos", "products", "dim", "mean_norm", "view_share",
+                                                "family_share", "real", "synthetic")},
+              "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "machine": {"cpu_count": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
+                          "faiss": faiss.__version__, "python": platform.python_version()},
+              "seconds": round(time.perf_counter() - started)}
     write_result(result, args.out)
-    print(f"({result['seconds']:.0f} s)")
+    print(f"({result['seconds']} s)")
     return 0
 
 

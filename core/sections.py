@@ -176,7 +176,9 @@ class TrainSettings(_Section):
     # (the k-means init collapsed on a noisy catalog: docs/experiments/2026-12-training-recipe.md; the choice:
     # bench/REPORT.md, "Whitening and backbones").
     whitening_shrinkage: NonNegative = 0.1
-    whitening_photos: Count = 8192  # photos the PCA whitening is fitted on (N x K*D floats in memory)
+    # Photos the PCA whitening is fitted on: N x K*D float32 in memory while it is fitted (Lite0, K=64: 0.32 GB per
+    # 1k photos, 2.7 GB at 8,192, + an N x N float64 Gram matrix; docs/scale.md, "Training memory").
+    whitening_photos: Count = 8192
     kmeans_descriptors: Count = 50_000  # local descriptors sampled for the k-means initialisation
     kmeans_images: Count = 1_000  # photos they are sampled from
     kmeans_iterations: Count = 25
@@ -212,7 +214,8 @@ class TrainSettings(_Section):
     queries_per_epoch: Count0 = 0  # queries per epoch, a seeded random subset (0 = every training photo)
     frozen_cache_mb: Count0 = 2048  # keep the frozen backbone stages' output for every training photo in
     # memory (computed once; exact, as photos get no random augmentation) when it fits in this many MB;
-    # 0 = recompute it in every step. Saves most of the CPU time when only the last block trains.
+    # 0 = recompute it in every step. Saves most of the CPU time when only the last block trains. Lite0 at 224 px:
+    # 88 MB per 1k training photos (2,048 MB: ~23k photos; beyond, the cache is off; docs/scale.md).
     patience: Count = 3  # early stop after this many epochs without val Recall@1 gain
     split_fractions: tuple[Fraction, Fraction, Fraction] = (0.7, 0.1, 0.2)  # train / val / test products
     seed: Seed = 0
@@ -247,9 +250,9 @@ class IndexSettings(_Section):
     pq_bytes: Count = 64  # PQ code size per vector (a divisor of the dimension is used)
     pq_bits: Annotated[int, Field(ge=1, le=16)] = 8  # bits per PQ sub-code (faiss' fast path); 2**bits codewords
     train_sample: Count = 200_000  # vectors the IVF/PQ quantisers are trained on (>= ~50 per IVF list)
-    nprobe: Count = 32  # IVF lists visited per query: recall vs speed
+    nprobe: Count = 256  # IVF lists visited per query: recall vs speed (of ~4,000 at 1M: recall@10 0.956)
     refine: str = "SQ8"  # re-rank IVF-PQ candidates with 8-bit codes (d bytes/vector); "Flat" exact, "" none
-    refine_factor: Count = 8  # candidates re-ranked per result (PQ codes alone misorder near-ties)
+    refine_factor: Count = 16  # candidates re-ranked per result (PQ codes alone misorder near-ties; 8: 0.934 at 1M)
     hnsw_m: Annotated[int, Field(ge=2)] = 32  # graph links per vector (faiss scales HNSW levels by 1/ln M: M >= 2)
     hnsw_ef_construction: Count = 80  # build-time beam: better graph, slower build
     hnsw_ef_search: Count = 128  # query-time beam: recall vs speed

@@ -98,9 +98,13 @@ def _rows(image_ids: list[str], sha1s: list[str], vectors: np.ndarray, model_id:
     })
 
 
-def embed_images(settings, model_spec: str | None = None, image_ids: list[str] | None = None) -> str:
+def embed_images(settings, model_spec: str | None = None, image_ids: list[str] | None = None,
+                 timings: dict | None = None) -> str:
     """Embed current ok photos not yet embedded by this model; returns the embed run id. The model is loaded
-    only when there is a photo to embed (``model_id_of`` names it without its weights)."""
+    only when there is a photo to embed (``model_id_of`` names it without its weights). ``timings``, when
+    given, receives ``start_s`` (the step's start to its first batch embedded: model, loader workers),
+    ``steady_img_per_s`` (the photos after the first batch over the time after it) and ``photos``."""
+    started = time.perf_counter()
     wh = open_warehouse(settings)
     model_id = model_id_of(settings, model_spec)
     device = pick_device(settings.embed.device)
@@ -119,13 +123,16 @@ def embed_images(settings, model_spec: str | None = None, image_ids: list[str] |
               "image_size": embedder.image_size if embedder else None, "photos": len(photos), "to_embed": len(todo)}
     inputs = sorted({p["run_id"] for p in photos})
     with start_run(wh, step="embed", params=params, inputs=inputs) as run:
-        run.message = _embed_pending(run, list(todo.values()), embedder, model_spec, settings, device)
+        run.message = _embed_pending(run, list(todo.values()), embedder, model_spec, settings, device, timings,
+                                     started)
     return run.run_id
 
 
-def _embed_pending(run, todo: list[dict], embedder, spec: str | None, settings, device: torch.device) -> str:
+def _embed_pending(run, todo: list[dict], embedder, spec: str | None, settings, device: torch.device,
+                   timings: dict | None = None, started: float | None = None) -> str:
     """Embed ``todo`` photos in batches on ``compute.engine``, committing every ``embed.commit_every``; returns a
-    summary. Both engines give (todo positions, ok flags, vectors of the ok photos) per batch."""
+    summary (start-up and steady rate apart). Both engines give (todo positions, ok flags, vectors of the ok
+    photos) per batch."""
     if not todo:
         return "nothing to embed"
     if settings.compute.engine == "ray":
@@ -136,7 +143,8 @@ def _embed_pending(run, todo: list[dict], embedder, spec: str | None, settings, 
         stream = _local_batches(todo, embedder, settings, device)
     pending: list[tuple[str, str, np.ndarray]] = []
     embedded = unreadable = 0
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
+    first: tuple[float, int] | None = None  # (when, photos) at the first batch: start-up is paid before it
     bar = tqdm(total=len(todo), unit="img", desc=f"embed {embedder.model_id}", smoothing=0.1)
     try:
         for rows, ok, vectors in stream:
@@ -145,6 +153,7 @@ def _embed_pending(run, todo: list[dict], embedder, spec: str | None, settings, 
                 pending.append((todo[i]["image_id"], todo[i]["sha1"], vec))
             embedded += int(ok.sum())
             unreadable += int((~ok).sum())
+            first = first or (time.perf_counter(), len(rows))
             bar.update(len(rows))
             if len(pending) >= settings.embed.commit_every:
                 _commit(run, pending, embedder.model_id)
@@ -152,8 +161,13 @@ def _embed_pending(run, todo: list[dict], embedder, spec: str | None, settings, 
         _commit(run, pending, embedder.model_id)
     finally:
         bar.close()
-    rate = embedded / max(time.perf_counter() - started, 1e-9)
-    return f"{embedded} photos embedded ({rate:.1f} img/s), {unreadable} unreadable"
+    end = time.perf_counter()
+    start_s = first[0] - started if first else end - started
+    steady = (len(todo) - first[1]) / (end - first[0]) if first and end > first[0] else 0.0
+    if timings is not None:
+        timings.update(start_s=start_s, steady_img_per_s=steady, photos=len(todo))
+    return (f"{embedded} photos embedded ({embedded / max(end - started, 1e-9):.1f} img/s; first batch after "
+            f"{start_s:.1f} s, then {steady:.1f} img/s), {unreadable} unreadable")
 
 
 def _local_batches(todo: list[dict], embedder, settings, device: torch.device):

@@ -130,17 +130,57 @@ def pca_whitening(descriptors: torch.Tensor, dim: int, eps: float = 1e-6,
     picture in several products) leave directions with ~zero variance; plain whitening multiplies whatever a new
     photo has there by ~1/eps and the descriptor becomes noise (tests/test_netvlad.py).
     """
-    mean, var, axes = pca(descriptors)
+    mean, var, axes = pca(descriptors, components=dim)
     return mean.float(), whitening_projection(var, axes, dim, eps, shrink).float()
 
 
-def pca(descriptors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean D, variances N', principal axes N' x D) of the rows of ``descriptors``, in float64, strongest first."""
-    x = descriptors.double()
-    mean = x.mean(0)
-    # SVD of the centred data: xc = U S V^T, covariance eigenvalues S^2 / (N - 1), eigenvectors V.
-    _, s, vt = torch.linalg.svd(x - mean, full_matrices=False)
-    return mean, s ** 2 / max(x.shape[0] - 1, 1), vt
+def pca(descriptors: torch.Tensor, components: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean D, variances N', principal axes N' x D) of the rows of ``descriptors``, in float64, strongest first
+    (N' = min(N, D); with ``components``, only the strongest that many axes).
+
+    Memory: beyond ``descriptors`` themselves, the N x N Gram matrix (or D x D covariance, the smaller) in float64,
+    a column block at a time of the centred data and the axes returned: a full SVD of the centred data held ~4
+    float64 copies of it (N x K*D: 8,192 NetVLAD vectors of Lite0 at ``train.whitening_photos`` are 5.4 GB each).
+    Axes of (near-)zero variance are an orthonormal completion, as an SVD's are."""
+    n, d = descriptors.shape
+    mean = descriptors.double().mean(0) if n * d <= _BLOCK_ELEMENTS else _column_mean(descriptors)
+    keep = min(n, d) if components is None else min(components, n, d)
+    if n > d:  # more rows than columns: the D x D covariance is the small side
+        cov = _blocked_gram(descriptors.t(), mean, by_rows=True)
+        var, vecs = torch.linalg.eigh(cov)
+        order = var.flip(0).clamp_min(0)[:keep], vecs.flip(1)[:, :keep].t().contiguous()
+        return mean, order[0] / max(n - 1, 1), order[1]
+    gram = _blocked_gram(descriptors, mean, by_rows=False)  # N x N: x_c x_c^T
+    var, u = torch.linalg.eigh(gram)
+    var, u = var.flip(0).clamp_min(0)[:keep], u.flip(1)[:, :keep]
+    axes = torch.empty(keep, d, dtype=torch.float64, device=descriptors.device)
+    for c in range(0, d, max(1, _BLOCK_ELEMENTS // n)):  # axes = u^T x_c / s, a column block at a time
+        cols = slice(c, min(d, c + max(1, _BLOCK_ELEMENTS // n)))
+        axes[:, cols] = u.t() @ (descriptors[:, cols].double() - mean[cols])
+    axes = torch.linalg.qr(axes.t()).Q.t()  # unit length, and orthonormal where the variance is ~0
+    return mean, var / max(n - 1, 1), axes
+
+
+_BLOCK_ELEMENTS = 1 << 24  # float64 elements of centred data held at once (128 MB)
+_RANK_PAIRS = 1 << 22  # query x gallery pairs ranked at once (recall_and_map, product_recall: ~120 MB)
+
+
+def _column_mean(x: torch.Tensor) -> torch.Tensor:
+    step = max(1, _BLOCK_ELEMENTS // x.shape[0])
+    return torch.cat([x[:, c:c + step].double().mean(0) for c in range(0, x.shape[1], step)])
+
+
+def _blocked_gram(x: torch.Tensor, mean: torch.Tensor, by_rows: bool) -> torch.Tensor:
+    """``x_c x_c^T`` in float64 for the centred ``x`` (``by_rows``: ``x`` is the transposed data, its rows the
+    columns the mean is over), a block of the inner dimension at a time."""
+    rows, inner = x.shape
+    out = torch.zeros(rows, rows, dtype=torch.float64, device=x.device)
+    step = max(1, _BLOCK_ELEMENTS // rows)
+    for c in range(0, inner, step):
+        block = x[:, c:c + step].double()
+        block -= mean.unsqueeze(1) if by_rows else mean[c:c + step]
+        out.addmm_(block, block.t())
+    return out
 
 
 def whitening_projection(var: torch.Tensor, axes: torch.Tensor, dim: int, eps: float = 1e-6,
@@ -159,40 +199,52 @@ def recall_and_map(
 
     A query counts for Recall@k when one of its first ``k`` results has its label; queries with no
     positive in the gallery are skipped. Returns ``recall_at_<k>``, ``mean_ap`` and ``queries``.
+    Queries are ranked a block at a time (``_RANK_PAIRS`` query x gallery pairs, ~30 bytes each): memory
+    grows with the gallery, not with its square.
     """
     n = descriptors.shape[0]
     qm = torch.ones(n, dtype=torch.bool) if query_mask is None else query_mask.bool()
     gm = torch.ones(n, dtype=torch.bool) if gallery_mask is None else gallery_mask.bool()
-    q_idx, g_idx = qm.nonzero().squeeze(1), gm.nonzero().squeeze(1)
-    sims = descriptors[q_idx].float() @ descriptors[g_idx].float().t()
-    sims[q_idx.unsqueeze(1) == g_idx.unsqueeze(0)] = -float("inf")  # never retrieve itself
-    relevant = (labels[q_idx].unsqueeze(1) == labels[g_idx].unsqueeze(0)) & (q_idx.unsqueeze(1) != g_idx.unsqueeze(0))
-    has_pos = relevant.any(1)
-    order = sims.argsort(dim=1, descending=True)
-    hits = relevant.gather(1, order)[has_pos].float()  # Q x G, ranked
-    out = {"queries": int(hits.shape[0])}
-    if hits.shape[0] == 0:
+    q_all, g_idx = qm.nonzero().squeeze(1), gm.nonzero().squeeze(1)
+    gallery = descriptors[g_idx].float()
+    sums, queries, step = {k: 0.0 for k in ks}, 0, max(1, _RANK_PAIRS // max(1, len(g_idx)))
+    ap_sum = 0.0
+    for start in range(0, len(q_all), step):
+        q_idx = q_all[start:start + step]
+        sims = descriptors[q_idx].float() @ gallery.t()
+        self_pair = q_idx.unsqueeze(1) == g_idx.unsqueeze(0)
+        sims[self_pair] = -float("inf")  # never retrieve itself
+        relevant = (labels[q_idx].unsqueeze(1) == labels[g_idx].unsqueeze(0)) & ~self_pair
+        order = sims.argsort(dim=1, descending=True)
+        hits = relevant.gather(1, order)[relevant.any(1)].float()  # Q x G, ranked
+        queries += hits.shape[0]
+        for k in ks:
+            sums[k] += float(hits[:, :k].amax(1).sum()) if hits.shape[0] else 0.0
+        precision = hits.cumsum(1) / torch.arange(1, hits.shape[1] + 1, dtype=torch.float32)
+        ap_sum += float(((precision * hits).sum(1) / hits.sum(1)).sum()) if hits.shape[0] else 0.0
+    out = {"queries": queries}
+    if queries == 0:
         return {**out, **{f"recall_at_{k}": float("nan") for k in ks}, "mean_ap": float("nan")}
-    for k in ks:
-        out[f"recall_at_{k}"] = float(hits[:, :k].amax(1).mean())
-    ranks = torch.arange(1, hits.shape[1] + 1, dtype=torch.float32)
-    precision = hits.cumsum(1) / ranks
-    out["mean_ap"] = float(((precision * hits).sum(1) / hits.sum(1)).mean())
-    return out
+    return {**out, **{f"recall_at_{k}": sums[k] / queries for k in ks}, "mean_ap": ap_sum / queries}
 
 
 def product_recall(descriptors: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """Product-level Recall@k (query photo -> product): each photo ranks the *products* by their best photo's
     similarity (max voting, itself left out); a hit when its own product is among the first ``k``. Queries whose
     product has no other photo are skipped. Returns ``product_recall_at_<k>``."""
-    sims = descriptors.float() @ descriptors.float().t()
-    sims.fill_diagonal_(-float("inf"))
+    desc = descriptors.float()
     n_products = int(labels.max()) + 1 if len(labels) else 0
-    votes = torch.full((len(labels), n_products), -float("inf"))
-    votes = votes.scatter_reduce(1, labels.unsqueeze(0).expand(len(labels), -1), sims, reduce="amax")
     has_other = torch.bincount(labels, minlength=n_products)[labels] > 1
-    own = votes.gather(1, labels.unsqueeze(1))  # the best score of the query's own product (self excluded)
-    rank = (votes > own).sum(1)[has_other]  # products scored strictly above it
+    ranks, step = [], max(1, _RANK_PAIRS // max(1, len(labels), n_products))
+    for start in range(0, len(labels), step):  # a block of queries at a time: memory grows with n, not n^2
+        rows = torch.arange(start, min(len(labels), start + step))
+        sims = desc[rows] @ desc.t()
+        sims[torch.arange(len(rows)), rows] = -float("inf")
+        votes = torch.full((len(rows), n_products), -float("inf"))
+        votes = votes.scatter_reduce(1, labels.unsqueeze(0).expand(len(rows), -1), sims, reduce="amax")
+        own = votes.gather(1, labels[rows].unsqueeze(1))  # the best score of the query's own product (self excluded)
+        ranks.append((votes > own).sum(1)[has_other[rows]])  # products scored strictly above it
+    rank = torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long)
     return {f"product_recall_at_{k}": float((rank < k).float().mean()) if len(rank) else float("nan") for k in ks}
 
 

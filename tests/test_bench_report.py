@@ -57,3 +57,23 @@ def test_each_section_names_the_command_from_its_script_docstring():
         ".venv/bin/python bench/quality.py [--datasets footwear-dev] [--seeds 0] [--photos denoised] "
         "[--set train.epochs=4 ...] [--tag T]")
     assert render_tables.command("search.py") == ".venv/bin/python bench/search.py"  # its comment left out
+
+
+def test_the_readme_results_table_is_what_the_json_renders(results_copy: Path, tmp_path: Path):
+    """Issue 28: the README's results table is rendered from the JSON (between its markers), not typed."""
+    from bench import report_readme
+
+    assert render_tables.README.read_text() == render_tables.render_readme(), (
+        f"README.md's results table differs from what bench/results/*.json renders: run {render_tables.WRITE_COMMAND}")
+    readme = tmp_path / "README.md"
+    readme.write_text(render_tables.README.read_text())
+    data = json.loads((results_copy / "realshop.json").read_text())
+    next(v for v in data["variants"] if v["variant"] == "trained")["recall_at_1"] = 0.1234
+    (results_copy / "realshop.json").write_text(json.dumps(data))
+    assert "Recall@1 **0.123**" in render_tables.render_readme(readme, results_copy)
+    problem = render_tables.check(render_tables.REPORT, results_copy, readme)
+    assert problem is not None and "\n" not in problem
+    readme.write_text("# no markers\n")
+    with pytest.raises(render_tables.ReportError, match="no results markers"):
+        render_tables.render_readme(readme, results_copy)
+    assert report_readme.START in render_tables.README.read_text()

@@ -87,9 +87,14 @@ def test_a_picture_shared_by_two_products_is_embedded_once(tmp_path, synthetic_c
     shutil.copy(synthetic_catalog / "p00001" / "00.jpg", catalog / "a" / "01.jpg")
     shutil.copy(synthetic_catalog / "p00001" / "00.jpg", catalog / "b" / "00.jpg")  # same bytes
     ingest_catalog(small_settings, catalog, name="dup")
-    embed_images(small_settings)
+    timings: dict = {}
+    run_id = embed_images(small_settings, timings=timings)
     wh = open_warehouse(small_settings)
     assert wh.query("SELECT count(*) AS n FROM embeddings").to_pylist()[0]["n"] == 2
+    # the step says its start-up (to the first batch) apart from its steady rate, in the run's message too
+    assert timings["photos"] == 2 and timings["start_s"] > 0 and timings["steady_img_per_s"] >= 0
+    message = wh.query("SELECT message FROM runs WHERE run_id = ?", [run_id]).to_pylist()[0]["message"]
+    assert message.startswith("2 photos embedded") and "first batch after" in message
     ids, vectors = load_embeddings(wh, MODEL_ID)
     assert ids == ["dup:a#0", "dup:a#1", "dup:b#0"]
     assert np.array_equal(vectors[1], vectors[2]) and not np.array_equal(vectors[0], vectors[1])

@@ -73,7 +73,8 @@ def test_approximate_indexes_find_most_exact_neighbours(kind):
     import faiss
 
     vectors = clustered(12_000, 64, seed=1)
-    cfg = IndexSettings(pq_bytes=16, nprobe=16, hnsw_m=16, hnsw_ef_construction=40, hnsw_ef_search=8)
+    cfg = IndexSettings(pq_bytes=16, nprobe=16, refine_factor=8, hnsw_m=16, hnsw_ef_construction=40,
+                        hnsw_ef_search=8)
     index = build_faiss(vectors, kind, cfg, use_gpu=False)
     assert index.ntotal == len(vectors)
     expected_type = faiss.IndexRefine if kind == "ivfpq" else faiss.IndexHNSWFlat  # ivfpq: SQ8 refinement

@@ -21,9 +21,9 @@ OLD_TRAIN_JSON = (
     '"weight_decay": 0.0001, "whitening_photos": 8192}')
 OLD_INDEX_JSON = (
     '{"approximate": "ivfpq", "exact_max_vectors": 200000, "hnsw_ef_construction": 80, "hnsw_ef_search": 128, '
-    '"hnsw_m": 32, "index_all_photos": false, "ivf_lists": 0, "keep_indexes": 3, "nprobe": 32, '
+    '"hnsw_m": 32, "index_all_photos": false, "ivf_lists": 0, "keep_indexes": 3, "nprobe": 256, '
     '"photos_per_query": 100, "pq_bits": 8, "pq_bytes": 64, "recall_k": 10, "recall_sample": 1000, "refine": "SQ8", '
-    '"refine_factor": 8, "search_k": 10, "seed": 0, "train_sample": 200000}')
+    '"refine_factor": 16, "search_k": 10, "seed": 0, "train_sample": 200000}')
 
 
 @pytest.fixture(autouse=True)

@@ -83,9 +83,11 @@ def fit(model, settings, sets: tuple[PhotoSet, PhotoSet], device: torch.device, 
     return state
 
 
-def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch: int,
-                device: torch.device, rank: int = 0, world: int = 1) -> tuple[float, float]:
-    """One pass over the (shuffled) queries; returns (mean loss, training images per second)."""
+def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch: int, device: torch.device,
+                rank: int = 0, world: int = 1, timings: dict | None = None) -> tuple[float, float]:
+    """One pass over the (shuffled) queries; returns (mean loss, training images per second). ``timings``, when
+    given, receives the seconds spent mining (``mine_s``) and in the steps (``step_s``); the rest of the epoch's
+    wall clock is the steps waiting for their photos."""
     cfg = settings.train
     rate = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
     for group in optimizer.param_groups:
@@ -94,13 +96,15 @@ def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch:
     queries = query_indices(photo_set)
     order = torch.randperm(len(queries), generator=gen).tolist()[: cfg.queries_per_epoch or None]
     queries = shard([queries[i] for i in order], rank, world)
-    total, steps, images, busy = 0.0, 0, 0, 0.0
+    total, steps, images, busy, mining = 0.0, 0, 0, 0.0, 0.0
     bar = tqdm(total=len(queries), desc=f"epoch {epoch}", leave=False, disable=rank != 0 or None)
     for start in range(0, len(queries), cfg.cache_refresh_queries):
+        mining -= time.perf_counter()
         tuples = mine_chunk(model, settings, photo_set, photos, queries[start:start + cfg.cache_refresh_queries],
                             gen, device)
         if cfg.flip_augment:  # photos is WithMirrors (see trainable): mined on the photos, trained on either side
             tuples = mirror_some(tuples, len(photo_set), gen)
+        mining += time.perf_counter()
         tuples = tuples[:fewest(len(tuples), world, device)]  # every rank takes as many steps: DDP would hang
         model.train()
         fed = TupleDataset(photos, tuples, _crop_colour(model, cfg))
@@ -115,6 +119,8 @@ def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch:
             bar.update(batch.shape[0])
             bar.set_postfix(loss=f"{total / steps:.4f}")
     bar.close()
+    if timings is not None:
+        timings.update(mine_s=mining, step_s=busy)
     return total / max(steps, 1), images / max(busy, 1e-9)
 
 
