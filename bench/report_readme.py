@@ -101,18 +101,13 @@ def scale_rows(results: Path) -> list[str]:
         x = r["extrapolated_500k"]
         out.append(f"| nightly at 500k photos, one training epoch (extrapolated from {', '.join(f'{n:,}' for n in r['sizes'] if n)} "
                    f"photos) | ~{x['cpu_nightly_hours_1_epoch']} h on this CPU, ~{x['h100_nightly_hours_1_epoch']} h "
-                   f"on one H100 | linear: {', '.join(_linear(r))}; see docs/scale.md | `scaling.json` |")
+                   f"on one H100 | growth per step and memory: docs/scale.md | `scaling.json` |")
     g = _load(results, "gpu.json")
     out.append(f"| GPU (`bench/gpu.py`, one command on a lent machine) | "
                + (f"measured on {g['sections'].get('environment', {}).get('gpu', g.get('device'))} | ratios to the "
                   "H100 limits in bench/REPORT.md | `gpu.json` |" if g else
                   "**not measured**: no GPU was lent to this work | `bench/gpu.py --device cpu` runs in the tests | - |"))
     return out
-
-
-def _linear(r: dict) -> list[str]:
-    return [name for name, g in r["growth"].items()
-            if isinstance(g.get("time_exponent"), (int, float)) and 0.7 <= g["time_exponent"] <= 1.3] or ["-"]
 
 
 def readme_block(results: Path) -> str:

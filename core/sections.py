@@ -250,9 +250,9 @@ class IndexSettings(_Section):
     pq_bytes: Count = 64  # PQ code size per vector (a divisor of the dimension is used)
     pq_bits: Annotated[int, Field(ge=1, le=16)] = 8  # bits per PQ sub-code (faiss' fast path); 2**bits codewords
     train_sample: Count = 200_000  # vectors the IVF/PQ quantisers are trained on (>= ~50 per IVF list)
-    nprobe: Count = 256  # IVF lists visited per query: recall vs speed (of ~4,000 at 1M: recall@10 0.956)
+    nprobe: Count = 256  # IVF lists visited per query: recall vs speed (of ~4,000 at 1M: recall@10 0.958)
     refine: str = "SQ8"  # re-rank IVF-PQ candidates with 8-bit codes (d bytes/vector); "Flat" exact, "" none
-    refine_factor: Count = 16  # candidates re-ranked per result (PQ codes alone misorder near-ties; 8: 0.934 at 1M)
+    refine_factor: Count = 16  # candidates re-ranked per result (PQ codes alone misorder near-ties; 8: 0.942 at 1M)
     hnsw_m: Annotated[int, Field(ge=2)] = 32  # graph links per vector (faiss scales HNSW levels by 1/ln M: M >= 2)
     hnsw_ef_construction: Count = 80  # build-time beam: better graph, slower build
     hnsw_ef_search: Count = 128  # query-time beam: recall vs speed

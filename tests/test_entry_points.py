@@ -352,11 +352,12 @@ def test_shoesearch_api_process_answers_health_and_search_then_stops_cleanly(two
                             text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        def health():
+        def health():  # 503 "starting" while the index and model load and the warm-up search runs
             assert proc.poll() is None, "shoesearch api exited"
-            return httpx.get(base + "/health", timeout=2)
+            r = httpx.get(base + "/health", timeout=2)
+            return r if r.json()["status"] != "starting" else None
 
-        r = wait_for("GET /health", health, timeout=90)
+        r = wait_for("GET /health past 'starting'", health, timeout=90)
         assert r.status_code == 200
         assert r.json() == {"status": "ok", "index_id": current_index_id(settings)} and r.json()["index_id"]
         data = (settings.images_dir / front["path"]).read_bytes()
