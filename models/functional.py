@@ -143,8 +143,13 @@ def pca(descriptors: torch.Tensor, components: int | None = None) -> tuple[torch
     float64 copies of it (N x K*D: 8,192 NetVLAD vectors of Lite0 at ``train.whitening_photos`` are 5.4 GB each).
     Axes of (near-)zero variance are an orthonormal completion, as an SVD's are."""
     n, d = descriptors.shape
-    mean = descriptors.double().mean(0) if n * d <= _BLOCK_ELEMENTS else _column_mean(descriptors)
     keep = min(n, d) if components is None else min(components, n, d)
+    if n * d <= _SVD_ELEMENTS:  # small enough for the SVD's copies: the exact decomposition, as before issue 28
+        x = descriptors.double()
+        mean = x.mean(0)
+        _, s, vt = torch.linalg.svd(x - mean, full_matrices=False)
+        return mean, (s ** 2 / max(n - 1, 1))[:keep], vt[:keep]
+    mean = descriptors.double().mean(0) if n * d <= _BLOCK_ELEMENTS else _column_mean(descriptors)
     if n > d:  # more rows than columns: the D x D covariance is the small side
         cov = _blocked_gram(descriptors.t(), mean, by_rows=True)
         var, vecs = torch.linalg.eigh(cov)
@@ -162,6 +167,9 @@ def pca(descriptors: torch.Tensor, components: int | None = None) -> tuple[torch
 
 
 _BLOCK_ELEMENTS = 1 << 24  # float64 elements of centred data held at once (128 MB)
+# Up to this many elements (64M: a 512 MB float64 copy, ~2 GB for the SVD's copies) the SVD is used: bit-for-bit
+# the decomposition trained models were made with (training amplifies a 1e-15 change into another early stop).
+_SVD_ELEMENTS = 1 << 26
 _RANK_PAIRS = 1 << 22  # query x gallery pairs ranked at once (recall_and_map, product_recall: ~120 MB)
 
 

@@ -149,3 +149,22 @@ def test_shrunk_whitening_survives_repeated_training_photos():
 
     assert nearest_is_original(0.0) < 0.2
     assert nearest_is_original(Settings().train.whitening_shrinkage) == 1.0
+
+
+def test_blocked_pca_above_the_svd_size_equals_the_svd(monkeypatch):
+    """Issue 28: above ``_SVD_ELEMENTS`` the PCA works from a blocked Gram (few rows) or covariance (few columns)
+    instead of the SVD's float64 copies; its variances and axes (up to sign) are the SVD's."""
+    import torch
+
+    from models import functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((40, 300), (300, 40)):
+        x = torch.randn(*shape, generator=gen) * torch.linspace(3, 0.1, shape[1])
+        mean, var, axes = F.pca(x, components=20)
+        monkeypatch.setattr(F, "_SVD_ELEMENTS", 0)
+        monkeypatch.setattr(F, "_BLOCK_ELEMENTS", 1000)  # several blocks
+        mean_b, var_b, axes_b = F.pca(x, components=20)
+        monkeypatch.undo()
+        assert torch.allclose(mean, mean_b) and torch.allclose(var, var_b, rtol=1e-9)
+        assert torch.allclose((axes * axes_b).sum(1).abs(), torch.ones(20, dtype=torch.float64), atol=1e-9)
