@@ -7,7 +7,7 @@ EXTRAS ?= cpu,test
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install browser test test-fast demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium through Playwright: installed here when missing and this user can
+# (root with apt-get); otherwise tests/test_browser.py is skipped and says why. Never fails the build.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "browser: Chromium not installed (needs root and apt-get): the browser tests will be skipped"; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 # The fast loop: every test but the end-to-end ones (flows, crawls, training, CLI processes).
