@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The browser tests drive Debian's Chromium through Playwright: installed here when missing and this user can
-# (root with apt-get); otherwise tests/test_browser.py is skipped and says why. Never fails the build.
+# (root with apt-get), with a CJK font for the shop's Chinese titles; otherwise tests/test_browser.py is skipped
+# and says why. Never fails the build.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
-	  && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; } \
 	  || echo "browser: Chromium not installed (needs root and apt-get): the browser tests will be skipped"; }
 
 test: $(STAMP) browser

@@ -10,7 +10,9 @@ scored on the *genuine* photos of the test split (noise removed by the labels, n
 
 * per stage: seconds (from the ``runs`` table) and photos/s;
 * denoise: threshold, precision and recall of the dropped photos against ``is_noise``;
-* per variant (``imagenet`` descriptor, NetVLAD at ``kmeans_init``, ``trained``): Recall@1/5/10, mAP.
+* per variant (``imagenet`` descriptor, NetVLAD at ``kmeans_init``, ``trained``): Recall@1/5/10, mAP;
+* the served index's match levels (``same`` / ``similar`` thresholds) with their precision and recall on the
+  held-back photos of its calibration (``index.faiss_build.match_levels``, from the index's ``meta.json``).
 
 Prints a table and writes ``bench/results/realshop-<catalog>.json`` (``realshop.json`` for the default
 catalog). About 15-40 minutes on 2 CPU cores for footwear-dev-noisy.
@@ -204,6 +206,17 @@ def separation_rows(settings, wh, model_id: str, labels: dict[str, bool]) -> lis
     return out
 
 
+def match_levels_of(settings) -> dict | None:
+    """The served (current) index's match levels, from its ``meta.json``: the ``same`` / ``similar`` thresholds and
+    their precision / recall on the calibration's held-back photos; None for an index without them."""
+    from index.store import current_index
+
+    info = current_index(settings)
+    meta = json.loads((info.path / "meta.json").read_text()) if info else {}
+    levels = meta.get("match_levels")
+    return {"index_id": info.index_id, "model_id": meta["model_id"], **levels} if levels else None
+
+
 def print_table(result: dict) -> None:
     print(f"\nrealshop: {result['catalog']} ({result['products']} products) on {result['machine']}")
     print(f"{'stage':<10} {'runs':>4} {'seconds':>9} {'photos':>7} {'photos/s':>9}")
@@ -225,6 +238,12 @@ def print_table(result: dict) -> None:
             r = sp[part][which]
             print(f"  {part:<9} {which:<7} photos {r['photos']:>4} noise {r['noise']:>4} dropped {r['dropped']:>4} "
                   f"precision {r['precision']} recall {r['recall']}")
+    lv = result.get("match_levels")
+    if lv and lv.get("same") is not None:
+        cal = lv["calibration"]
+        print(f"\nmatch levels (held back: {cal['held_back_photos']} photos of {cal['held_back_products']} products): "
+              + "; ".join(f"{name} from {lv[name]}: {f['photos']} photos, precision {f['precision']}, recall "
+                          f"{f['recall']}" for name, f in cal["held_back"].items()))
     print(f"\n{'variant':<12} {'queries':>7} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'mAP':>7}   (genuine test photos)")
     for r in result["variants"]:
         print(f"{r['variant']:<12} {r['queries']:>7} {r['recall_at_1']:>7.3f} {r['recall_at_5']:>7.3f} "
@@ -260,7 +279,7 @@ def main() -> int:
                                  if k.startswith("crawl.") and k in LOOPBACK_POLITENESS | {"crawl.max_products": 0}},
             "nightly": {"status": outcome.get("status"), "index_id": outcome.get("index_id")},
             "stages": stage_rows(wh), "train": train_speed(wh), "denoise": denoise_row(wh, labels),
-            "served": outcome.get("served"),
+            "served": outcome.get("served"), "match_levels": match_levels_of(settings),
             "variants": variant_rows(settings, wh, trained, labels),
             "denoise_separation": separation_rows(settings, wh, trained, labels),
             "second_pass": second_pass_rows(settings, wh, trained, labels),

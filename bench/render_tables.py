@@ -43,6 +43,8 @@ SECTIONS: tuple[tuple[str, str, str, Callable[[Path], list[str]]], ...] = (
     ("Embedding engines", "embed.py", "`bench/embed.py --engine ray`: the local engine and Ray Data on the same "
      "photos in one run; the Ray cluster's start-up is paid once per process.", perf.embed_engines),
     ("API search latency", "api_search.py", "", perf.api_search),
+    ("API load", "api.py", "`--quick` writes `api-quick.json` at tiny sizes: it proves the script runs, its figures "
+     "mean nothing.", perf.api_load),
     ("Search index", "search.py", "", perf.search),
     ("Training throughput", "train.py", "", perf.train),
     ("Cost of growth", "scaling.py", "", perf.scaling),

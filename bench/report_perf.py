@@ -1,4 +1,4 @@
-"""Performance tables of bench/REPORT.md: warehouse, crawl, embedding, API search, faiss search, training,
+"""Performance tables of bench/REPORT.md: warehouse, crawl, embedding, API search and load, faiss search, training,
 whitening and the denoise threshold study.
 
 Every function renders markdown lines from the committed JSON under a results folder (``bench/results``);
@@ -103,6 +103,25 @@ def api_search(r: dict) -> list[str]:
            "", "| server | queries | p50 ms | p90 ms | mean ms | queries/s |", "|---|---:|---:|---:|---:|---:|"]
     return out + [f"| {name} | {s['queries']} | {s['p50_ms']:.1f} | {s['p90_ms']:.1f} | {s['mean_ms']:.1f} | "
                   f"{s['queries_per_s']:.1f} |" for name, s in r["servers"].items()]
+
+
+@from_json("api.json")
+def api_load(r: dict) -> list[str]:
+    """Concurrent searches through the API against the bare search call of the same run."""
+    i, v = r["index"], r["search_vectors"]
+    out = [f"`bench/results/api.json` ({r['date'][:10]}, {r['machine']}): {i['photos']:,} photos ({i['catalog_photos']} "
+           f"embedded, the rest noisy copies), {i['kind']} {i['dim']}-d; {r['query_px']} px JPEG queries, k = {r['k']}, "
+           f"{r['requests_per_level']} requests per concurrency; client and server on the same cores", "",
+           "| concurrency | API p50 ms | API p99 ms | API req/s | bare p50 ms | bare p99 ms | bare req/s | "
+           "p50 API / bare | req/s API / bare |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in r["levels"]:
+        a, b = x["api"], x["bare"]
+        out.append(f"| {x['concurrency']} | {a['p50_ms']:.1f} | {a['p99_ms']:.1f} | {a['req_per_s']:.1f} | "
+                   f"{b['p50_ms']:.1f} | {b['p99_ms']:.1f} | {b['req_per_s']:.1f} | {x['p50_ratio']:.2f} | "
+                   f"{x['req_per_s_ratio']:.2f} |")
+    return out + ["", f"Bare: the header check, decode, embedding and faiss search in-process (`Searcher.search`); "
+                  f"`search_vectors` alone (faiss + one result per product): p50 {v['p50_ms']:.2f} ms, p99 "
+                  f"{v['p99_ms']:.2f} ms."]
 
 
 @from_json("search.json")

@@ -39,7 +39,29 @@ def realshop(results: Path) -> list[str]:
             for v in r["variants"]]
     if r.get("served"):
         out += ["", f"Served by the nightly (baseline gate): {r['served']}."]
-    return out + _realshop_denoise(r)
+    return out + match_levels(r.get("match_levels")) + _realshop_denoise(r)
+
+
+def match_levels(levels: dict | None) -> list[str]:
+    """The served index's match levels: each threshold and, on the calibration's held-back photos, how many
+    reach it and how often their top-1 product is right (product-level precision and recall)."""
+    if not levels or levels.get("same") is None:
+        return []
+    cal = levels["calibration"]
+    same_note = "" if cal.get("same_reached", True) else " (precision never reached 0.95: a copy of a catalog photo)"
+    out = ["", f"Match levels of the served index ({levels['model_id']}): {cal['rule']}. Calibrated on "
+           f"{cal['calibration_photos']} of the index's photos; held back: {cal['held_back_photos']} photos of "
+           f"{cal['held_back_products']} other products.", "",
+           "| level | from score | held-back photos at or above | top-1 precision | recall |", "|---|---:|---:|---:|---:|"]
+    for name in ("same", "similar"):
+        f = cal["held_back"][name]
+        out.append(f"| {name} | {levels[name]:.4f}{same_note if name == 'same' else ''} | {f['photos']} | "
+                   f"{_num3(f['precision'])} | {_num3(f['recall'])} |")
+    return out + [f"| none | below {levels['similar']:.4f} | {cal['held_back_none']} | - | - |"]
+
+
+def _num3(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def _realshop_denoise(r: dict) -> list[str]:

@@ -35,7 +35,8 @@ def quality_rows(results: Path) -> list[str]:
                 f"**{t['recall_at_1']:.3f}**, mAP **{t['mean_ap']:.3f}** | ImageNet GeM: Recall@1 "
                 f"{b['recall_at_1']:.3f}, mAP {b['mean_ap']:.3f} | `realshop.json` ({r['date'][:10]}) |",
                 f"| denoise at the defaults (threshold {d['threshold']} + cross-product rule), same catalog | precision "
-                f"**{d['precision']:.3f}**, recall **{d['recall']:.3f}** | {_one_threshold(results)} | `realshop.json` |"]
+                f"**{d['precision']:.3f}**, recall **{d['recall']:.3f}** | {_one_threshold(results)} | `realshop.json` |",
+                *_levels_row(r)]
     q = _load(results, "quality-footwear-dev.json")
     if q:
         t, b = _variant(q, "trained"), _variant(q, "imagenet")
@@ -44,6 +45,39 @@ def quality_rows(results: Path) -> list[str]:
                    f"{t['mean_ap_std']:.3f}** | ImageNet GeM: {b['recall_at_1']:.3f} ± {b['recall_at_1_std']:.3f}, "
                    f"{b['mean_ap']:.3f} ± {b['mean_ap_std']:.3f} | `quality-footwear-dev.json` ({q['date'][:10]}) |")
     return out
+
+
+def _levels_row(r: dict) -> list[str]:
+    """The served index's match levels on the real catalog: each threshold, its held-back precision / recall."""
+    lv = r.get("match_levels")
+    if not lv or lv.get("same") is None:
+        return []
+    cal = lv["calibration"]
+    same = cal["held_back"]["same"]
+    same_text = (f"same from {lv['same']:.3f}: precision **{_f3(same['precision'])}**, recall {_f3(same['recall'])}"
+                 if cal.get("same_reached", True) else "same: **never** (no score reaches 0.95 precision)")
+    sim = cal["held_back"]["similar"]
+    return [f"| match levels of the served index, same catalog, {cal['held_back_photos']} held-back photos of "
+            f"{cal['held_back_products']} products (top-1 product right?) | {same_text}; similar from "
+            f"{lv['similar']:.3f}: precision **{_f3(sim['precision'])}**, recall {_f3(sim['recall'])} | same: "
+            "precision ≥ 0.95 on calibration photos; similar: 95 % of them | `realshop.json` |"]
+
+
+def _f3(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def api_rows(results: Path) -> list[str]:
+    a = _load(results, "api.json")
+    if not a or "levels" not in a:
+        return []
+    lv = {r["concurrency"]: r for r in a["levels"]}
+    cells = ", ".join(f"{c}: {r['api']['p50_ms']:.0f} / {r['api']['p99_ms']:.0f} ms" for c, r in lv.items())
+    top, ratios = lv[max(lv)], " / ".join(f"{r['p50_ratio']:.2f}" for r in lv.values())
+    return [f"| search API on loopback (`POST /search`, {a['query_px']}-px JPEG, k={a['k']}), "
+            f"{a['index']['photos']:,}-photo index | p50 / p99 at concurrency {cells}; **{top['api']['req_per_s']:.1f}"
+            f" req/s** at {max(lv)} | the bare in-process call: API/bare p50 "
+            f"{ratios}× | `api.json` |"]
 
 
 def _one_threshold(results: Path) -> str:
@@ -112,7 +146,7 @@ def scale_rows(results: Path) -> list[str]:
 
 def readme_block(results: Path) -> str:
     """The rendered table between the markers (markers included)."""
-    rows = quality_rows(results) + speed_rows(results) + scale_rows(results)
+    rows = quality_rows(results) + speed_rows(results) + api_rows(results) + scale_rows(results)
     return "\n".join([START, *HEAD, *rows, END])
 
 

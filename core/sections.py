@@ -295,6 +295,10 @@ class ApiSettings(_Section):
     # loads; one address then holds at most 8 of the 32 request slots. Behind a reverse proxy every client has
     # the proxy's address: raise it to max_connections there (the proxy then bounds its clients)
     max_decodes: Count = 2  # query photos decoded at once; each holds its decoded frame until it is reduced
+    # Writes through the API (corrections by hand of a photo's denoise decision, warehouse.overrides) need this
+    # token as `Authorization: Bearer <token>`; "" (the default) disables them. Reads stay open. Set it in the
+    # home's shoesearch.toml or $SHOESEARCH_API__WRITE_TOKEN, not with --set (a command line is visible in ps)
+    write_token: str = ""
 
 
 @_section

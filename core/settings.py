@@ -7,6 +7,8 @@ Values are resolved in this order (later wins):
 3. environment variables ``SHOESEARCH_<SECTION>__<FIELD>`` (e.g. ``SHOESEARCH_TRAIN__EPOCHS=5``);
 4. explicit overrides from the CLI (``--set section.field=value``) or a flow parameter.
 
+:func:`setting_sources` says which of these layers gave each value (``shoesearch settings --explain``).
+
 pydantic-settings does the layering and reads every value as its field's type: :class:`Settings`
 is a ``BaseSettings`` whose sources are the overrides (init arguments), the environment and the TOML
 file, and each section is a pydantic dataclass (so ``dataclasses.asdict`` / ``replace`` / ``fields``
@@ -59,6 +61,8 @@ from core.sections import (  # noqa: F401 - the sections are imported from here 
     UnknownSetting,
 )
 from core.setting_text import bare_type, readable_as
+
+SECRET_SETTINGS = ("api.write_token",)  # never carried into flows, recorded, or printed: only whether set
 
 ENV_HOME = "SHOESEARCH_HOME"
 ENV_PREFIX = "SHOESEARCH_"
@@ -157,12 +161,52 @@ class Settings(BaseSettings):
 
     def as_overrides(self) -> dict[str, Any]:
         """Every setting as ``"section.field": value`` (JSON-able): what the CLI hands a flow, a deployment
-        run or a DDP rank, so that ``Settings.load(home, that)`` reproduces exactly these settings."""
+        run or a DDP rank, so that ``Settings.load(home, that)`` reproduces exactly these settings. Secrets
+        (:data:`SECRET_SETTINGS`) are left out: flow parameters are stored by Prefect, and no step needs them
+        (a process that does reads them from the environment or the home's file)."""
+        return {dotted: value for dotted, value in self._every_value().items() if dotted not in SECRET_SETTINGS}
+
+    def shown(self) -> dict[str, Any]:
+        """Every setting as :meth:`as_overrides` names it, a secret shown only as set (``"(set)"``) or not (``""``):
+        what a run records and ``shoesearch settings`` prints."""
+        return {dotted: ("(set)" if value else "") if dotted in SECRET_SETTINGS else value
+                for dotted, value in self._every_value().items()}
+
+    def _every_value(self) -> dict[str, Any]:
         return {f"{name}.{key}": list(value) if isinstance(value, tuple) else value
                 for name in SECTIONS for key, value in dataclasses.asdict(getattr(self, name)).items()}
 
     def section_json(self, name: str) -> str:
         return json.dumps(dataclasses.asdict(getattr(self, name)), sort_keys=True, default=str)
+
+    def sources(self, overrides: dict[str, Any] | None = None,
+                environ: dict[str, str] | None = None) -> dict[str, list[tuple[str, Any]]]:
+        """Where each setting that a layer gives got its value (see :func:`setting_sources`): this home's
+        ``shoesearch.toml``, ``environ`` (default: the environment) and ``overrides`` (``--set``)."""
+        path = self.config_path
+        toml_data = tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return setting_sources(toml_data, os.environ if environ is None else environ, overrides or {})
+
+
+def setting_sources(toml_data: dict[str, Any], environ: dict[str, str],
+                    overrides: dict[str, Any]) -> dict[str, list[tuple[str, Any]]]:
+    """For each ``"section.field"`` a layer sets, the layers that set it, the one in force first:
+    ``("--set", text)``, ``("env SHOESEARCH_<SECTION>__<FIELD>", text)``, ``("shoesearch.toml", value)`` (the
+    home's file), as :meth:`Settings.load` reads them (env names in any case; a ``None`` override is
+    not given). A setting no layer sets has its default and is not in the answer. Pure: nothing is read."""
+    found: dict[str, list[tuple[str, Any]]] = {}
+    for dotted, value in overrides.items():
+        if value is not None:
+            found.setdefault(dotted, []).append(("--set", value))
+    for name in sorted(environ):
+        rest = name[len(ENV_PREFIX):] if name.upper().startswith(ENV_PREFIX) else ""
+        if "__" in rest:
+            section_name, _, key = rest.lower().partition("__")
+            found.setdefault(f"{section_name}.{key}", []).append((f"env {name}", environ[name]))
+    for section_name, values in toml_data.items():
+        for key, value in (values.items() if isinstance(values, dict) else []):
+            found.setdefault(f"{section_name}.{key}", []).append((CONFIG_FILE, value))
+    return found
 
 
 # --- sources -----------------------------------------------------------------------------

@@ -18,16 +18,17 @@ import time
 import numpy as np
 import pyarrow as pa
 import torch
-from tqdm import tqdm
 
 from core.errors import ShoesearchError
 from core.finite import require_finite
+from core.progress import progress, run_logger
 from embedding.embedders import embed_batch, model_id_of, open_embedder
 from models.device import autocast, fast_input, on_device, pick_device
 from photos.decoding import MAX_SCANS
 from photos.loading import PhotoBytes, PhotoTensors, batches, is_upright_jpeg, make_loader
 from photos.transforms import fit_square, preprocess_path
 from warehouse import open_warehouse, start_run
+from warehouse.models_table import find_model
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +113,27 @@ def embed_images(settings, model_spec: str | None = None, image_ids: list[str] |
     if image_ids is not None:
         wanted = set(image_ids)
         photos = [p for p in photos if p["image_id"] in wanted]
-    done = {r["sha1"] for r in wh.query(
-        "SELECT DISTINCT sha1 FROM embeddings WHERE model_id = ?", [model_id]).to_pylist()}
+    written = {r["sha1"]: r["run_id"] for r in wh.query(  # which run wrote this model's vector of each picture
+        "SELECT sha1, max(run_id) AS run_id FROM embeddings WHERE model_id = ? GROUP BY sha1", [model_id]).to_pylist()}
     todo: dict[str, dict] = {}
     for p in photos:  # one entry per distinct picture: a photo shared by products is embedded once
-        if p["sha1"] not in done and p["sha1"] not in todo:
+        if p["sha1"] not in written and p["sha1"] not in todo:
             todo[p["sha1"]] = p
     embedder = open_embedder(settings, model_spec) if todo else None
-    params = {"model_spec": model_spec, "model_id": model_id, "device": str(device), "engine": settings.compute.engine,
+    model_run, source = _model_source(wh, model_id)
+    params = {"model_spec": model_spec, "model_id": model_id, "model_run_id": model_run, "model_source": source,
+              "device": str(device), "engine": settings.compute.engine,
               "image_size": embedder.image_size if embedder else None, "photos": len(photos), "to_embed": len(todo)}
-    inputs = sorted({p["run_id"] for p in photos})
+    # Lineage: the photos' runs, the run that made the model (a trained one), and the earlier embed runs whose
+    # vectors of these photos stand (so an index built on this run names the runs that wrote its vectors).
+    reused = {written[p["sha1"]] for p in photos if p["sha1"] in written}
+    inputs = sorted({p["run_id"] for p in photos} | reused) + ([model_run] if model_run else [])
     with start_run(wh, step="embed", params=params, inputs=inputs) as run:
         run.message = _embed_pending(run, list(todo.values()), embedder, model_spec, settings, device, timings,
                                      started)
+    run_logger("embed").info("embed %s with %s (%s): %s; %d photos already embedded by %d earlier run(s)",
+                             run.run_id, model_id, source, run.message, sum(p["sha1"] in written for p in photos),
+                             len(reused))
     return run.run_id
 
 
@@ -145,8 +154,7 @@ def _embed_pending(run, todo: list[dict], embedder, spec: str | None, settings, 
     embedded = unreadable = 0
     started = time.perf_counter() if started is None else started
     first: tuple[float, int] | None = None  # (when, photos) at the first batch: start-up is paid before it
-    bar = tqdm(total=len(todo), unit="img", desc=f"embed {embedder.model_id}", smoothing=0.1)
-    try:
+    with progress(f"embed ({_short(embedder.model_id)})", len(todo), "photos") as bar:
         for rows, ok, vectors in stream:
             require_finite(f"embed: {embedder.model_id} vectors of {len(vectors)} photos", vectors, NOT_FINITE_HINT)
             for i, vec in zip(np.asarray(rows)[ok], vectors):
@@ -154,13 +162,11 @@ def _embed_pending(run, todo: list[dict], embedder, spec: str | None, settings, 
             embedded += int(ok.sum())
             unreadable += int((~ok).sum())
             first = first or (time.perf_counter(), len(rows))
-            bar.update(len(rows))
+            bar.advance(len(rows))
             if len(pending) >= settings.embed.commit_every:
                 _commit(run, pending, embedder.model_id)
                 pending = []
         _commit(run, pending, embedder.model_id)
-    finally:
-        bar.close()
     end = time.perf_counter()
     start_s = first[0] - started if first else end - started
     steady = (len(todo) - first[1]) / (end - first[0]) if first and end > first[0] else 0.0
@@ -168,6 +174,22 @@ def _embed_pending(run, todo: list[dict], embedder, spec: str | None, settings, 
         timings.update(start_s=start_s, steady_img_per_s=steady, photos=len(todo))
     return (f"{embedded} photos embedded ({embedded / max(end - started, 1e-9):.1f} img/s; first batch after "
             f"{start_s:.1f} s, then {steady:.1f} img/s), {unreadable} unreadable")
+
+
+def _model_source(wh, model_id: str) -> tuple[str | None, str]:
+    """(the run that made the model, how the run names it): a trained model's ``train`` run, or none for an
+    ImageNet backbone (pretrained weights: no run of ours made them)."""
+    if model_id.startswith("imagenet:"):
+        return None, "ImageNet-pretrained backbone, no training run"
+    row = find_model(wh, model_id)
+    if row is None:
+        return None, "model not in the models table"
+    return row["run_id"], f"{row['kind']} model made by run {row['run_id']}"
+
+
+def _short(model_id: str) -> str:
+    """The model as the bar's label names it: ``imagenet`` or ``trained`` (the full id is in the run)."""
+    return "imagenet" if model_id.startswith("imagenet:") else "trained"
 
 
 def _local_batches(todo: list[dict], embedder, settings, device: torch.device):

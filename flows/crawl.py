@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from core.settings import Settings
+from flows import label_run, run_name
 from tasks.crawl import crawl_summary, crawl_task
 
 
@@ -36,12 +37,13 @@ def publish_crawl_summary(settings: Settings, run_id: str) -> str:
 publish_crawl_summary_task = task(publish_crawl_summary, name="publish-crawl-summary", cache_policy=NO_CACHE)
 
 
-@flow(name="crawl", log_prints=True)
+@flow(name="crawl", log_prints=True, flow_run_name=run_name("crawl"))
 def crawl_flow(home: str | None = None, overrides: dict | None = None, site: str | None = None,
                keywords: list[str] | None = None, categories: list[str] | None = None,
                max_products: int | None = None, max_pages: int | None = None) -> str:
     """Crawl JD (or a demo shop at ``site``) into products/images; returns the crawl run id."""
     settings = Settings.load(home, overrides)
+    label_run(settings)
     run_id = crawl_task(settings, site=site, keywords=keywords, categories=categories,
                         max_products=max_products, max_pages=max_pages)
     return publish_crawl_summary_task(settings, run_id)

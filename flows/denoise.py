@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow
 
 from core.settings import Settings
+from flows import label_run, run_name
 from tasks.denoise import denoise_task
 from tasks.denoise_report import denoise_report_task
 from tasks.denoise_second import second_pass_task, served_trained_model_task
@@ -19,7 +20,7 @@ from tasks.embed import embed_images_task
 from tasks.snapshot import refresh_snapshot_task
 
 
-@flow(name="denoise")
+@flow(name="denoise", flow_run_name=run_name("denoise"))
 def denoise_flow(threshold: float | None = None, drop_rate: float | None = None, backbone: str | None = None,
                  home: str | None = None, overrides: dict[str, Any] | None = None,
                  embed_run_id: str | None = None) -> str:
@@ -35,6 +36,7 @@ def denoise_flow(threshold: float | None = None, drop_rate: float | None = None,
     ``embed_run_id``: the photos were just embedded by that run (the nightly flow): skip embedding.
     """
     settings = Settings.load(home=home, overrides=overrides)
+    label_run(settings)
     model_spec = f"imagenet:{backbone}" if backbone else None
     embed_run = embed_run_id or embed_images_task(settings, model_spec)
     run_id = denoise_task(settings, threshold, drop_rate, model_spec, embed_run_id=embed_run)

@@ -26,7 +26,7 @@ from typing import Any
 from prefect import flow
 
 from core.settings import Settings
-from flows import flow_settings
+from flows import flow_settings, label_run, run_name
 from flows.denoise import denoise_flow
 from tasks.crawl import crawl_task
 from tasks.embed import embed_images_task
@@ -46,11 +46,12 @@ from tasks.split import split_for_nightly_task
 from tasks.train import model_id_of_run, train_model_task
 
 
-@flow(name="nightly", log_prints=True)
+@flow(name="nightly", log_prints=True, flow_run_name=run_name("nightly"))
 def nightly(site: str | None = None, crawl: bool = True, home: str | None = None,
             overrides: dict[str, Any] | None = None) -> dict:
     """One nightly update; returns the outcome (status current/refused, ids of every step, summary)."""
     settings = Settings.load(home=home, overrides=overrides)
+    label_run(settings)
     retry = {"retries": settings.schedule.task_retries, "retry_delay_seconds": settings.schedule.retry_delay_s}
     steps: dict[str, str | None] = {}
     steps["crawl"] = crawl_task.with_options(**retry)(settings, site=site) if crawl else None

@@ -12,6 +12,7 @@ import time
 from prefect import serve
 from prefect.schedules import Cron
 
+from flows import home_tags
 from flows.denoise import denoise_flow
 from flows.nightly import nightly
 
@@ -39,9 +40,9 @@ def deployments(settings, overrides: dict | None = None) -> list:
     A manual run may add its own: ``-p overrides='{"denoise.threshold": 0.9}'``."""
     params = {"home": str(settings.home), "overrides": dict(overrides or {})}
     return [
-        nightly.to_deployment(name="nightly", parameters=params, schedule=Cron(
+        nightly.to_deployment(name="nightly", parameters=params, tags=home_tags(settings.home), schedule=Cron(
             settings.schedule.nightly_cron, timezone=settings.schedule.timezone or local_timezone())),
-        denoise_flow.to_deployment(name="manual", parameters=params),
+        denoise_flow.to_deployment(name="manual", parameters=params, tags=home_tags(settings.home)),
     ]
 
 

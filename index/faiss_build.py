@@ -146,37 +146,130 @@ def sample_queries(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
     return _train_sample(vectors, size, seed)
 
 
-def match_calibration(index, vectors: np.ndarray, product_ids: list[str], sample: int, seed: int = 0,
-                      depth: int = 64) -> dict:
-    """The score above which a search result is a confident match, calibrated on the index's own photos.
+# Match levels: what a search result's score means (``match_levels``; docs/search-and-api.md "Match levels").
+SAME_PRECISION = 0.95  # "same": a top-1 at or above it is the right product this often (calibration photos)
+SIMILAR_QUANTILE = 0.05  # "similar": this share of the catalog's own photos score below it (the rest above)
+SAME_CONFIDENCE_Z = 1.28  # "same" holds its precision with 90 % one-sided confidence on the calibration photos
+NEAR_IDENTICAL = 0.9999  # "same" when no lower score reaches SAME_PRECISION: only a copy of a catalog photo
+LEVELS = ("same", "similar", "none")
 
-    Each sampled photo queries the index (itself left out): its best score to another photo of its own
-    product is a right-match score, its best score to *another* product's photo a wrong-match score. The
-    threshold is where the two distributions cross (equal error rate: as many right matches fall below it
-    as wrong ones rise above it), so a result above it is likelier the same product than not; a photo of
-    something else (no shoe, another kind of object) scores far below both. With no right-match scores
-    (one photo per product) it is the 95th percentile of the wrong ones. Returns the threshold and both
-    error rates at it.
+
+def top1_of_photos(index, queries: np.ndarray, self_rows: list[int], product_ids: list, depth: int = 64
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(best score, whether its product is the photo's own) for catalog photos searching the index: each query
+    ``queries[i]`` is the photo at faiss row ``self_rows[i]``, left out of its own results, as are removed rows
+    (``product_ids[row] is None``). A photo with no other result scores -1 (wrong)."""
+    scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(depth, index.ntotal))
+    best, right = np.full(len(queries), -1.0), np.zeros(len(queries), dtype=bool)
+    for i, (me, score_row, id_row) in enumerate(zip(self_rows, scores, rows)):
+        for score, row in zip(score_row, id_row):
+            if row >= 0 and row != me and product_ids[row] is not None:
+                best[i], right[i] = float(score), product_ids[row] == product_ids[me]
+                break
+    return best, right
+
+
+def same_threshold(scores: np.ndarray, right: np.ndarray, target: float = SAME_PRECISION,
+                   z: float = SAME_CONFIDENCE_Z) -> float:
+    """The lowest score at or above which the top-1 product is right for at least ``target`` of the photos, by
+    the one-sided lower confidence bound of that precision (Wilson score interval, ``z``): a precision measured
+    on a few photos promises little. ``NEAR_IDENTICAL`` when no score reaches it (look-alike products, such as
+    colourways of one model, scoring as high as the product itself)."""
+    order = np.argsort(-scores, kind="stable")
+    s, hits = scores[order], np.cumsum(right[order])
+    n = np.arange(1, len(s) + 1)
+    p, z2 = hits / n, z * z
+    lower = (p + z2 / (2 * n) - z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))) / (1 + z2 / n)
+    last_of_tie = np.append(s[1:] != s[:-1], True)  # a threshold takes every photo at its score
+    ok = np.flatnonzero((lower >= target) & last_of_tie)
+    return float(s[ok[-1]]) if len(ok) else NEAR_IDENTICAL
+
+
+def level_of(score: float, levels: dict | None) -> str | None:
+    """``same`` / ``similar`` / ``none`` for a result's score under an index's ``levels`` (None: not calibrated)."""
+    if levels is None:
+        return None
+    if levels.get("same") is not None and score >= levels["same"]:
+        return "same"
+    return "similar" if levels.get("similar") is not None and score >= levels["similar"] else "none"
+
+
+def levels_of_meta(meta: dict) -> dict | None:
+    """An index meta's ``{"same", "similar"}`` thresholds: ``match_levels``; an index built before levels has one
+    ``match_threshold``, read as ``same`` with no ``similar``; None when it has neither."""
+    levels = meta.get("match_levels")
+    if levels and levels.get("same") is not None:
+        return {"same": float(levels["same"]), "similar": None if levels.get("similar") is None
+                else float(levels["similar"])}
+    old = meta.get("match_threshold")
+    return None if old is None else {"same": float(old), "similar": None}
+
+
+def match_levels(index, queries: np.ndarray, self_rows: list[int], product_ids: list, sample: int, seed: int = 0,
+                 depth: int = 64) -> dict:
+    """Two score thresholds, ``same`` and ``similar``, calibrated on the index's own photos.
+
+    Up to ``sample`` catalog photos search the index, each left out of its own results (``top1_of_photos``): the
+    best result's score, and whether that product is the photo's own. The photos are split by product (``seed``):
+    half the products calibrate, the other half's photos are held back and report what each level does.
+
+    * ``same`` promises precision: the lowest score at or above which the top-1 product is right for at least
+      ``SAME_PRECISION`` of the calibration photos, with 90 % confidence (``same_threshold``; at the plain
+      95 % point, half the held-back samples would fall short of it). One threshold at the equal-error point
+      mixes "probably right" with "close call"; this one says "the same product" only where that is nearly
+      always true, and only a copy of a catalog photo where nothing is (``same_reached`` false).
+    * ``similar`` promises recall of shoes: the ``SIMILAR_QUANTILE`` quantile of the calibration photos' best
+      scores, right or wrong (capped at ``same``). A photo of a shoe like the catalog's scores above it nearly
+      always, whether or not its product is cataloged; a photo of something else (a landscape, text, a chart)
+      scores below what almost any catalog photo does, so it gets ``none``.
+
+    Held-back figures are product-level (is the top-1 product right?): per level, ``photos`` at or above it,
+    ``precision`` (top-1 right among them) and ``recall`` (top-1 right and at or above it, among the photos
+    whose product has another photo to find). Returns ``{"same", "similar", "calibration"}``; both thresholds
+    None when there is nothing to calibrate on (fewer than two products).
     """
-    queries = sample_queries(np.arange(len(vectors)), sample, seed)
-    scores, rows = index.search(np.ascontiguousarray(vectors[queries], dtype=np.float32), min(depth, len(vectors)))
-    right, wrong = [], []
-    for q, score_row, id_row in zip(queries, scores, rows):
-        mine = [float(s) for s, r in zip(score_row, id_row) if r >= 0 and r != q and product_ids[r] == product_ids[q]]
-        other = [float(s) for s, r in zip(score_row, id_row) if r >= 0 and product_ids[r] != product_ids[q]]
-        right += mine[:1]
-        wrong += other[:1]
-    if not wrong:
-        return {"match_threshold": None, "queries": len(queries)}
-    right_a, wrong_a = np.array(right), np.array(wrong)
-    if len(right_a) == 0:
-        threshold = float(np.quantile(wrong_a, 0.95))
-    else:
-        candidates = np.unique(np.concatenate([right_a, wrong_a]))
-        gap = [abs(np.mean(right_a < t) - np.mean(wrong_a >= t)) for t in candidates]
-        threshold = float(candidates[int(np.argmin(gap))])
-    return {"match_threshold": round(threshold, 4), "queries": len(queries), "rule": "equal error rate",
-            "right_below": round(float(np.mean(right_a < threshold)), 4) if len(right_a) else None,
-            "wrong_above": round(float(np.mean(wrong_a >= threshold)), 4),
-            "right_median": round(float(np.median(right_a)), 4) if len(right_a) else None,
-            "wrong_median": round(float(np.median(wrong_a)), 4)}
+    picked = sample_queries(np.arange(len(queries)), sample, seed)
+    rows = [self_rows[i] for i in picked]
+    own = np.array([str(product_ids[r]) for r in rows])
+    if len(set(own)) < 2:
+        return {"same": None, "similar": None, "calibration": {"photos": len(picked), "rule": "too few products"}}
+    scores, right = top1_of_photos(index, queries[picked], rows, product_ids, depth)
+    findable = _findable([p for p in product_ids if p is not None], own)
+    products = np.unique(own)
+    cal_products = calibration_products(products, seed)
+    cal = np.array([p in cal_products for p in own])
+    same = round(same_threshold(scores[cal], right[cal]), 4)  # as stored, and so as search compares
+    similar = min(round(float(np.quantile(scores[cal], SIMILAR_QUANTILE)), 4), same)
+    held = ~cal
+    figures = {name: _level_figures(scores[held], right[held], findable[held], t)
+               for name, t in (("same", same), ("similar", similar))}
+    return {"same": same, "similar": similar, "calibration": {
+        "rule": f"same: top-1 precision >= {SAME_PRECISION} on the calibration photos (90 % lower bound); similar: "
+                f"the {SIMILAR_QUANTILE:g} quantile of their best scores", "same_reached": same < NEAR_IDENTICAL,
+        "photos": len(picked), "calibration_photos": int(cal.sum()), "held_back_photos": int(held.sum()),
+        "held_back_products": len(products) - len(cal_products), "held_back": figures,
+        "held_back_none": int((scores[held] < similar).sum()),
+        "right_median": _median(scores[right]), "wrong_median": _median(scores[~right])}}
+
+
+def calibration_products(products, seed: int) -> set[str]:
+    """The half of ``products`` (distinct ids) whose photos calibrate the levels; the other half's are held back."""
+    products = np.unique(np.asarray(products, dtype=str))
+    return set(np.random.default_rng(seed).permutation(products)[: len(products) // 2].tolist())
+
+
+def _findable(live: list, own: np.ndarray) -> np.ndarray:
+    """Whether each query's product has another (live) photo in the index: a right answer to find."""
+    values, counts = np.unique(np.array([str(p) for p in live]), return_counts=True)
+    many = set(values[counts > 1])
+    return np.array([p in many for p in own])
+
+
+def _level_figures(scores: np.ndarray, right: np.ndarray, findable: np.ndarray, threshold: float) -> dict:
+    at = scores >= threshold
+    return {"photos": int(at.sum()), "precision": round(float(right[at].mean()), 4) if at.any() else None,
+            "recall": round(float((right & at)[findable].mean()), 4) if findable.any() else None}
+
+
+def _median(x: np.ndarray) -> float | None:
+    return round(float(np.median(x)), 4) if len(x) else None

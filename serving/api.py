@@ -1,149 +1,73 @@
-"""HTTP API and a small upload page (FastAPI).
+"""HTTP API and the search pages (FastAPI): the app and its routes.
 
-``POST /search`` (multipart field ``photo``, query ``k``) -> JSON products; ``GET /`` an upload page;
-``POST /`` the same page with results; ``GET /photos/<path>`` stored photos; ``GET /health``.
-Bad uploads get a 4xx with a clear message; nothing a client sends can stop the server.
-
-What one client can hold is bounded (``api.*`` settings): a request body is counted as it streams,
-whatever its framing, and refused past the upload limit before the form parser spools it
-(:class:`BodyGuard`); a request head and a body must arrive in time (``serving.connections``,
-:class:`BodyGuard`); idle keep-alive connections close; requests in flight and the connections one
-client address holds are capped (503 beyond: ``serving.connections``).
-Responses name no server paths: photos are ``/photos/<relative path>`` URLs, non-web product URLs
-(``file://`` of an ingested folder) are left out, error messages have paths replaced.
+JSON (typed in ``/openapi.json``, ``serving.schemas``; browsable offline at ``/docs``):
+``POST /search`` (multipart field ``photo``, query ``k``) -> products with a match level; ``GET /products/{id}``
+(JSON unless the request accepts ``text/html``) -> the product, its gallery with each photo's denoise decision,
+its lineage; ``GET /health``; ``POST /products/{id}/photos/{image_id}/decision`` (a correction by hand, with
+``api.write_token``). Files: ``GET /photos/<path>`` stored photos, ``GET /thumbs/<sha1>.webp`` thumbnails.
+HTML (``serving.pages``): ``GET /`` the search page, ``POST /`` the page with results, ``GET /products/{id}``
+from a browser. Every error is ``{"error": {"code", "message"}}`` (``serving.errors``), a friendly page on the
+HTML routes. What one client can hold is bounded (``serving.guards``, ``serving.connections``); responses name
+no server paths (photos are ``/photos/<relative path>`` URLs, ``file://`` product URLs are left out).
 """
 
 from __future__ import annotations
 
-import asyncio
-import html
+import base64
 import logging
-import re
+import secrets
 import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import ShoesearchError
+from serving import pages
+from serving.apidocs import add_docs
 from serving.connections import RequestCap, connection_protocol
-from serving.search import BadPhoto, check_photo, get_searcher, upload_limits
+from serving.errors import ApiError, ErrorBody, detail_of, json_error, public_message
+from serving.guards import BodyGuard, is_form_post, read_limited
+from serving.products import money, product_view, thumb_url, web_url
+from serving.schemas import DecisionRequest, DecisionResponse, Health, Product, SearchResponse
+from serving.search import BadPhoto, check_photo, decode_slots, get_searcher, match_level, upload_limits
+from serving.thumbs import CACHE_CONTROL, SHA1, NoThumb, thumbnail
 
 log = logging.getLogger(__name__)
 
-# Image-store verdicts -> HTTP status of the refusal.
+# Image-store verdicts -> HTTP status of the refusal (the verdict is the error code).
 STATUS_FOR = {
     "empty": 400, "corrupt": 400, "too_small": 422,
     "not_image": 415, "too_large": 413, "bomb": 413,
 }
-READ_CHUNK = 1 << 20
-MULTIPART_OVERHEAD_BYTES = 64 * 1024  # form framing allowed on top of the photo itself
 MAX_PHOTO_PATH = 1024  # longest /photos/ path served (stored photos are "aa/<sha1>.ext", 47 characters)
-HIT_FIELDS = ("rank", "product_id", "score", "confident", "title", "brand", "price", "url", "image_id", "photo_path")
-ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/[^\s'\"]+")  # a server path in a message (not a URL's path)
+JSON_ONLY = ("/search", "/health", "/openapi.json", "/photos/", "/thumbs/", "/docs")
+HTML = {"content": {"text/html": {}}}
 
 
-class BodyRefused(HTTPException):
-    """A request body refused while it streams (413 over the limit, 408 too slow); the connection closes."""
-
-    def __init__(self, status: int, detail: str):
-        super().__init__(status, detail, headers={"Connection": "close"})
-
-
-class BodyGuard:
-    """ASGI middleware bounding every request body as it streams, whatever its framing (Content-Length or
-    chunked): past ``photo_limit`` + :data:`MULTIPART_OVERHEAD_BYTES` bytes -> 413, not complete
-    ``timeout_s`` after the request head -> 408 (uvicorn has no read timeout), both with ``Connection:
-    close``, so the rest of the body is never read. A declared Content-Length over the limit is refused
-    before any of the body is read."""
-
-    def __init__(self, app, photo_limit: int, timeout_s: float):
-        self.app, self.photo_limit, self.timeout_s = app, photo_limit, timeout_s
-        self.limit = photo_limit + MULTIPART_OVERHEAD_BYTES
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            refusal = BodyRefused(413, f"too_large: request of {int(length)} bytes > the "
-                                       f"{self.photo_limit}-byte photo limit")
-            return await _refuse(refusal, scope, receive, send)
-        started = False
-
-        async def sending(message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, self._guarded(receive), sending)
-        except BodyRefused as exc:  # raised where no handler turned it into a response
-            if started:
-                raise
-            await _refuse(exc, scope, receive, send)
-
-    def _guarded(self, receive):
-        """``receive`` counting body bytes against the limit and waiting no longer than the body deadline."""
-        loop = asyncio.get_running_loop()
-        deadline, received, done = loop.time() + self.timeout_s, 0, False
-
-        async def guarded():
-            nonlocal received, done
-            if done:  # the body is in: later receives wait for a disconnect, for as long as it takes
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
-            except asyncio.TimeoutError:
-                raise BodyRefused(408, f"timeout: the request body did not arrive in {self.timeout_s:g} s") from None
-            if message["type"] != "http.request":
-                done = True
-                return message
-            received += len(message.get("body", b""))
-            done = not message.get("more_body", False)
-            if received > self.limit:
-                raise BodyRefused(413, f"too_large: request body over the {self.photo_limit}-byte photo limit")
-            return message
-
-        return guarded
-
-
-async def _refuse(exc: HTTPException, scope, receive, send) -> None:
-    await JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)(scope, receive, send)
-
-
-def _read_limited(upload: UploadFile, limit: int) -> bytes:
-    """The upload's bytes, refusing (413) as soon as it exceeds ``limit`` without reading the rest."""
-    chunks, total = [], 0
-    while chunk := upload.file.read(READ_CHUNK):
-        total += len(chunk)
-        if total > limit:
-            raise HTTPException(413, f"upload is larger than the {limit} byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def public_message(message: str, home: Path) -> str:
-    """``message`` without server paths (the data home, then any other absolute path)."""
-    return ABSOLUTE_PATH.sub("<path>", message.replace(str(home), "<home>"))
-
-
-def match_verdict(hits, threshold: float | None) -> dict:
-    """``confident_match``: the best result beats the index's calibrated threshold (None when the index has none)."""
-    confident = None if threshold is None else bool(hits and hits[0].confident)
-    return {"confident_match": confident, "match_threshold": threshold}
+def errors(*statuses: int) -> dict:
+    """OpenAPI ``responses`` for these error statuses, each an :class:`ErrorBody` (422 replaces FastAPI's own)."""
+    return {status: {"model": ErrorBody} for status in statuses}
 
 
 def public_hit(hit) -> dict:
-    """A search hit as the API shows it: the served photo URL, and the product URL only if it is a web URL."""
-    out = {name: getattr(hit, name) for name in HIT_FIELDS}
-    if not (out["url"] or "").startswith(("http://", "https://")):
-        out["url"] = None  # a file:// URL of an ingested folder names a server path and opens nothing
-    out["photo_url"] = "/photos/" + quote(hit.photo_path)
-    return out
+    """A search hit as the API shows it: score to 4 places, price to 2, the shop's URL only when it is a web URL,
+    the served photo, its thumbnail and this server's product page."""
+    sha1 = Path(hit.photo_path).stem
+    photo = "/photos/" + quote(hit.photo_path)
+    return {
+        "rank": hit.rank, "product_id": hit.product_id, "score": round(float(hit.score), 4),
+        "level": getattr(hit, "level", None), "title": hit.title, "brand": hit.brand, "price": money(hit.price),
+        "url": web_url(hit.url), "product_url": "/products/" + quote(hit.product_id, safe=":"),
+        "image_id": hit.image_id, "photo_path": hit.photo_path, "photo_url": photo,
+        "thumb_url": thumb_url(sha1) if SHA1.fullmatch(sha1) else photo,
+    }
 
 
 def photo_target(root: Path, path: str) -> Path | None:
@@ -161,27 +85,79 @@ def photo_target(root: Path, path: str) -> Path | None:
         return None
 
 
-def search_upload(settings, limits, upload: UploadFile | None, k: int) -> dict:
-    """The JSON answer for an uploaded photo: checked from its header, then decoded once (at most
-    ``api.max_decodes`` at a time) and searched; refusals are HTTP errors without server paths."""
+def no_index(settings) -> bool:
+    """True when the home has no current index (or no home): nothing was built yet, nothing is broken."""
+    from index.store import current_index_row
+    from serving.products import warehouse_of
+    from warehouse import MissingHome
+
+    try:
+        return current_index_row(warehouse_of(settings)) is None
+    except MissingHome:
+        return True
+    except Exception:  # noqa: BLE001 - an unreadable indexes table: something is broken, not missing
+        return False
+
+
+def unavailable(settings, problem: Exception) -> ApiError:
+    """The 503 of a search with no servable index: ``no_index`` (none built yet) or ``unavailable`` (broken)."""
+    code = "no_index" if no_index(settings) else "unavailable"
+    return ApiError(503, code, public_message(str(problem), settings.home))
+
+
+def search_upload(settings, limits, upload: UploadFile | None, k: int) -> tuple[dict, bytes]:
+    """(the JSON answer, the photo's bytes) for an uploaded photo: checked from its header, then decoded once (at
+    most ``api.max_decodes`` at a time) and searched; refusals are :class:`ApiError` without server paths."""
     if upload is None:
-        raise HTTPException(400, "send the photo as multipart form field 'photo'")
+        raise ApiError(400, "no_photo", "send the photo as multipart form field 'photo'")
     if not 1 <= k <= settings.api.max_k:
-        raise HTTPException(422, f"k must be between 1 and {settings.api.max_k}")
-    data = _read_limited(upload, limits.max_bytes)
+        raise ApiError(422, "invalid", f"k must be between 1 and {settings.api.max_k}")
+    data = read_limited(upload, limits.max_bytes)
     try:
         check_photo(data, limits)
         try:
             searcher = get_searcher(settings)
         except ShoesearchError as exc:
             log.warning("search unavailable: %s", exc)
-            raise HTTPException(503, public_message(str(exc), settings.home)) from None
+            raise unavailable(settings, exc) from None
         query = searcher.photo_tensor(data, limits, settings.api.max_decodes)
     except BadPhoto as exc:
-        raise HTTPException(STATUS_FOR.get(exc.status, 400), f"{exc.status}: {exc.reason}") from None
+        raise ApiError(STATUS_FOR.get(exc.status, 400), exc.status, public_message(exc.reason)) from None
     hits = searcher.search(query, k)
-    return {"index_id": searcher.index_id, "model_id": searcher.model_id, **match_verdict(hits, searcher.match_threshold),
-            "results": [public_hit(h) for h in hits]}
+    levels = getattr(searcher, "match_levels", None)
+    answer = {"index_id": searcher.index_id, "model_id": searcher.model_id, "match_level": match_level(hits),
+              "levels": levels, "results": [public_hit(h) for h in hits]}
+    return answer, data
+
+
+def query_thumb(settings, data: bytes) -> str | None:
+    """The query photo as a small ``data:`` URL for the results page (bounded decode), or None."""
+    from serving.thumbs import photo_thumbnail
+
+    try:
+        webp = photo_thumbnail(data, upload_limits(settings), decode_slots(settings.api.max_decodes))
+    except NoThumb:
+        return None
+    return "data:image/webp;base64," + base64.b64encode(webp).decode()
+
+
+def health_answer(settings, ready: threading.Event) -> tuple[int, dict]:
+    """(status, :class:`Health`) of ``GET /health``: ``ready`` only when an index is loaded."""
+    from serving.search import serving
+
+    def down(status: str, message: str) -> tuple[int, dict]:
+        return 503, {"status": status, "index_id": None, "model_id": None,
+                     "error": {"code": status, "message": public_message(message, settings.home)}}
+
+    if not ready.is_set():
+        return down("starting", "loading the model and the index")
+    state = serving(settings)  # loads the current index (once): "ready" means searches are served
+    if state.searcher is None:
+        return down("no_index" if no_index(settings) else "unhealthy", str(state.problem))
+    body = {"status": "ready", "index_id": state.searcher.index_id, "model_id": state.searcher.model_id}
+    if state.problem is not None:
+        body.update(status="degraded", problem=public_message(str(state.problem), settings.home))
+    return 200, body
 
 
 def _load_at_start(settings, ready: threading.Event) -> None:
@@ -194,10 +170,20 @@ def _load_at_start(settings, ready: threading.Event) -> None:
         state = serving(settings)
         log.info("ready in %.1f s: %s", time.perf_counter() - started,
                  f"index {state.searcher.index_id}" if state.searcher else state.problem)
-    except Exception:  # noqa: BLE001 - a failed load is reported by /health and search, never kills the server
+    except Exception:  # a failed load is reported by /health and search, never kills the server
         log.exception("loading the index at start failed")
     finally:
         ready.set()
+
+
+def wants_html(request: Request) -> bool:
+    """Whether an error answers a page: the search form's post, a form posted by a browser, or a browser's GET."""
+    if is_form_post(request.scope):
+        return True
+    accept, path = request.headers.get("accept", ""), request.url.path
+    if "text/html" not in accept or path.startswith(JSON_ONLY):
+        return False
+    return request.method in ("GET", "HEAD") or "form" in request.headers.get("content-type", "")
 
 
 def create_app(settings) -> FastAPI:
@@ -210,94 +196,141 @@ def create_app(settings) -> FastAPI:
         threading.Thread(target=_load_at_start, args=(settings, ready), name="load-index", daemon=True).start()
         yield
 
-    app = FastAPI(title="shoesearch", description="Search shoe products by photo.", lifespan=lifespan)
+    app = FastAPI(title="shoesearch", description="Search shoe products by photo. Every error is "
+                  '`{"error": {"code": "...", "message": "..."}}`.', lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
     limits = upload_limits(settings)
-    app.add_middleware(BodyGuard, photo_limit=limits.max_bytes, timeout_s=settings.api.body_timeout_s)
-    app.add_middleware(RequestCap, limit=settings.api.max_connections)  # outermost: a refusal reads nothing
-    images_root = settings.images_dir.resolve()
 
-    def run_search(upload: UploadFile | None, k: int) -> dict:
-        return search_upload(settings, limits, upload, k)
+    def form_page(status: int, detail: dict) -> str:
+        return pages.render_search(None, error=detail, max_upload_bytes=limits.max_bytes, status=status)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
-        if request.url.path == "/" and request.method == "POST":
-            return HTMLResponse(_page(error=str(exc.detail)), status_code=exc.status_code,
-                                headers=exc.headers)
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    app.add_middleware(BodyGuard, photo_limit=limits.max_bytes, timeout_s=settings.api.body_timeout_s,
+                       html_error=form_page)
+    app.add_middleware(RequestCap, limit=settings.api.max_connections, html_error=form_page)  # outermost
+    add_docs(app, "shoesearch")
 
-    @app.get("/health")
-    def health() -> JSONResponse:
-        from serving.search import health as serving_health
+    async def error(request: Request, exc: Exception):  # an unexpected exception is logged by the server too
+        status, detail, headers = detail_of(exc)
+        if not wants_html(request):
+            return json_error(status, detail, headers)
+        page = (form_page(status, detail) if is_form_post(request.scope)
+                else pages.render_error(status, detail, max_upload_bytes=limits.max_bytes))
+        return HTMLResponse(page, status_code=status, headers=headers)
 
-        if not ready.is_set():
-            return JSONResponse({"status": "starting", "index_id": None,
-                                 "error": "loading the model and the index"}, status_code=503)
-        status, body = serving_health(settings)  # loads the current index (once): "ok" means searches are served
-        return JSONResponse({k: public_message(v, settings.home) if isinstance(v, str) else v
-                             for k, v in body.items()}, status_code=status)
-
-    @app.post("/search")
-    def search_json(photo: UploadFile | None = File(None), k: int = Query(settings.index.search_k)) -> dict:
-        return run_search(photo, k)
-
-    @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        return _page()
-
-    @app.post("/", response_class=HTMLResponse)
-    def page_search(photo: UploadFile | None = File(None), k: int = Query(settings.index.search_k)) -> str:
-        return _page(result=run_search(photo, k))
-
-    @app.get("/photos/{path:path}")
-    def photo_file(path: str) -> FileResponse:
-        target = photo_target(images_root, path)
-        if target is None:
-            raise HTTPException(404, "no such photo")
-        return FileResponse(target)
-
+    for kind in (StarletteHTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(kind, error)
+    _routes(app, settings, limits, ready)
     return app
 
 
-def _page(result: dict | None = None, error: str | None = None) -> str:
-    """The upload page, with results or an error when given."""
-    body = []
-    if error:
-        body.append(f'<p class="error">{html.escape(error)}</p>')
-    if result is not None:
-        body.append(f"<p>index {html.escape(result['index_id'])} · model {html.escape(result['model_id'])}</p>")
-        if not result["results"]:
-            body.append("<p>No products found.</p>")
-        elif result["confident_match"] is False:
-            body.append(f'<p class="error">No confident match: the best score, {result["results"][0]["score"]:.3f}, '
-                        f'is below {result["match_threshold"]:.3f} (what catalog photos score with a wrong product). '
-                        "The closest products anyway:</p>")
-        body.append('<div class="grid">')
-        for hit in result["results"]:
-            title = html.escape(hit["title"] or hit["product_id"])
-            link = html.escape(hit["url"] or hit["photo_url"], quote=True)
-            price = f"¥{hit['price']:.2f}" if hit["price"] is not None else ""
-            body.append(
-                f'<a class="hit" href="{link}"><img src="{html.escape(hit["photo_url"], quote=True)}" alt="">'
-                f"<b>{hit['rank']}. {title}</b><span>{html.escape(hit['brand'] or '')} {price}</span>"
-                f"<small>score {hit['score']:.3f}</small></a>"
-            )
-        body.append("</div>")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>shoesearch</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 70em; }}
-.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(12em, 1fr)); gap: 1em; }}
-.hit {{ display: flex; flex-direction: column; border: 1px solid #ddd; padding: .5em; color: inherit; text-decoration: none; }}
-.hit img {{ width: 100%; aspect-ratio: 1; object-fit: contain; background: #fafafa; }}
-.error {{ color: #b00; font-weight: bold; }}
-</style></head><body>
-<h1>Search shoes by photo</h1>
-<form method="post" action="/" enctype="multipart/form-data">
-<input type="file" name="photo" accept="image/*" required> <button type="submit">Search</button>
-</form>
-{''.join(body)}
-</body></html>"""
+def _routes(app: FastAPI, settings, limits, ready: threading.Event) -> None:
+    images_root = settings.images_dir.resolve()
+
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}})
+    def health() -> JSONResponse:
+        status, body = health_answer(settings, ready)
+        return JSONResponse(Health(**body).model_dump(), status_code=status)
+
+    @app.post("/search", response_model=SearchResponse, responses=errors(400, 413, 415, 422, 503))
+    def search_json(photo: UploadFile | None = File(None), k: int = Query(settings.index.search_k)) -> dict:
+        return search_upload(settings, limits, photo, k)[0]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return pages.render_search(None, None, max_upload_bytes=limits.max_bytes)
+
+    @app.post("/", response_class=HTMLResponse, include_in_schema=False)
+    def page_search(photo: UploadFile | None = File(None), k: int = Query(settings.index.search_k)) -> str:
+        result, data = search_upload(settings, limits, photo, k)
+        result["query_thumb"] = query_thumb(settings, data)
+        return pages.render_search(result, None, max_upload_bytes=limits.max_bytes, restore=True)
+
+    @app.get("/products/{product_id}", response_model=Product, responses={200: HTML, **errors(404, 422, 503)})
+    def product(product_id: str, request: Request):
+        view = read_product(settings, product_id)
+        if view is None:
+            raise ApiError(404, "no_product", "no current product has this id")
+        if "text/html" in request.headers.get("accept", ""):
+            return HTMLResponse(pages.render_product({**view, "writable": bool(settings.api.write_token)}))
+        return view
+
+    @app.get("/photos/{path:path}", response_class=FileResponse,
+             responses={200: {"content": {"image/*": {}}}, **errors(404, 422)})
+    def photo_file(path: str) -> FileResponse:
+        target = photo_target(images_root, path)
+        if target is None:
+            raise ApiError(404, "not_found", "no such photo")
+        return FileResponse(target)
+
+    @app.get("/thumbs/{name}", response_class=Response,
+             responses={200: {"content": {"image/webp": {}}}, **errors(404, 422)})
+    def thumb(name: str) -> Response:
+        """A 256 px WebP of the stored photo whose content hash (sha1) is ``name`` without ``.webp``."""
+        try:
+            webp = thumbnail(settings, name.removesuffix(".webp"), decode_slots(settings.api.max_decodes))
+        except NoThumb as exc:
+            raise ApiError(404, "not_found", public_message(f"no thumbnail: {exc}", settings.home)) from None
+        return Response(webp, media_type="image/webp", headers={"Cache-Control": CACHE_CONTROL})
+
+    _write_routes(app, settings)
+
+
+def _write_routes(app: FastAPI, settings) -> None:
+    from serving.schemas import DECISION_BODY
+
+    @app.post("/products/{product_id}/photos/{image_id}/decision", response_model=DecisionResponse,
+              responses={200: HTML, **errors(400, 403, 404, 422)}, openapi_extra=DECISION_BODY)
+    async def decide(product_id: str, image_id: str, request: Request):
+        """Correct a photo's denoise decision by hand (``warehouse.overrides``): JSON or a form with ``decision``
+        keep|drop, ``reason``, ``who``; the token ``api.write_token`` as ``Authorization: Bearer`` or form field
+        ``token``. Writes are off while ``api.write_token`` is empty (403)."""
+        form = "form" in request.headers.get("content-type", "")
+        try:
+            body = dict(await request.form()) if form else await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_request", "send a JSON object or a form")
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or body.get("token") or ""
+        check_token(settings.api.write_token, str(given))
+        decision = DecisionRequest.checked(body)
+        run_id, view = await run_in_threadpool(record, settings, product_id, image_id, decision)
+        photo = next(p for p in view["photos"] if p["image_id"] == image_id)
+        if form and "text/html" in request.headers.get("accept", ""):
+            done = f"Photo {photo['position'] + 1} is now {'kept' if photo['kept'] else 'dropped'}, by {decision.who}."
+            return HTMLResponse(pages.render_product({**view, "writable": True}, message=done))
+        return {"run_id": run_id, "photo": photo}
+
+
+def read_product(settings, product_id: str) -> dict | None:
+    """:func:`serving.products.product_view`; a warehouse it cannot read is a 503 naming the file, not a 500."""
+    try:
+        return product_view(settings, product_id)
+    except ShoesearchError as exc:
+        log.warning("product %s unavailable: %s", product_id, exc)
+        raise ApiError(503, "unavailable", public_message(str(exc), settings.home)) from None
+
+
+def check_token(token: str, given: str) -> None:
+    if not token:
+        raise ApiError(403, "writes_disabled", "writes are disabled on this server (set api.write_token to allow them)")
+    if not secrets.compare_digest(given.encode(), token.encode()):
+        raise ApiError(403, "forbidden", "a write needs the server's write token")
+
+
+def record(settings, product_id: str, image_id: str, decision) -> tuple[str, dict]:
+    """Record a correction of photo ``image_id`` of ``product_id``; (run id, the product after it)."""
+    from warehouse.overrides import BadOverride, record_override
+
+    view = read_product(settings, product_id)
+    if view is None or not any(p["image_id"] == image_id for p in view["photos"]):
+        raise ApiError(404, "no_product" if view is None else "not_found", "no such photo of a current product")
+    try:
+        run_id = record_override(settings, image_id, decision.decision == "keep", decision.who, decision.reason,
+                                 flow="api")
+    except BadOverride as exc:
+        raise ApiError(422, "invalid", public_message(str(exc), settings.home)) from None
+    return run_id, read_product(settings, product_id)
 
 
 def server_config(settings, host: str | None = None, port: int | None = None, **extra):

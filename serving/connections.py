@@ -21,9 +21,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 log = logging.getLogger(__name__)
 
 
-def _refusal(status: int, reason: str, error: str) -> bytes:
-    """A complete ``Connection: close`` JSON response, written raw (no request was read)."""
-    body = json.dumps({"error": error}).encode()
+def _refusal(status: int, reason: str, code: str, message: str) -> bytes:
+    """A complete ``Connection: close`` JSON response in the API's error shape, written raw (no request was read)."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\n\r\n").encode() + body
 
@@ -104,7 +104,7 @@ class ConnectionLimits(H11Protocol):
 
 def connection_protocol(header_timeout_s: float, max_per_client: int) -> type:
     """The :class:`ConnectionLimits` protocol of one server: these bounds, its own per-address counts."""
-    refusal = _refusal(503, "Service Unavailable", f"too_many_connections: this address has {max_per_client} "
+    refusal = _refusal(503, "Service Unavailable", "too_many_connections", f"this address has {max_per_client} "
                        "connections open; close one and retry")
     return type("ConnectionLimits", (ConnectionLimits,), {
         "header_timeout_s": header_timeout_s, "max_per_client": max_per_client,
@@ -114,20 +114,25 @@ def connection_protocol(header_timeout_s: float, max_per_client: int) -> type:
 class RequestCap:
     """ASGI middleware: at most ``limit`` HTTP requests in flight (head received, response not finished);
     one beyond gets 503 with ``Connection: close``. Connections still sending their head, or idle between
-    requests, hold no slot (the head deadline and the keep-alive timeout bound them)."""
+    requests, hold no slot (the head deadline and the keep-alive timeout bound them). ``html_error(status,
+    detail) -> str`` renders the refusal of the search form (``POST /``) as a page instead of JSON."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit, self.active = app, limit, 0
+    def __init__(self, app, limit: int, html_error=None):
+        self.app, self.limit, self.active, self.html_error = app, limit, 0, html_error
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if self.active >= self.limit:  # one event loop: no lock needed between the test and the increment
-            from fastapi.responses import JSONResponse
+            from fastapi.responses import HTMLResponse, JSONResponse
 
             log.warning("refusing a request: %d requests in flight (api.max_connections)", self.active)
-            response = JSONResponse({"error": f"busy: {self.limit} requests in flight; retry shortly"},
-                                    status_code=503, headers={"Connection": "close", "Retry-After": "1"})
+            detail = {"code": "busy", "message": f"{self.limit} requests in flight; retry shortly"}
+            headers = {"Connection": "close", "Retry-After": "1"}
+            if self.html_error is not None and scope.get("method") == "POST" and scope.get("path") == "/":
+                response = HTMLResponse(self.html_error(503, detail), status_code=503, headers=headers)
+            else:
+                response = JSONResponse({"error": detail}, status_code=503, headers=headers)
             return await response(scope, receive, send)
         self.active += 1
         try:

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from core.errors import ShoesearchError
+from index.faiss_build import level_of, levels_of_meta
 from index.store import (
     INDEX_FILE,
     MAPPING_FILE,
@@ -56,7 +57,7 @@ class SearchHit:
     url: str | None
     image_id: str
     photo_path: str  # relative to the images directory (the file is settings.images_dir / photo_path)
-    confident: bool | None = None  # score above the index's calibrated match threshold (None: not calibrated)
+    level: str | None = None  # "same" / "similar" / "none" by the index's match levels (None: not calibrated)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -167,7 +168,7 @@ class Searcher:
         s = self.settings
         self.meta = read_index_file(s, directory, META_FILE, _read_meta)
         self.model_id = self.meta["model_id"]
-        self.match_threshold = self.meta.get("match_threshold")  # None for indexes built before calibration
+        self._levels = levels_of_meta(self.meta)  # None for indexes built before calibration
         self.index = read_index_file(s, directory, INDEX_FILE, lambda p: faiss.read_index(str(p)))
         self.image_ids, self.product_ids, self.paths = read_index_file(s, directory, MAPPING_FILE, _read_mapping)
         if len(self.image_ids) != self.index.ntotal:
@@ -230,12 +231,18 @@ class Searcher:
                     rank=len(hits) + 1, product_id=product_id, score=float(score),
                     title=product.get("title"), brand=product.get("brand"), price=product.get("price"),
                     url=product.get("url"), image_id=self.image_ids[row], photo_path=self.paths[row],
-                    confident=None if self.match_threshold is None else bool(score >= self.match_threshold),
+                    level=level_of(float(score), self._levels),
                 ))
                 if len(hits) == k:
                     break
             results.append(hits)
         return results
+
+    @property
+    def match_levels(self) -> dict | None:
+        """``{"same": float, "similar": float | None}`` (no ``similar``: an index calibrated with one threshold),
+        or None for an index never calibrated."""
+        return None if self._levels is None else dict(self._levels)
 
     def warm_up(self) -> float:
         """One search of a blank photo through the whole query path (decode worker, model, index), so the first
@@ -348,6 +355,11 @@ def health(settings) -> tuple[int, dict]:
     if state.problem is not None:
         return 200, {"status": "degraded", "index_id": state.searcher.index_id, "problem": str(state.problem)}
     return 200, {"status": "ok", "index_id": state.searcher.index_id}
+
+
+def match_level(hits: list[SearchHit]) -> str | None:
+    """The answer's match level: the top hit's (None with no hits, or an index never calibrated)."""
+    return hits[0].level if hits else None
 
 
 def check_k(settings, k: int | None) -> int:

@@ -11,7 +11,7 @@ import traceback
 from shoesearch import __version__
 
 # Command modules under shoesearch.commands, in the order their commands appear in --help.
-COMMAND_MODULES = ["crawl", "denoise", "train", "search", "warehouse"]
+COMMAND_MODULES = ["crawl", "denoise", "overrides", "train", "search", "warehouse"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -14,7 +14,9 @@ work with ``DEMO_OVERRIDES`` below (``--set`` on the command line still wins).
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -142,8 +144,8 @@ def _nightly_on_demo_shop(settings, debug: bool) -> dict:
         _say("2/4 nightly flow (Prefect): crawl -> embed -> denoise -> train -> evaluate -> index -> switch")
         t = time.monotonic()
         result = run_flow(nightly, settings, debug, site=shop.url)
-        print(f"    nightly finished in {time.monotonic() - t:.0f} s: index {result['index_id']} "
-              f"{result['status']} ({result['note']})")
+        print(f"    nightly finished in {time.monotonic() - t:.0f} s:")
+        print("\n".join(f"        {line}" for line in result["brief"]))
     finally:
         shop.stop()
         print(f"    demo shop on {shop.url} stopped", flush=True)
@@ -168,17 +170,39 @@ def _show_results(settings, result: dict) -> Path:
     index, product_id = pick_query_product(wh, demo_product_ids(DEMO_PRODUCTS, DEMO_SEED))
     photo = query_photo(settings, index, settings.reports_dir / "demo-query.jpg")
     hits = search(settings, photo, DEMO_SEARCH_K)
-    cols = ["rank", "score", "product_id", "title", "price", "photo_path"]
+    level = getattr(hits[0], "level", None) if hits else None
+    cols = ["rank", "score", *(["level"] if level else []), "product_id", "title", "price"]
     print(f"    query photo: {photo} (product {product_id}; the crawl never saw this photo)")
     print(format_table(pa.Table.from_pylist([{c: getattr(h, c) for c in cols} for h in hits])))
     rank = next((h.rank for h in hits if h.product_id == product_id), None)
     where = "ranked first" if rank == 1 else f"ranked {rank}" if rank else f"not in the top {DEMO_SEARCH_K}"
     print(f"    the right product ({product_id}) is {where}")
+    if level:
+        print(f"    match level: {level} ({LEVEL_SAID.get(level, level)}); `search` gives this photo the same level")
     return photo
 
 
+# What the top result's match level means (``serving.search``: calibrated on the index's own photos).
+LEVEL_SAID = {"same": "the index is confident it is the same product",
+              "similar": "a similar product; the index is not confident it is the same one",
+              "none": "the index finds no product close enough to call a match"}
+
+
+def command_name() -> str:
+    """How to type this command in the user's shell: ``shoesearch`` when that is on PATH and is this very
+    install (an activated venv), else the path of the venv's script (``.venv/bin/shoesearch`` from the repo)."""
+    script = Path(sys.executable).parent / "shoesearch"
+    found = shutil.which("shoesearch")
+    if not script.exists() or (found and Path(found).resolve() == script.resolve()):
+        return "shoesearch"
+    relative = os.path.relpath(script)
+    return relative if not relative.startswith("..") else str(script)
+
+
 def _say_where_things_are(settings, result: dict, photo: Path, seconds: float) -> None:
-    home_arg = f"--home {settings.home}"
+    cmd = f"{command_name()} --home {settings.home}"
+    activate = ("" if command_name() == "shoesearch" else
+                f"\n    (or `source {Path(command_name()).parent}/activate` once, then type `shoesearch ...`)")
     print(f"""
 Done in {seconds:.0f} s. Where things are:
     warehouse (Parquet tables)  {settings.warehouse_dir}
@@ -186,12 +210,13 @@ Done in {seconds:.0f} s. Where things are:
     models                      {settings.models_dir}
     faiss indexes (CURRENT)     {settings.indexes_dir}
     crawl logs and summaries    {settings.crawl_dir}
-    Prefect artifact `nightly`  the summary above, in the Prefect UI (`prefect server start`)
-Next:
-    shoesearch {home_arg} api                # search page on http://{settings.api.host}:{settings.api.port}/
-    shoesearch {home_arg} search {photo}
-    shoesearch {home_arg} tables
-    shoesearch {home_arg} sql "SELECT variant, recall_at_1, mean_ap FROM evaluations"
-    shoesearch {home_arg} lineage --index {result['index_id']}
-    shoesearch {home_arg} demo               # again: an incremental nightly on the same shop""")
+    Prefect flow run and its `nightly` artifact  {result.get('flow_run_name') or 'nightly-' + settings.home.name}:
+                                `prefect server start`, then http://127.0.0.1:4200
+Next:{activate}
+    {cmd} api                # search page on http://{settings.api.host}:{settings.api.port}/
+    {cmd} search {photo}
+    {cmd} tables
+    {cmd} sql "SELECT variant, recall_at_1, mean_ap FROM evaluations"
+    {cmd} lineage --index {result['index_id']}
+    {cmd} demo               # again: an incremental nightly on the same shop""")
     sys.stdout.flush()

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 from datetime import datetime, timezone
@@ -43,6 +42,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core.errors import ShoesearchError
 from core.files import atomic_write_text
+from core.progress import progress, run_logger
 from crawlers.config import scrapy_settings
 from crawlers.jdsite import SiteMap
 from crawlers.launch import LocalSpider, RaySpider, supervise
@@ -58,12 +58,7 @@ LOG_TAIL_CHARS = 3000  # of the spider's log, quoted when it fails
 
 
 def _logger():
-    try:
-        from prefect import get_run_logger
-
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - outside a flow run
-        return logging.getLogger("shoesearch.crawl")
+    return run_logger("crawl")  # the flow run's log in a flow, the module logger outside one
 
 
 def crawl_params(settings, site=None, keywords=None, categories=None, max_products=None, max_pages=None) -> dict:
@@ -224,10 +219,14 @@ def _run_spiders(settings, job: CrawlJob, run_id: str, done_runs: list[str], par
         for spider in spiders.values():
             spider.close()
         raise
-    return supervise(spiders, {s.index: s.stats_path(run_id) for s in pending},
-                     {s.index: s.progress_path for s in pending},
-                     lambda written, pages: log.info("crawl %s: %d products written, %d pages", run_id, written, pages),
-                     settings.crawl.progress_every_s)
+    def report(written: int, pages: int) -> None:
+        bar.moveto(written)
+        bar.fields(pages=pages)
+        log.info("crawl %s: %d products written, %d pages", run_id, written, pages)
+
+    with progress("crawl", params.get("max_products") or None, "products") as bar:
+        return supervise(spiders, {s.index: s.stats_path(run_id) for s in pending},
+                         {s.index: s.progress_path for s in pending}, report, settings.crawl.progress_every_s)
 
 
 def _died(settings, shard: Shard, run_id: str, code: int | None, with_tail: bool = True) -> str:
@@ -321,6 +320,7 @@ def _crawl_job(settings, params: dict, job: CrawlJob) -> str:
             causes = "; ".join(_died(settings, s, run.run_id, codes[s.index], with_tail=False) for s in died)
             raise ShoesearchError(f"{len(died)} of {len(job.shards)} shards died without finishing; run the same "
                                   f"crawl again to resume only the unfinished shards. {run.message}. {causes}")
+    _logger().info("crawl %s: %s", run.run_id, run.message)
     if reason == "finished":
         job.finish()
     else:

@@ -16,6 +16,7 @@ from prefect.cache_policies import NONE
 
 from core.errors import ShoesearchError
 from core.finite import require_finite
+from core.progress import run_logger
 from denoising.rules import (
     MAX_DISTANCE,
     apply_threshold,
@@ -90,6 +91,11 @@ def denoise(settings, threshold: float | None = None, drop_rate: float | None = 
         claimed = sum(r["reason"] == "other_product" for r in rows)
         run.message = (f"threshold {threshold:.4f} ({how}): kept {kept} of {len(rows)} photos"
                        + (f"; {claimed} given to another product" if claimed else ""))
+    reasons = defaultdict(int)
+    for r in rows:
+        reasons[r["reason"]] += 0 if r["kept"] else 1
+    dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()) if n) or "none"
+    run_logger("denoise").info("denoise %s: %s (dropped: %s)", run.run_id, run.message, dropped)
     return run.run_id
 
 

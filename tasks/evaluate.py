@@ -40,6 +40,15 @@ def variant_embedders(settings, wh, model_id: str, device):
     return row, params, out
 
 
+def _same_split(wh, a: str, b: str) -> bool:
+    """Two split runs are the same split when they place every product identically (content, not run id)."""
+    sql = """SELECT count(*) FROM ((SELECT product_id, split FROM splits WHERE run_id = ?
+                                    EXCEPT SELECT product_id, split FROM splits WHERE run_id = ?)
+                                   UNION ALL (SELECT product_id, split FROM splits WHERE run_id = ?
+                                    EXCEPT SELECT product_id, split FROM splits WHERE run_id = ?))"""
+    return a == b or wh.query(sql, [a, b, b, a]).column(0)[0].as_py() == 0
+
+
 def evaluate(settings, model_id: str, protocol: str = "all", compare: tuple[str, ...] | list[str] = (),
              photos: str = "auto") -> str:
     """The ablation on the test split (see module docstring); returns the evaluate run id."""
@@ -52,7 +61,7 @@ def evaluate(settings, model_id: str, protocol: str = "all", compare: tuple[str,
     main_row, main_params, variants = variant_embedders(settings, wh, model_id, device)
     for other in compare:
         _, other_params, more = variant_embedders(settings, wh, other, device)
-        if other_params["split_run_id"] != main_params["split_run_id"]:
+        if not _same_split(wh, other_params["split_run_id"], main_params["split_run_id"]):
             raise ShoesearchError(f"{other} was trained on another split than {model_id}: not comparable")
         variants += more
     test = load_photos(wh, main_params["split_run_id"], photos, ("test",))
@@ -92,6 +101,34 @@ def report_markdown(rows: list[dict], test: PhotoSet) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_chart(rows: list[dict]):
+    """A matplotlib figure: one group of bars per metric, one bar per variant with its value on it; the legend
+    sits beside the axes, where it covers no bar whatever the values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["Recall@1", "Recall@5", "Recall@10", "mAP"]
+    keys = ["recall_at_1", "recall_at_5", "recall_at_10", "mean_ap"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        label = r["variant"] if r["variant"] == "imagenet" else f"{r['variant']} ({r['photos']})"
+        bars = ax.bar([j + i * width for j in range(len(keys))], [r[k] for k in keys], width, label=label)
+        if len(rows) <= 6:  # more bars than that are too thin to carry a number
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], names)
+    ax.set_ylim(0, 1.1)  # room above a bar at 1.0 for its number
+    ax.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_ylabel("score (1 = perfect)")
+    ax.set_title(f"Retrieval on the test split ({rows[0]['protocol']})")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def write_report(settings, run_id: str, rows: list[dict], test: PhotoSet) -> str:
     """Markdown + PNG under ``reports/``, and a Prefect artifact when running inside a flow."""
     import matplotlib
@@ -102,20 +139,9 @@ def write_report(settings, run_id: str, rows: list[dict], test: PhotoSet) -> str
     md = report_markdown(rows, test)
     out = settings.reports_dir / f"{run_id}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    names = ["Recall@1", "Recall@5", "Recall@10", "mAP"]
-    keys = ["recall_at_1", "recall_at_5", "recall_at_10", "mean_ap"]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(rows)
-    for i, r in enumerate(rows):
-        label = r["variant"] if r["variant"] == "imagenet" else f"{r['variant']} ({r['photos']})"
-        ax.bar([j + i * width for j in range(len(keys))], [r[k] for k in keys], width, label=label)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], names)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"Retrieval on the test split ({rows[0]['protocol']})")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig = report_chart(rows)
     with atomic_path(out.with_suffix(".png")) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")  # "tight": the legend beside the axes is kept
     plt.close(fig)
     atomic_write_text(out.with_suffix(".md"), f"# Evaluation {run_id}\n\n{md}\n![plot]({out.name}.png)\n")
     _artifact(md, run_id)

@@ -17,13 +17,14 @@ from prefect.cache_policies import NO_CACHE
 from core.errors import ShoesearchError
 from embedding.embedders import model_id_of
 from embedding.vectors import embed_images, load_embeddings
-from index.faiss_build import build_faiss, choose_kind, gpu_count, match_calibration, recall_vs_exact, sample_queries
+from index.faiss_build import build_faiss, choose_kind, gpu_count, match_levels, recall_vs_exact, sample_queries
 from index import incremental
 from index.store import current_index_row, write_index_dir
 from warehouse import latest_run, open_warehouse, start_run
 from warehouse.views import DENOISE_OF_RUN
 from warehouse.locks import step_lock
 from warehouse.models_table import find_model, newest_model
+from warehouse.overrides import overrides_run
 from warehouse.runs import now
 
 PRODUCT_COLUMNS = ["product_id", "title", "brand", "price", "url", "shop_name", "category"]
@@ -100,12 +101,13 @@ def build_index(settings, model_spec: str | None = None, chosen_by: str | None =
     wh = open_warehouse(settings)
     newest = newest_model(wh)
     spec = model_spec or (newest["model_id"] if newest else f"imagenet:{settings.embed.backbone}")
+    corrections = overrides_run(wh)  # the newest corrections by hand, read before the photos they select
     photos, denoise_run = catalog_photos(wh, settings)
     embed_run = embed_images(settings, model_spec=spec, image_ids=photos.column("image_id").to_pylist())
     model_id = model_id_of(settings, spec)
     vectors, mapping, products = catalog_vectors(wh, photos, model_id)
     kind = choose_kind(len(vectors), cfg)
-    inputs = [embed_run, (find_model(wh, model_id) or {}).get("run_id"), chosen_by, denoise_run,
+    inputs = [embed_run, (find_model(wh, model_id) or {}).get("run_id"), chosen_by, denoise_run, corrections,
               *sorted(set(photos.column("run_id").to_pylist()))]
     params = {"model_spec": spec, "model_id": model_id, "kind": kind, "index": json.loads(settings.section_json("index"))}
     with start_run(wh, step="index", params=params, inputs=inputs) as run:
@@ -117,7 +119,7 @@ def build_index(settings, model_spec: str | None = None, chosen_by: str | None =
               f"products ({'GPU' if use_gpu else 'CPU'}); {built['note']}", flush=True)
         meta = {"index_id": index_id, "model_id": model_id, "model_spec": spec, "kind": kind,
                 "n_vectors": len(vectors), "n_rows": built["index"].ntotal, "dim": dim, "recall_vs_exact": built["recall"],
-                "match_threshold": built["calibration"]["match_threshold"], "match_calibration": built["calibration"],
+                "match_levels": built["levels"],
                 "built_on": "gpu" if use_gpu else "cpu", "created_at": now().isoformat(), **built["meta"]}
         path = write_index_dir(settings, index_id, built["index"], built["mapping"], products, meta)
         run.write("indexes", [{
@@ -131,10 +133,10 @@ def build_index(settings, model_spec: str | None = None, chosen_by: str | None =
 def _built_afresh(settings, index_id: str, kind: str, vectors: np.ndarray, mapping: pa.Table, use_gpu: bool) -> dict:
     cfg = settings.index
     index, recall, note = _faiss_with_recall(vectors, kind, cfg, use_gpu)
-    calibration = match_calibration(index, vectors, mapping.column("product_id").to_pylist(), cfg.recall_sample,
-                                    cfg.seed)
-    return {"index": index, "mapping": mapping, "recall": recall, "calibration": calibration,
-            "note": f"{note}; confident match above score {calibration['match_threshold']}",
+    levels = match_levels(index, vectors, list(range(len(vectors))), mapping.column("product_id").to_pylist(),
+                          cfg.recall_sample, cfg.seed)
+    return {"index": index, "mapping": mapping, "recall": recall, "levels": levels,
+            "note": f"{note}; {levels_note(levels)}",
             "meta": {"full_build": incremental.full_build(index_id, len(vectors))}}
 
 
@@ -154,13 +156,37 @@ def _updated(settings, base: dict, model_id: str, kind: str, vectors: np.ndarray
         return None
     new_mapping = incremental.apply(index, base_mapping, mapping, vectors, added, removed)
     full = incremental.full_build_after(base_meta, len(added), len(removed))
+    levels = _recalibrated(settings.index, index, new_mapping, mapping, vectors)
     note = (f"incremental on {base['index_id']}: +{len(added)} / -{len(removed)} photos "
             f"({full['added'] + full['removed']} since the full build {full['index_id']}); recall vs exact as "
-            f"measured then: {base['recall_vs_exact']:.3f}")
-    return {"index": index, "mapping": new_mapping, "recall": base["recall_vs_exact"],
-            "calibration": base_meta["match_calibration"], "note": note,
+            f"measured then: {base['recall_vs_exact']:.3f}; {levels_note(levels)}")
+    return {"index": index, "mapping": new_mapping, "recall": base["recall_vs_exact"], "levels": levels, "note": note,
             "meta": {"full_build": full, "base_index_id": base["index_id"], "added": len(added),
                      "removed": len(removed)}}
+
+
+def _recalibrated(cfg, index, new_mapping: pa.Table, wanted: pa.Table, vectors: np.ndarray) -> dict:
+    """Match levels of an updated index, calibrated on it anew (its catalog changed): the wanted photos
+    (``vectors``, in ``wanted``'s order) at their rows of ``new_mapping``, removed rows left out."""
+    products = [None if gone else p for p, gone in zip(new_mapping.column("product_id").to_pylist(),
+                                                       incremental.removed_flags(new_mapping))]
+    live = {key: row for key, row, gone in zip(incremental.photo_keys(new_mapping), new_mapping.column("row").to_pylist(),
+                                               incremental.removed_flags(new_mapping)) if not gone}
+    rows = [live[key] for key in incremental.photo_keys(wanted)]
+    return match_levels(index, vectors, rows, products, cfg.recall_sample, cfg.seed)
+
+
+def levels_note(levels: dict) -> str:
+    """One line on an index's match levels and their held-back precision."""
+    if levels["same"] is None:
+        return "match levels not calibrated (fewer than two products)"
+    cal = levels["calibration"]
+    same, similar = cal["held_back"]["same"], cal["held_back"]["similar"]
+    said = (f"same product from score {levels['same']} (held-back precision {same['precision']}, recall "
+            f"{same['recall']})" if cal["same_reached"] else "same product only for a copy of a catalog photo "
+            "(top-1 precision 0.95 not reached at any score)")
+    return (f"match levels: {said}; similar from {levels['similar']} (held-back precision {similar['precision']}, "
+            f"recall {similar['recall']})")
 
 
 def index_lock(settings):

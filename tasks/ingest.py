@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import task
-from tqdm import tqdm
 
 from core.errors import ShoesearchError
+from core.progress import progress, run_logger
 from demo_shop.catalog import IMAGE_SUFFIXES, read_labels, read_products_json
 from photos.imagestore import ImageLimits, StoredImage, read_photo_file, store_image
 from warehouse import open_warehouse, start_run
@@ -128,9 +128,10 @@ def _ingest_locked(settings, catalog_dir: Path, products, source: str, labels: d
     }
     limits = ImageLimits.from_settings(settings)
     params = {"catalog": str(catalog_dir.resolve()), "name": source}
-    with start_run(wh, step="ingest", params=params) as run:
+    with start_run(wh, step="ingest", params=params) as run, progress("ingest", len(products), "products") as bar:
         product_rows, image_rows, unchanged = [], [], 0
-        for folder, photos in tqdm(products, desc=f"ingest {source}", unit="product"):
+        for folder, photos in products:
+            bar.advance(1)
             product_id, meta = f"{source}:{folder}", metadata.get(folder, {})
             blobs = [_read(photo, limits) for photo in photos]
             content_hash = _content_hash(meta, [labels.get(f"{folder}/{p.name}") for p in photos], blobs)
@@ -155,6 +156,7 @@ def _ingest_locked(settings, catalog_dir: Path, products, source: str, labels: d
             run.message += f", {len(gone)} removed (no longer in the folder)"
         if skipped:
             run.message += f"; {skip_summary(skipped)}"
+    run_logger("ingest").info("ingest %s (%s): %s", run.run_id, source, run.message)
     return run.run_id
 
 

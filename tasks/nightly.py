@@ -13,6 +13,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from core.progress import run_logger
 from index.store import current_index_row, served_trained_model
 from warehouse import open_warehouse
 from warehouse.models_table import find_model, model_params, newest_model, trained_on_split
@@ -100,13 +101,67 @@ def report_nightly(settings, steps: dict, served: str = "", training: str = "") 
     lines += [f"| {e['variant']} | {e['photos']} | {e['recall_at_1']:.3f} | {e['recall_at_5']:.3f} | "
               f"{e['recall_at_10']:.3f} | {e['mean_ap']:.3f} |" for e in evals]
     lines += ["", "| step | run id |", "|---|---|"] + [f"| {k} | {v} |" for k, v in steps.items() if v]
-    markdown = "\n".join(lines)
+    brief = nightly_brief(wh, steps, decision, served, training)
+    markdown = "\n".join(lines[:2] + ["## Summary", "", *[f"- {line}" for line in brief], ""] + lines[2:])
     try:
         create_markdown_artifact(key="nightly", markdown=markdown, description=f"nightly: {decision['status']}")
     except Exception:  # noqa: BLE001 - outside a flow run there is nowhere to publish; the summary still returns
         pass
+    run_logger("nightly").info("nightly summary:\n%s", "\n".join(brief))
     return {"status": decision["status"], "index_id": decision["index_id"], "model_id": decision["model_id"],
-            "note": decision["note"], "served": served, "training": training, "evaluations": evals, "steps": steps, "summary": markdown}
+            "note": decision["note"], "served": served, "training": training, "evaluations": evals, "steps": steps,
+            "summary": markdown, "brief": brief, "flow_run_name": _flow_run_name()}
+
+
+def _flow_run_name() -> str | None:
+    """The Prefect flow run this report belongs to (``nightly-<home>-<date>``), None outside one."""
+    try:
+        from prefect.runtime import flow_run
+
+        return flow_run.name
+    except Exception:  # noqa: BLE001 - no run context
+        return None
+
+
+def switch_said(decision: dict) -> str:
+    """The switch decision in plain words (the gate's note "no current index" read like an error)."""
+    note, index = decision["note"] or "", decision["index_id"]
+    if decision["status"] != "current":
+        return f"index {index} was not switched in ({note}); the previous index keeps serving"
+    if note == "no current index":
+        return f"index {index} now serves: the first index of this home, nothing to compare it with"
+    return f"index {index} now serves ({note})"
+
+
+def nightly_brief(wh, steps: dict, decision: dict, served: str = "", training: str = "") -> list[str]:
+    """The night in a few lines: products crawled, photos kept, how training went and why it stopped, which
+    descriptor serves and why, the index's size and whether it was switched in."""
+    ids = [v for v in steps.values() if v]
+    runs = {r["run_id"]: r for r in wh.query(f"SELECT run_id, message FROM runs WHERE run_id IN "
+                                             f"({', '.join('?' for _ in ids)})", ids).to_pylist()} if ids else {}
+    out = []
+    crawl = runs.get(steps.get("crawl") or "")
+    out.append(f"crawl: {_first(crawl['message'])}" if crawl else "crawl: skipped (no crawl tonight)")
+    kept = wh.query("SELECT count(*) FILTER (WHERE kept) AS kept, count(*) AS n, any_value(threshold) AS t "
+                    "FROM denoise WHERE run_id = ?", [steps.get("denoise")]).to_pylist()[0]
+    if kept["n"]:
+        out.append(f"photos kept: {kept['kept']} of {kept['n']} (denoise threshold {kept['t']:.3f})")
+    train = runs.get(steps.get("train") or "")
+    if train:
+        epochs = wh.query("SELECT count(*) FROM train_metrics WHERE run_id = ?", [train["run_id"]]).column(0)[0].as_py()
+        why = _first(train["message"]) or f"run {train['run_id']}"
+        out.append(f"training: {epochs} epoch{'s' if epochs != 1 else ''}; {why}")
+    elif training:
+        out.append(f"training: {training}")
+    if served:
+        out.append(f"served descriptor: {served}")
+    out.append(f"index: {decision['n_vectors']} photos ({decision['kind']}, recall vs exact "
+               f"{decision['recall_vs_exact']:.3f}); {switch_said(decision)}")
+    return out
+
+
+def _first(message: str | None) -> str:
+    return (message or "").strip().splitlines()[0] if (message or "").strip() else ""
 
 
 warm_start_model_task = task(warm_start_model, name="warm-start-model", cache_policy=NO_CACHE)

@@ -5,16 +5,23 @@
 ``settings.train.seed``, and writes the assignment to ``splits``. Products keep their split across
 runs as long as the seed is unchanged (the assignment hashes the product id), so a nightly run
 that adds products never moves an old test product into training.
+
+A split is identified by its content: ``split_content`` hashes the (product, split) pairs. When a split run
+with the same content exists, ``make_split`` returns it instead of writing an identical one, so two ``train``
+commands on an unchanged catalog train on the same split run and ``evaluate --compare`` can put their models
+side by side (raw vs denoised photos, for one).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from core.errors import ShoesearchError
+from core.progress import run_logger
 from warehouse import latest_run, open_warehouse, start_run
 
 SPLITS = ("train", "val", "test")
@@ -45,10 +52,39 @@ def make_split(settings) -> str:
         raise ShoesearchError(f"a train/val/test split needs at least 3 products with photos, found {len(products)}")
     seed = int(settings.train.seed)
     rows = [{"product_id": p, "split": split_of(p, seed, fractions), "seed": seed} for p in products]
+    content = split_content(rows)
+    same = split_with_content(wh, content)
+    if same:
+        run_logger("split").info("split: reusing %s (the same %d products in the same splits)", same, len(rows))
+        return same
     inputs = [latest_run(wh, "ingest"), latest_run(wh, "crawl")]
-    with start_run(wh, step="split", params={"seed": seed, "fractions": fractions}, inputs=inputs) as run:
+    params = {"seed": seed, "fractions": fractions, "content": content}
+    with start_run(wh, step="split", params=params, inputs=inputs) as run:
         run.write("splits", rows)
+        run.message = "; ".join(f"{name} {sum(r['split'] == name for r in rows)} products" for name in SPLITS)
+    run_logger("split").info("split %s: %s", run.run_id, run.message)
     return run.run_id
+
+
+def split_content(rows: list[dict]) -> str:
+    """The content hash of a split: sha256 over its sorted ``product_id<TAB>split`` lines."""
+    lines = sorted(f"{r['product_id']}\t{r['split']}" for r in rows)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def split_with_content(wh, content: str) -> str | None:
+    """The newest successful split run with this content (``params.content``; the newest split run is also
+    hashed from its rows, for runs written before splits recorded their hash), or None."""
+    runs = wh.query("SELECT run_id, parameters FROM runs WHERE step = 'split' AND status = 'success' "
+                    "ORDER BY finished_at DESC").to_pylist()
+    for run in runs:
+        if json.loads(run["parameters"] or "{}").get("content") == content:
+            return run["run_id"]
+    if runs:
+        newest = wh.query("SELECT product_id, split FROM splits WHERE run_id = ?", [runs[0]["run_id"]]).to_pylist()
+        if split_content(newest) == content:
+            return runs[0]["run_id"]
+    return None
 
 
 def split_for_nightly(settings) -> str:

@@ -33,6 +33,7 @@ from prefect import task
 from core.errors import ShoesearchError
 from core.files import atomic_path
 from core.finite import require_finite
+from core.progress import run_logger
 from core.settings import Settings
 from models.backbones import id_part
 from models.device import pick_device
@@ -40,11 +41,12 @@ from models.netvlad_model import load_checkpoint, save_checkpoint
 from training.checkpoints import Checkpoints
 from training.data import load_photos
 from training.evaluation import recall
-from training.fit import NOT_FINITE_HINT, _scored, fit
+from training.fit import NOT_FINITE_HINT, _scored, epoch_line, fit, stop_reason
 from training.mining import query_indices
 from training.start import kmeans_model, whiten_on_photos
 from warehouse import latest_run, open_warehouse, start_run
 from warehouse.models_table import model_of_run, model_record, model_row
+from warehouse.overrides import overrides_run
 
 
 def model_id_of_run(settings, run_id: str) -> str:
@@ -93,6 +95,7 @@ def train_rank(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     wh = open_warehouse(settings)
+    corrections = overrides_run(wh)  # the newest corrections by hand, read before the photos they select
     train_set, val_set, test_set = (load_photos(wh, split_run_id, photos, (s,)) for s in ("train", "val", "test"))
     if len(query_indices(train_set)) == 0 or len(set(train_set.product_ids)) < 2:
         raise ShoesearchError("training needs at least 2 training products, one with 2+ photos")
@@ -107,19 +110,36 @@ def train_rank(settings, split_run_id, init_model_id, kmeans_run_id, photos) -> 
     if rank != 0:
         fit(model_id=f"netvlad-{model.config.backbone}-rank{rank}", **job)
         return ""
-    with start_run(wh, step="train", params=params, inputs=[split_run_id, parent["run_id"], train_set.denoise_run_id]) as run:
+    with start_run(wh, step="train", params=params, inputs=[split_run_id, parent["run_id"], train_set.denoise_run_id,
+                                                               corrections]) as run:
         model_id = f"netvlad-{id_part(model.config.backbone)}-{run.run_id.split('-', 1)[1]}"
-        state = fit(model_id=model_id, on_epoch=lambda *a: _metrics_row(run, *a), **job)
-        run.write("models", [_publish(settings, state, params, parent, checkpoints, (train_set, test_set), device)])
+        log = run_logger("train")
+        log.info("train %s: %s from %s on %d training photos (%s), %d validation photos", run.run_id, model_id,
+                 parent["model_id"], len(train_set), train_set.photos, len(val_set))
+        state = fit(model_id=model_id, on_epoch=lambda *a: _metrics_row(run, cfg.epochs, log, *a), **job)
+        row = _publish(settings, state, params, parent, checkpoints, (train_set, test_set), device)
+        run.write("models", [row])
+        run.message = f"{stop_reason(state, cfg.epochs, cfg.patience)}; {_test_line(row)}"
+        log.info("train %s: %s", run.run_id, run.message)
     checkpoints.clear()  # committed: the next run with these inputs starts afresh
     return run.run_id
 
 
-def _metrics_row(run, state: dict, loss: float, ips: float, val: dict, seconds: float) -> None:
-    """An epoch's ``train_metrics`` row, durable at once (the run is still open)."""
+def _metrics_row(run, epochs: int, log, state: dict, loss: float, ips: float, val: dict, seconds: float) -> None:
+    """An epoch's ``train_metrics`` row, durable at once (the run is still open), and its line in the run log."""
+    log.info(epoch_line(state, epochs, loss, val, ips, seconds, state["stale"] == 0))
     run.commit_chunk("train_metrics", [{
         "model_id": state["model_id"], "epoch": state["epoch"], "loss": loss, "val_recall_at_1": val["recall_at_1"],
         "val_recall_at_5": val["recall_at_5"], "images_per_s": ips, "seconds": seconds}])
+
+
+def _test_line(row: dict) -> str:
+    """The published model's test scores, for the run's message and log."""
+    metrics = json.loads(row["metrics"]) if isinstance(row["metrics"], str) else row["metrics"]
+    if not metrics.get("queries"):
+        return f"model {row['model_id']}: no test photos"
+    return (f"model {row['model_id']}: test R@1 {metrics['recall_at_1']:.3f}, mAP {metrics['mean_ap']:.3f} "
+            f"({metrics['queries']} queries)")
 
 
 def _publish(settings, state: dict, params: dict, parent: dict, checkpoints: Checkpoints, sets, device) -> dict:

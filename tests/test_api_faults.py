@@ -2,7 +2,8 @@
 
 * search reads what the loaded index holds, not the warehouse's other tables (a truncated ``products``
   part does not break it);
-* an index file that cannot be read is named in one line (JSON 503 from ``/search``, ``/health`` unhealthy),
+* an index file that cannot be read is named in one line (JSON 503 ``unavailable`` from ``/search``, ``/health``
+  unhealthy),
   and a newer index with such a file leaves the last good one serving (``/health`` degraded, naming it);
 * a switch whose ``CURRENT`` pointer write was lost (a kill between commit and pointer) reaches the running API;
 * ``shoesearch api --home <missing>`` is refused, creating nothing.
@@ -51,7 +52,7 @@ def test_search_does_not_read_the_products_table(indexed_settings):
         health = httpx.get(f"{base}/health", timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["product_id"] == product_id and r.json()["results"][0]["title"]
-    assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+    assert health.status_code == 200 and health.json()["status"] == "ready", health.text
 
 
 def test_an_unreadable_indexes_table_leaves_the_pointer_serving(indexed_settings):
@@ -81,9 +82,11 @@ def test_an_unreadable_index_file_is_named_by_search_and_health(indexed_settings
         health = httpx.get(f"{base}/health", timeout=60)
     named = f"cannot read indexes/{index_id}/{name}"
     assert r.status_code == 503 and r.headers["content-type"] == "application/json", (r.status_code, r.text)
-    assert r.json()["error"].startswith(named) and "\n" not in r.json()["error"], r.text
+    assert r.json()["error"]["code"] == "unavailable", r.text
+    assert r.json()["error"]["message"].startswith(named) and "\n" not in r.json()["error"]["message"], r.text
     assert health.status_code == 503, health.text
-    assert health.json()["status"] == "unhealthy" and health.json()["error"].startswith(named), health.text
+    assert health.json()["status"] == "unhealthy" and health.json()["error"]["code"] == "unhealthy", health.text
+    assert health.json()["error"]["message"].startswith(named), health.text
 
 
 def test_unreadable_product_details_degrade_results_to_ids(indexed_settings):
@@ -146,7 +149,8 @@ def test_a_newer_index_with_a_truncated_file_leaves_the_last_good_one_serving(in
         fixed = build_index(settings)  # the next good index is served, and /health is ok again
         switch_index(settings, fixed, gate=False)
         assert search(base, photo).json()["index_id"] == fixed
-        assert httpx.get(f"{base}/health", timeout=60).json() == {"status": "ok", "index_id": fixed}
+        health = httpx.get(f"{base}/health", timeout=60).json()
+        assert (health["status"], health["index_id"], health["problem"]) == ("ready", fixed, None), health
 
 
 def test_a_switch_whose_pointer_write_was_lost_reaches_the_running_api(indexed_settings, monkeypatch):
@@ -185,7 +189,7 @@ def test_api_refuses_a_missing_home_and_creates_nothing(tmp_path):
 
 
 def test_health_never_creates_a_home(tmp_path):
-    """Issue 25 item 18: the API on a home removed (or never made) answers /health unhealthy and creates nothing."""
+    """Issue 25 item 18: the API on a home removed (or never made) answers /health no_index and creates nothing."""
     from core.settings import Settings
 
     home = tmp_path / "gone"
@@ -193,6 +197,8 @@ def test_health_never_creates_a_home(tmp_path):
     with serve_api(settings) as base:
         health = httpx.get(f"{base}/health", timeout=60)
         r = search(base, png())
-    assert health.status_code == 503 and "no shoesearch home" in health.json()["error"], health.text
-    assert r.status_code == 503 and "no shoesearch home" in r.json()["error"], r.text
+    assert health.status_code == 503 and health.json()["status"] == "no_index", health.text
+    assert "no shoesearch home" in health.json()["error"]["message"], health.text
+    assert r.status_code == 503 and r.json()["error"]["code"] == "no_index", r.text
+    assert "no shoesearch home" in r.json()["error"]["message"], r.text
     assert not home.exists()

@@ -1,5 +1,5 @@
 """The API names no server paths: results carry served ``/photos/`` URLs (no absolute file, no ``file://``
-product URL), the page links only those, a 503 message has its paths replaced; ``/photos/`` refuses
+product URL), the page links only this server's URLs, a 503 message has its paths replaced; ``/photos/`` refuses
 NUL, ``..`` (also percent-encoded), absolute and over-long names with a 404 and no traceback in the
 log. Requests go over a raw socket: a client library would normalise ``/photos/../x`` before sending."""
 
@@ -49,8 +49,11 @@ def test_results_and_page_name_only_served_urls(api_server):
     page = httpx.post(f"{base}/", files={"photo": ("q.jpg", photo)}, timeout=60)
     assert page.status_code == 200
     assert_no_server_path(page.text, settings.home)
-    links = re.findall(r'(?:href|src)="([^"]*)"', page.text)
-    assert links and all(link.startswith("/photos/") for link in links), links
+    links = re.findall(r'(?:href|src|action)="([^"]*)"', page.text)
+    assert links and all(link.startswith("/") and not link.startswith("//") or link.startswith("data:image/")
+                         for link in links), links
+    hits = r.json()["results"]
+    assert {h["product_url"] for h in hits} <= set(links) and {h["thumb_url"] for h in hits} <= set(links), links
 
 
 def test_unavailable_index_message_names_no_server_path(indexed_settings):
@@ -59,7 +62,7 @@ def test_unavailable_index_message_names_no_server_path(indexed_settings):
     (settings.indexes_dir / index_id / "meta.json").unlink()  # a broken index directory
     with serve_api(settings) as base:
         r = httpx.post(f"{base}/search", files={"photo": ("q.png", png())}, timeout=60)
-    assert r.status_code == 503 and f"cannot read indexes/{index_id}/meta.json" in r.json()["error"], r.text
+    assert r.status_code == 503 and f"cannot read indexes/{index_id}/meta.json" in r.json()["error"]["message"], r.text
     assert_no_server_path(r.text, settings.home)
     assert not re.search(r"(?<![\w:/])/(tmp|home|work|root)\b", r.text), r.text
 
@@ -88,6 +91,6 @@ def test_photos_refuses_malformed_names_with_404_and_no_traceback(api_server):
     assert {path: status for path, (status, _) in answers.items()} == {path: 404 for path in BAD_PHOTO_PATHS}
     for status, response in answers.values():
         body = response.split(b"\r\n\r\n", 1)[1].decode()
-        assert json.loads(body)["error"] and str(settings.home) not in body
+        assert json.loads(body)["error"]["code"] == "not_found" and str(settings.home) not in body
     assert not [r for r in records.records if r.exc_info or r.levelno >= logging.ERROR], \
         [r.getMessage() for r in records.records]

@@ -281,8 +281,8 @@ def test_search_k_at_the_bound_searches(indexed_home, tmp_path):
     res = run_cli("--set", "api.max_k=3", "search", str(photo), "-k", "3", "--format", "csv",
                   cwd=tmp_path, home=indexed_home)
     assert res.returncode == 0, res.stderr
-    rows = res.stdout.strip().splitlines()[1:]
-    assert len(rows) == 3 and rows[0].split(",")[2] == front["product_id"], res.stdout
+    header, *rows = res.stdout.strip().splitlines()
+    assert len(rows) == 3 and rows[0].split(",")[header.split(",").index("product_id")] == front["product_id"], res.stdout
 
 
 def test_output_into_a_closed_pipe_ends_quietly(empty_home, tmp_path):

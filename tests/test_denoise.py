@@ -111,7 +111,8 @@ def test_denoise_flow_writes_decisions_and_a_matching_report(embedded_settings, 
     assert all((r["distance"] > threshold) == (r["reason"] == "far") for r in decided)
     assert all(r["reason"] == "anchor" for r in rows if r["position"] == 0)
 
-    report = embedded_settings.reports_dir / f"denoise-{run_id}"
+    report = embedded_settings.reports_dir / run_id  # reports/denoise-<stamp>: the run id names the step once
+    assert run_id.startswith("denoise-") and report.is_dir()
     summary = json.loads((report / "summary.json").read_text())
     assert summary["photos"] == len(rows) and summary["kept"] == sum(r["kept"] for r in rows)
     assert summary["threshold"] == pytest.approx(threshold, abs=1e-5)

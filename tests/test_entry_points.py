@@ -359,7 +359,8 @@ def test_shoesearch_api_process_answers_health_and_search_then_stops_cleanly(two
 
         r = wait_for("GET /health past 'starting'", health, timeout=90)
         assert r.status_code == 200
-        assert r.json() == {"status": "ok", "index_id": current_index_id(settings)} and r.json()["index_id"]
+        assert r.json()["status"] == "ready" and r.json()["index_id"] == current_index_id(settings), r.text
+        assert r.json()["index_id"]
         data = (settings.images_dir / front["path"]).read_bytes()
         r = httpx.post(base + "/search", files={"photo": ("shoe.jpg", data, "image/jpeg")}, timeout=60)
         assert r.status_code == 200, r.text

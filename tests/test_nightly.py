@@ -87,8 +87,20 @@ def test_nightly_end_to_end_incremental_and_gated(prefect_harness, tmp_path, nig
     assert r1["imagenet"] > r1["trained"] and info.model_id == model_ids["imagenet"].strip()
     assert info.model_id.startswith("imagenet:") and first["served"].startswith("ImageNet descriptor")
     trained_1 = model_ids["trained"]
-    steps = {r["step"] for r in lineage(wh, info.run_id)}  # the evaluation that chose it is in the lineage
+    upstream = lineage(wh, info.run_id)
+    steps = {r["step"] for r in upstream}  # the evaluation that chose it is in the lineage
     assert {"index", "embed", "evaluate", "train", "kmeans", "split", "denoise", "crawl"} <= steps
+    # The index step's own embed pass found every vector written (by the night's embed step): its run names
+    # that run, so the index's lineage reaches the run that wrote its vectors, not only one that did nothing.
+    assert first["steps"]["embed"] in {r["run_id"] for r in upstream}
+    # The night ends with a summary that reads plainly, and its Prefect run is named after it and its home.
+    assert first["flow_run_name"].startswith(f"nightly-{home.name}-")
+    brief = "\n".join(first["brief"])
+    assert re.search(r"^crawl: finished: 10 products written", brief, re.M), brief
+    assert re.search(r"^photos kept: \d+ of \d+ \(denoise threshold 1\.100\)$", brief, re.M), brief
+    assert re.search(r"^training: 1 epoch; ran its one epoch \(", brief, re.M), brief
+    assert re.search(r"^served descriptor: ImageNet descriptor", brief, re.M), brief
+    assert f"index {first['index_id']} now serves: the first index of this home" in brief
     kept = wh.query("SELECT count(*) AS n FROM denoise_current WHERE kept").column("n")[0].as_py()
     assert info.n_vectors == kept
 

@@ -278,11 +278,14 @@ def warehouse_files(home: Path) -> list[tuple[str, int]]:
 
 # --- what each command's output must show ---------------------------------------------------------------
 def data_rows(out: str) -> list[str]:
-    """The rows of a ``format_table`` table (between the dashes and the ``(N rows)`` footer), or of CSV."""
+    """The rows of a ``format_table`` table (between the dashes and the ``(N rows)`` footer; a row's wrapped
+    lines, blank in the first column, are not rows), or of CSV."""
     lines = out.strip().splitlines()
     if len(lines) >= 2 and set(lines[1].replace(" ", "")) == {"-"}:
-        assert re.fullmatch(r"\(\d+ rows?(, \d+ shown)?\)", lines[-1]), out
-        return lines[2:-1]
+        footer = [i for i, line in enumerate(lines) if re.fullmatch(r"\(\d+ rows?(, \d+ shown)?\)", line)]
+        assert footer, out  # a sentence may follow the table (search: the match level)
+        first = len(lines[1].split(" ")[0])
+        return [line for line in lines[2:footer[-1]] if line[:first].strip()]
     return lines[1:]  # CSV: a header, then the rows
 
 
@@ -314,7 +317,8 @@ def check_output(ex: Example, argv: list[str], out: str, b: Built, work: Path) -
         rows = data_rows(out)
         k = int(argv[argv.index("-k") + 1]) if "-k" in argv else 10
         assert len(rows) == min(k, b.n_products), out
-        assert rows[0].split()[:1] == ["1"] and rows[0].split()[2] == b.photo_product, out
+        column = out.splitlines()[0].split().index("product_id")  # the cells before it are single words
+        assert rows[0].split()[:1] == ["1"] and rows[0].split()[column] == b.photo_product, out
     elif cmd == "ingest":
         assert out.startswith("ingest run ingest-"), out
     elif cmd == "index":
@@ -322,8 +326,10 @@ def check_output(ex: Example, argv: list[str], out: str, b: Built, work: Path) -
     elif cmd == "catalog":
         assert "wrote" in out and (work / "data" / "catalog.duckdb").exists(), out
         assert ("--snapshot" not in argv) or (work / "data" / "snapshot.duckdb").exists(), out
-    elif cmd == "settings":
-        assert json.loads(out)["home"] == str((work / "data").resolve()), out
+    elif cmd == "settings":  # the home: a JSON row, or the line above the table
+        home = [r["value"] for r in json.loads(out) if r["setting"] == "home"] if "json" in argv else \
+            re.findall(r"^home: (\S+) \(", out, re.M)
+        assert home == [str((work / "data").resolve())], out
     else:  # a command this file has no specific check for yet: it ran and said something
         assert out.strip(), f"{ex.where}: {ex.text} printed nothing"
 

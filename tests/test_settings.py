@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ShoesearchError
-from core.settings import SECTIONS, CrawlSettings, IndexSettings, ScheduleSettings, Settings, TrainSettings
+from core.settings import SECRET_SETTINGS, SECTIONS, CrawlSettings, IndexSettings, ScheduleSettings, Settings, TrainSettings
 
 # Captured from the dataclass implementation before the pydantic-settings rewrite (Settings() defaults).
 OLD_TRAIN_JSON = (
@@ -184,13 +184,34 @@ def test_bad_values_are_one_line_errors_naming_key_and_type(tmp_path, monkeypatc
     _one_line_error(lambda: Settings.load(home=home), "train.epochs", "int")
 
 
+def test_the_write_token_is_never_carried_recorded_or_printed(tmp_path, monkeypatch):
+    """The API's write token: not in a flow's parameters (Prefect stores them), shown only as set in a run's
+    recorded settings and by `shoesearch settings` (in every format), yet in force where it is read."""
+    import subprocess
+    import sys
+
+    from warehouse import open_warehouse
+
+    home = _home(tmp_path, '[api]\nwrite_token = "file-secret-123"\n')
+    monkeypatch.setenv("SHOESEARCH_API__WRITE_TOKEN", "env-secret-456")
+    s = Settings.load(home=home, overrides={"api.write_token": "set-secret-789"})
+    assert s.api.write_token == "set-secret-789"
+    assert "api.write_token" not in s.as_overrides() and s.shown()["api.write_token"] == "(set)"
+    assert open_warehouse(s).effective_settings["api.write_token"] == "(set)"
+    for fmt in ("table", "csv", "json"):
+        out = subprocess.run([sys.executable, "-m", "shoesearch", "--home", str(home), "--set",
+                              "api.write_token=set-secret-789", "settings", "--explain", "--format", fmt],
+                             capture_output=True, text=True, check=True).stdout
+        assert "write_token" in out and "(set)" in out and "secret-" not in out, out
+
+
 def test_as_overrides_round_trips_through_json_and_load(tmp_path, monkeypatch):
     home = _home(tmp_path, "[index]\nnprobe = 4\n")
     monkeypatch.setenv("SHOESEARCH_CRAWL__KEYWORDS", "鞋;靴子")
     s = Settings.load(home=home, overrides={"train.split_fractions": "0.6;0.2;0.2", "denoise.drop_rate": "0.1",
                                             "train.amp": "false", "schedule.timezone": "UTC"})
     overrides = json.loads(json.dumps(s.as_overrides()))
-    assert len(overrides) == sum(len(dataclasses.fields(cls)) for cls in SECTIONS.values())
+    assert len(overrides) == sum(len(dataclasses.fields(cls)) for cls in SECTIONS.values()) - len(SECRET_SETTINGS)
     assert overrides["train.split_fractions"] == [0.6, 0.2, 0.2] and overrides["index.nprobe"] == 4
     monkeypatch.delenv("SHOESEARCH_CRAWL__KEYWORDS")
     (home / "shoesearch.toml").unlink()

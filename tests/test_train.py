@@ -7,7 +7,9 @@ One module-scoped home and one trained model serve every test here; the extra tr
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 
 import pytest
 import torch
@@ -88,16 +90,21 @@ def _epochs(wh, model_id: str) -> list[int]:
 
 
 def test_split_is_product_level_and_deterministic(trained):
+    from core.settings import Settings
     from tasks.split import make_split
     from warehouse import open_warehouse
 
     settings, split, _, _ = trained
     wh = open_warehouse(settings)
     again = make_split(settings)
+    assert again == split  # the same content is the same split: reused, not written again
     a = wh.query("SELECT product_id, split FROM splits WHERE run_id = ? ORDER BY 1", [split]).to_pylist()
-    b = wh.query("SELECT product_id, split FROM splits WHERE run_id = ? ORDER BY 1", [again]).to_pylist()
-    assert a == b and len(a) == TRAIN_PRODUCTS
-    assert {r["split"] for r in a} == {"train", "val", "test"}
+    assert len(a) == TRAIN_PRODUCTS and {r["split"] for r in a} == {"train", "val", "test"}
+    reseeded = Settings.load(home=settings.home, overrides={**SMALL, "train.seed": 7})
+    other = make_split(reseeded)  # another seed places the products elsewhere: a split of its own
+    b = wh.query("SELECT product_id, split FROM splits WHERE run_id = ? ORDER BY 1", [other]).to_pylist()
+    assert other != split and b != a and [r["product_id"] for r in b] == [r["product_id"] for r in a]
+    assert make_split(settings) == split  # back to seed 0: the first split again (found by its content hash)
 
 
 def test_kmeans_model_has_lineage(trained):
@@ -365,15 +372,29 @@ def test_warm_start_from_a_trained_model(trained, monkeypatch):
     assert _epochs(wh, child["model_id"]) == [1]
 
 
-def test_train_flow_records_every_step(prefect_harness, trained):
-    """The Prefect flow ``train``: split -> k-means -> train -> evaluate, with lineage back to the split."""
+def test_train_flow_records_every_step(prefect_harness, trained, caplog):
+    """The Prefect flow ``train``: split -> k-means -> train -> evaluate, with lineage back to the split; its run
+    named ``train-<home>-<photos>`` and tagged with the home, the epochs and the outcome in its log."""
+    from prefect.client.orchestration import get_client
+
     from flows.train import train_flow
     from warehouse import lineage, open_warehouse
 
     settings = trained[0]
+    caplog.set_level(logging.INFO, logger="prefect.task_runs")  # the run loggers' lines, as the run's log gets them
     result = train_flow(home=str(settings.home), overrides={**SHORT, "train.epochs": 1, "train.kmeans_images": 16,
                                                           "train.kmeans_descriptors": 144})
     wh = open_warehouse(settings)
+    # The flow run is named after what it does and its home, and tagged with the home (Prefect's own record).
+    flow_run_id = wh.query("SELECT prefect_flow_run_id FROM runs WHERE run_id = ?", [result["train"]]).column(0)[0]
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id.as_py())
+    assert flow_run.name == f"train-{settings.home.name}-auto" and f"home:{settings.home.name}" in flow_run.tags
+    # Each step's figures went to the run's log: the epoch's loss and validation Recall@1, why training stopped.
+    logged = [r.getMessage() for r in caplog.records if r.name == "prefect.task_runs"]
+    assert any(re.match(r"train: epoch 1/1: loss \d+\.\d{4}, val R@1 \d\.\d{3}", m) for m in logged), logged
+    assert any(re.search(r"train \S+: ran its one epoch \(best val R@1 \d\.\d{3}\); model netvlad-\S+: test R@1", m)
+               for m in logged), logged
     row = wh.query("SELECT kind, run_id FROM models WHERE model_id = ?", [result["model_id"]]).to_pylist()
     assert row == [{"kind": "netvlad", "run_id": result["train"]}]
     runs = {r["run_id"]: r["step"] for r in lineage(wh, result["evaluate"])}
@@ -434,7 +455,7 @@ def test_uncached_training_matches_the_cached_path(trained, monkeypatch):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
 
 
-def test_early_stopping_keeps_the_best_epoch(trained, monkeypatch):
+def test_early_stopping_keeps_the_best_epoch(trained, monkeypatch, capsys):
     """``train.patience`` at its default (3) with ``train.epochs`` at its default (10): validation Recall@1 is
     scripted (the real one plateaus after epoch 1 at this size, which would test the rule on one pattern only):
     the starting model scores 0.2, then best at epoch 2, a Recall@1 tie with lower mAP at 3 (mAP breaks ties: not
@@ -460,11 +481,21 @@ def test_early_stopping_keeps_the_best_epoch(trained, monkeypatch):
         return {"queries": len(photo_set), "recall_at_1": r1, "recall_at_5": r1, "recall_at_10": r1, "mean_ap": ap}
 
     monkeypatch.setattr(L, "recall", val_recall)
+    capsys.readouterr()
     run, epochs = _run_with_spy(monkeypatch, run_settings, split, km)
     wh = open_warehouse(settings)
     row = _model_row(wh, run)
     params = json.loads(row["params"])
     assert params["epochs_run"] == len(epochs) == 5
+    # Said, not left at 5/10: stderr (not a terminal here, so plain lines) has each epoch and why it stopped.
+    err = capsys.readouterr().err.splitlines()
+    assert re.match(r"train: 160/160 queries \(100%\) · \S+ elapsed · stopped early at epoch 5: no gain for 3 epochs "
+                    r"\(best val R@1 0.600\)", [line for line in err if line.startswith("train: ")][-1]), err
+    assert any(line.startswith("train: epoch 2/10: loss ") and "val R@1 0.600 (new best)" in line for line in err)
+    assert any(line.startswith("train: epoch 4/10: loss ") and "val R@1 0.500 (best 0.600, no gain for 2)" in line
+               for line in err), err
+    message = wh.query("SELECT message FROM runs WHERE run_id = ?", [run]).column(0)[0].as_py()
+    assert message.startswith("stopped early at epoch 5: no gain for 3 epochs (best val R@1 0.600); model netvlad-")
     assert params["best_val_recall_at_1"] == pytest.approx(0.6)
     metrics = wh.query("SELECT epoch, val_recall_at_1 FROM train_metrics WHERE model_id = ? ORDER BY epoch",
                        [row["model_id"]]).to_pylist()
@@ -530,3 +561,55 @@ def test_a_diverged_training_is_refused_before_its_metrics_or_model_are_committe
     last = wh.query("SELECT status, message FROM runs WHERE step = 'train' ORDER BY started_at DESC LIMIT 1"
                     ).to_pylist()
     assert last[0]["status"] == "failed" and "not finite" in last[0]["message"]
+
+
+def test_models_trained_on_splits_of_the_same_content_compare(trained):
+    """Two ``train`` commands used to write two split runs that placed every product identically, and
+    ``evaluate --compare`` refused them as "trained on another split". A split run with the same content (written
+    here as an older home has it: another run id, no content hash) is the same split: the models compare."""
+    from core.settings import Settings
+    from tasks.evaluate import _same_split, evaluate
+    from tasks.train import model_id_of_run, train_model
+    from warehouse import open_warehouse, start_run
+
+    settings, split, km, run = trained
+    wh = open_warehouse(settings)
+    rows = wh.query("SELECT product_id, split, seed FROM splits WHERE run_id = ?", [split]).to_pylist()
+    with start_run(wh, step="split", params={"seed": 0}) as copy:
+        copy.write("splits", rows)
+    short = Settings.load(home=settings.home, overrides={**SHORT, "train.epochs": 1})
+    other = model_id_of_run(settings, train_model(short, copy.run_id, kmeans_run_id=km))
+    first = model_id_of_run(settings, run)
+    evaluated = evaluate(short, first, compare=[other])
+    models = wh.query("SELECT DISTINCT model_id FROM evaluations WHERE run_id = ? AND variant LIKE 'trained%'",
+                      [evaluated]).column(0).to_pylist()
+    assert {first, other} <= set(models), models
+    moved = [{**r, "split": "train" if r["split"] == "test" else "test"} for r in rows]
+    with start_run(wh, step="split", params={"seed": 0}) as different:
+        different.write("splits", moved)
+    assert _same_split(wh, split, copy.run_id) and not _same_split(wh, split, different.run_id)  # content decides
+
+
+def test_embeddings_name_the_model_run_that_made_them(trained):
+    """``lineage --image``: the embed run of a trained model's vectors names the train run (and so the split,
+    k-means and photos behind it); an ImageNet embedding says it has no training run; an embed run with nothing
+    to do names the runs whose vectors stand, so an index built on it names the runs that wrote its vectors."""
+    from embedding.vectors import embed_images
+    from tasks.train import model_id_of_run
+    from warehouse import lineage, open_warehouse, upstream_of
+
+    settings, split, km, run = trained
+    wh = open_warehouse(settings)
+    some = wh.query("SELECT image_id FROM images_current WHERE status = 'ok' ORDER BY image_id LIMIT 3"
+                    ).column(0).to_pylist()
+    model_id = model_id_of_run(settings, run)
+    embedded = embed_images(settings, model_id, image_ids=some)
+    params = json.loads(wh.query("SELECT parameters FROM runs WHERE run_id = ?", [embedded]).column(0)[0].as_py())
+    assert params["model_run_id"] == run and run in params["model_source"]
+    steps = {r["run_id"]: r["step"] for r in upstream_of(wh, "embeddings", "image_id", some[0])}
+    assert steps[embedded] == "embed" and steps[run] == "train" and steps[split] == "split" and steps[km] == "kmeans"
+    again = embed_images(settings, model_id, image_ids=some)  # nothing new: the vectors of the first run stand
+    assert again != embedded and embedded in [r["run_id"] for r in lineage(wh, again)]
+    imagenet = embed_images(settings, None, image_ids=some)
+    params = json.loads(wh.query("SELECT parameters FROM runs WHERE run_id = ?", [imagenet]).column(0)[0].as_py())
+    assert params["model_run_id"] is None and "ImageNet-pretrained" in params["model_source"]

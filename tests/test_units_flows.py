@@ -130,3 +130,29 @@ def test_python_dash_m_shoesearch_runs_the_cli(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"shoesearch {__version__}\nusage: shoesearch")
     assert all(f"\n    {name} " in out for name in ("crawl", "denoise", "train"))  # the commands are listed
+
+
+def test_flow_runs_are_named_after_what_they_do_and_their_home(tmp_path):
+    """``flows.describe``: the names flow runs get (the real run's name and tags: tests/test_train.py)."""
+    import datetime as dt
+
+    from flows import describe, home_tags
+
+    home = str(tmp_path / "shop-a")
+    day = dt.date(2026, 12, 6)
+    assert describe("nightly", {"home": home}, today=day) == "nightly-shop-a-2026-12-06"
+    assert describe("denoise", {"home": home, "threshold": 1.1}) == "denoise-shop-a-t1.1"
+    assert describe("denoise", {"home": home, "overrides": {"denoise.threshold": 1.1, "denoise.drop_rate": 0.2}}) \
+        == "denoise-shop-a-drop0.2"  # a drop rate calibrates the threshold: it is what the run used
+    assert describe("denoise", {"home": home, "overrides": {"denoise.threshold": 0.9}}) == "denoise-shop-a-t0.9"
+    assert describe("crawl", {"home": home, "site": "http://127.0.0.1:8765/"}) == "crawl-shop-a-127.0.0.1:8765"
+    assert describe("crawl", {"home": home}) == "crawl-shop-a-jd"
+    assert describe("train", {"home": home, "photos": "raw"}) == "train-shop-a-raw"
+    assert home_tags(home) == ["home:shop-a"]
+
+
+def test_deployments_are_tagged_with_the_home(settings):
+    from flows.serve import deployments
+
+    for deployment in deployments(settings):
+        assert deployment.tags == [f"home:{settings.home.name}"]

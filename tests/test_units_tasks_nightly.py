@@ -155,3 +155,32 @@ def test_the_nightly_steps_are_prefect_tasks_that_never_cache():
         task = getattr(nightly, f"{name}_task")
         assert isinstance(task, Task) and task.fn is getattr(nightly, name)
         assert task.cache_policy is NO_CACHE  # a reused run is looked up afresh each night
+
+
+def test_the_nightly_ends_with_a_brief_that_reads_plainly(settings, wh, published):
+    """The summary the command prints: what was crawled, how training went and why it stopped, which descriptor
+    serves and why, the index's size, and the first index said as such, not as "(no current index)"."""
+    from tasks.nightly import report_nightly
+    from warehouse import start_run
+
+    with start_run(wh, step="train", params={}) as run:
+        run.commit_chunk("train_metrics", [{"model_id": "netvlad-a", "epoch": e, "loss": 0.1, "val_recall_at_1": 0.5,
+                                            "val_recall_at_5": 0.6, "images_per_s": 10.0, "seconds": 1.0}
+                                           for e in (1, 2, 3)])
+        run.message = "stopped early at epoch 3: no gain for 2 epochs (best val R@1 0.500); model netvlad-a: ..."
+    switch, index_id = add_index(wh, "netvlad-a", "current", note="no current index")
+    steps = {"crawl": None, "train": run.run_id, "evaluate": add_evaluation(wh, "netvlad-a"), "switch": switch}
+    outcome = report_nightly(settings, steps, served="trained model: test Recall@1 0.7 > ImageNet 0.6",
+                             training="no index serves yet")
+    brief = outcome["brief"]
+    assert brief[0] == "crawl: skipped (no crawl tonight)"
+    assert brief[1] == "training: 3 epochs; stopped early at epoch 3: no gain for 2 epochs (best val R@1 0.500); model netvlad-a: ..."
+    assert brief[2] == "served descriptor: trained model: test Recall@1 0.7 > ImageNet 0.6"
+    assert brief[3] == (f"index: 96 photos (flat_ip, recall vs exact 1.000); index {index_id} now serves: the first "
+                        "index of this home, nothing to compare it with")
+    assert "no current index" not in "\n".join(brief)
+    assert "## Summary" in outcome["summary"] and f"- {brief[3]}" in outcome["summary"]
+    refused, refused_id = add_index(wh, "netvlad-b", "refused", note="refused: recall dropped")
+    brief = report_nightly(settings, {"switch": refused})["brief"]
+    assert brief[-1].endswith(f"index {refused_id} was not switched in (refused: recall dropped); the previous "
+                              "index keeps serving")

@@ -176,16 +176,24 @@ def test_a_cold_start_is_netvlad_at_the_latest_kmeans_centres(kmeans_home):
     assert (model.config.clusters, model.config.descriptor_dim) == (settings.train.clusters, 0)
 
 
-def test_epoch_metrics_are_durable_while_the_run_is_open(scratch):
+def test_epoch_metrics_are_durable_while_the_run_is_open(scratch, caplog):
+    """An epoch's ``train_metrics`` row is committed at once, and its line logged (the run's log in a flow run;
+    here, outside one, the ``shoesearch.train`` logger)."""
+    import logging
+
+    from core.progress import run_logger
     from tasks.train import _metrics_row
     from warehouse import open_warehouse, start_run
 
     settings = load(scratch[0])
     wh = open_warehouse(settings)
+    caplog.set_level(logging.INFO, logger="shoesearch.train")
     with pytest.raises(RuntimeError), start_run(wh, step="train", params={}) as run:
-        _metrics_row(run, {"model_id": "netvlad-x", "epoch": 2}, 0.25, 40.0,
-                     {"recall_at_1": 0.5, "recall_at_5": 0.75}, 3.5)
+        _metrics_row(run, 10, run_logger("train"), {"model_id": "netvlad-x", "epoch": 2, "stale": 1, "best": 0.625},
+                     0.25, 40.0, {"queries": 8, "recall_at_1": 0.5, "recall_at_5": 0.75}, 3.5)
         raise RuntimeError("killed after epoch 2")
+    assert [r.getMessage() for r in caplog.records if r.name == "shoesearch.train"] == [
+        "train: epoch 2/10: loss 0.2500, val R@1 0.500 (best 0.625, no gain for 1), 40 img/s, 4 s"]
     (row,) = wh.query("SELECT * FROM train_metrics WHERE model_id = 'netvlad-x'").to_pylist()
     assert (row["epoch"], row["loss"], row["val_recall_at_1"], row["val_recall_at_5"]) == (2, 0.25, 0.5, 0.75)
     assert (row["images_per_s"], row["seconds"], row["run_id"]) == (40.0, 3.5, run.run_id)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from core.errors import ShoesearchError
+from core.progress import progress
 from models.device import forward
 from models.netvlad_model import unwrap  # noqa: F401 - the loop modules take it from here
 from photos.loading import PhotoDataset, batches, make_loader  # noqa: F401 - PhotoDataset is used from here
@@ -24,6 +24,9 @@ from warehouse import latest_run
 from warehouse.views import DENOISE_OF_RUN
 
 PHOTO_SETS = ("auto", "raw", "denoised")
+# Short stage labels for the step's bar (``core.progress``), by what callers of ``embed_dataset`` pass.
+STAGE_LABELS = {"frozen": "cache", "cache": "mine", "recall": "val", "evaluate": "eval",
+                "k-means descriptors": "k-means", "whitening": "whiten"}
 
 
 @dataclass
@@ -88,17 +91,26 @@ def embed_dataset(fn, dataset: Dataset, batch_size: int, num_workers: int, devic
     (k-means' sampled local descriptors) is concatenated."""
     out, parts, at = None, [], 0
     photos = make_loader(dataset, batch_size, num_workers, device)
-    for x in tqdm(batches(photos), total=len(photos), desc=desc, leave=False):
-        y = forward(fn, x, device).cpu()
-        if out is None and not parts and len(y) == len(x):
-            out = torch.empty(len(dataset), *y.shape[1:], dtype=y.dtype)
-        if out is not None and len(y) == len(x) and at + len(y) <= len(out):
-            out[at:at + len(y)] = y
-            at += len(y)
-        else:
-            parts += [out[:at]] if out is not None else []
-            out, at = None, 0
-            parts.append(y)
+    with progress(STAGE_LABELS.get(desc, desc), len(dataset), "photos") as bar:
+        for x in batches(photos):
+            y = forward(fn, x, device).cpu()
+            bar.advance(len(x))
+            out, parts, at = _collect(out, parts, at, x, y, len(dataset))
     if out is not None:
         parts.append(out[:at])
     return torch.cat(parts) if len(parts) > 1 else parts[0] if parts else torch.empty(0, 0)
+
+
+def _collect(out, parts: list, at: int, x, y, n: int):
+    """``embed_dataset``'s bookkeeping for one batch: rows into ``out`` (allocated at the first batch) or,
+    when ``fn`` gives another number of rows than images, onto ``parts``."""
+    if out is None and not parts and len(y) == len(x):
+        out = torch.empty(n, *y.shape[1:], dtype=y.dtype)
+    if out is not None and len(y) == len(x) and at + len(y) <= len(out):
+        out[at:at + len(y)] = y
+        at += len(y)
+    else:
+        parts += [out[:at]] if out is not None else []
+        out, at = None, 0
+        parts.append(y)
+    return out, parts, at

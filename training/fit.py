@@ -14,9 +14,9 @@ import math
 import time
 
 import torch
-from tqdm import tqdm
 
 from core.finite import require_finite
+from core.progress import progress
 from models import functional
 from models.device import forward, on_device
 from models.loss import WeakTripletLoss
@@ -36,7 +36,8 @@ def fit(model, settings, sets: tuple[PhotoSet, PhotoSet], device: torch.device, 
     better validation score; returns the loop's state (``best.pt`` holds the model to publish). A warm start
     keeps its whitening; from k-means init the whitening is fitted first. After each epoch rank 0 calls
     ``on_epoch(state, loss, images_per_s, val, seconds)`` (the caller's bookkeeping). Resumes from
-    ``checkpoints`` when this job finished an epoch before."""
+    ``checkpoints`` when this job finished an epoch before. Rank 0 shows one bar for the whole of it (queries
+    over all epochs; the stage as its label), a line per epoch, and why it stopped (``core.progress``)."""
     cfg, (train_set, val_set) = settings.train, sets
     on_device(model, device)
     if model.whitening is not None and not cfg.learn_whitening:
@@ -44,6 +45,43 @@ def fit(model, settings, sets: tuple[PhotoSet, PhotoSet], device: torch.device, 
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                  weight_decay=cfg.weight_decay)
     state, resumed = checkpoints.resume(model, optimizer, new_state(model_id))
+    per_epoch = epoch_queries(train_set, cfg.queries_per_epoch, world)
+    with progress("train", cfg.epochs * per_epoch, "queries", initial=min(state["epoch"], cfg.epochs) * per_epoch,
+                  enabled=rank == 0) as bar:
+        net, photos = _start(model, settings, sets, device, checkpoints, state, resumed, rank, world, warm, bar)
+        criterion = WeakTripletLoss(cfg.margin)
+        while not _rank0_says(state["epoch"] >= cfg.epochs or state["stale"] >= cfg.patience, world, device):
+            t0 = time.perf_counter()
+            bar.stage(f"epoch {state['epoch'] + 1}/{cfg.epochs}")
+            loss, ips = train_epoch(net, optimizer, criterion, settings, train_set, photos, state["epoch"], device,
+                                    rank, world, bar=bar)
+            if rank != 0:
+                state["epoch"] += 1
+                continue
+            val = recall(model, settings, val_set, device)
+            r1, ap = _val_scores(val)
+            improved = (r1, ap) > (state["best"], state.get("best_map", -1.0))  # mAP breaks Recall@1 ties
+            state.update(epoch=state["epoch"] + 1, stale=0 if improved else state["stale"] + 1,
+                         **({"best": r1, "best_map": ap} if improved else {}))
+            _require_finite_epoch(model, state["epoch"], loss, val)
+            if improved:
+                checkpoints.save("best", model, state)
+            if on_epoch is not None:
+                on_epoch(state, loss, ips, val, time.perf_counter() - t0)
+            checkpoints.save("last", model, state, optimizer)
+            bar.moveto(state["epoch"] * per_epoch)  # mining may skip a query: the epoch is done all the same
+            bar.note(epoch_line(state, cfg.epochs, loss, val, ips, time.perf_counter() - t0, improved))
+            bar.fields(loss=f"{loss:.4f}", R1=f"{r1:.3f}")
+        bar.finish(stop_reason(state, cfg.epochs, cfg.patience))
+    return state
+
+
+def _start(model, settings, sets, device, checkpoints: Checkpoints, state: dict, resumed: bool, rank: int,
+           world: int, warm: bool, bar):
+    """Before the first epoch: the trainable network (frozen-stage cache), the whitening fitted from k-means
+    init, the ``init`` checkpoint, DDP, and the starting model scored on validation (the first candidate)."""
+    cfg, (train_set, val_set) = settings.train, sets
+    bar.stage("start")
     photos = PhotoDataset(settings, train_set.paths, cfg.image_size, model.backbone.mean, model.backbone.std)
     net, photos = trainable(model, settings, photos, device, world)
     if not resumed and not warm:
@@ -52,42 +90,42 @@ def fit(model, settings, sets: tuple[PhotoSet, PhotoSet], device: torch.device, 
         checkpoints.save("init", model, state)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    criterion = WeakTripletLoss(cfg.margin)
     if rank == 0 and state["epoch"] == 0 and state["best"] < 0:  # the starting model is the first candidate
         r1, ap = _val_scores(recall(model, settings, val_set, device))
         state.update(best=r1, best_map=ap, start_val_recall_at_1=r1)
         checkpoints.save("best", model, state)
-    bar = tqdm(total=cfg.epochs, initial=min(state["epoch"], cfg.epochs), unit="epoch", position=0,
-               desc=f"train {model.config.backbone}", disable=rank != 0 or None)
-    while not _rank0_says(state["epoch"] >= cfg.epochs or state["stale"] >= cfg.patience, world, device):
-        t0 = time.perf_counter()
-        loss, ips = train_epoch(net, optimizer, criterion, settings, train_set, photos, state["epoch"], device,
-                                rank, world)
-        if rank != 0:
-            state["epoch"] += 1
-            continue
-        val = recall(model, settings, val_set, device)
-        r1, ap = _val_scores(val)
-        improved = (r1, ap) > (state["best"], state.get("best_map", -1.0))  # mAP breaks Recall@1 ties
-        state.update(epoch=state["epoch"] + 1, stale=0 if improved else state["stale"] + 1,
-                     **({"best": r1, "best_map": ap} if improved else {}))
-        _require_finite_epoch(model, state["epoch"], loss, val)
-        if improved:
-            checkpoints.save("best", model, state)
-        if on_epoch is not None:
-            on_epoch(state, loss, ips, val, time.perf_counter() - t0)
-        checkpoints.save("last", model, state, optimizer)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", val_r1=f"{val['recall_at_1']:.3f}", best=f"{state['best']:.3f}")
-    bar.close()
-    return state
+    return net, photos
+
+
+def epoch_queries(train_set, queries_per_epoch: int, world: int) -> int:
+    """The queries each epoch takes on one rank (what ``train_epoch`` draws): the bar's unit."""
+    n = len(query_indices(train_set))
+    return min(n, queries_per_epoch or n) // max(world, 1)
+
+
+def epoch_line(state: dict, epochs: int, loss: float, val: dict, ips: float, seconds: float, improved: bool) -> str:
+    """The epoch's line for the console (also in plain output): loss, validation Recall@1 and the best so far."""
+    scored = f"val R@1 {val['recall_at_1']:.3f}" if val.get("queries") else "no validation photos"
+    best = " (new best)" if improved else f" (best {state['best']:.3f}, no gain for {state['stale']})"
+    return (f"train: epoch {state['epoch']}/{epochs}: loss {loss:.4f}, {scored}{best if val.get('queries') else ''}, "
+            f"{ips:.0f} img/s, {seconds:.0f} s")
+
+
+def stop_reason(state: dict, epochs: int, patience: int) -> str:
+    """Why the loop ended: every epoch ran, or early stopping (``stopped early at epoch 7: no gain for 3
+    epochs``); the best epoch is what gets published."""
+    best = f"best val R@1 {state['best']:.3f}" if state["best"] >= 0 else "no validation score"
+    if state["epoch"] < epochs and state["stale"] >= patience:
+        return (f"stopped early at epoch {state['epoch']}: no gain for {state['stale']} "
+                f"epoch{'s' if state['stale'] != 1 else ''} ({best})")
+    return f"ran all {epochs} epochs ({best})" if epochs != 1 else f"ran its one epoch ({best})"
 
 
 def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch: int, device: torch.device,
-                rank: int = 0, world: int = 1, timings: dict | None = None) -> tuple[float, float]:
+                rank: int = 0, world: int = 1, timings: dict | None = None, bar=None) -> tuple[float, float]:
     """One pass over the (shuffled) queries; returns (mean loss, training images per second). ``timings``, when
     given, receives the seconds spent mining (``mine_s``) and in the steps (``step_s``); the rest of the epoch's
-    wall clock is the steps waiting for their photos."""
+    wall clock is the steps waiting for their photos. ``bar`` (``core.progress``) advances by the queries trained."""
     cfg = settings.train
     rate = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
     for group in optimizer.param_groups:
@@ -97,7 +135,6 @@ def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch:
     order = torch.randperm(len(queries), generator=gen).tolist()[: cfg.queries_per_epoch or None]
     queries = shard([queries[i] for i in order], rank, world)
     total, steps, images, busy, mining = 0.0, 0, 0, 0.0, 0.0
-    bar = tqdm(total=len(queries), desc=f"epoch {epoch}", leave=False, disable=rank != 0 or None)
     for start in range(0, len(queries), cfg.cache_refresh_queries):
         mining -= time.perf_counter()
         tuples = mine_chunk(model, settings, photo_set, photos, queries[start:start + cfg.cache_refresh_queries],
@@ -116,9 +153,8 @@ def train_epoch(model, optimizer, criterion, settings, photo_set, photos, epoch:
             optimizer.step()
             busy += time.perf_counter() - t0
             total, steps, images = total + loss.item(), steps + 1, images + batch.shape[0] * batch.shape[1]
-            bar.update(batch.shape[0])
-            bar.set_postfix(loss=f"{total / steps:.4f}")
-    bar.close()
+            if bar is not None:
+                bar.advance(batch.shape[0])
     if timings is not None:
         timings.update(mine_s=mining, step_s=busy)
     return total / max(steps, 1), images / max(busy, 1e-9)

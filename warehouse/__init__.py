@@ -12,6 +12,8 @@ __all__ = [
 ]
 
 
+
+
 class MissingHome(ShoesearchError):
     """A data home with no warehouse in it: usually a mistyped ``--home`` (or ``$SHOESEARCH_HOME``)."""
 
@@ -49,5 +51,6 @@ def open_warehouse(settings, must_exist: bool = False) -> Warehouse:
             write_views_file(wh, settings.views_path, sql_path)
         except UnreadableFile:  # reported by the queries that need that table; the next open retries
             pass
-    wh.effective_settings = settings.as_overrides()
+    # Recorded in every run's parameters (analysts read them): a secret is recorded as set or not, never its value.
+    wh.effective_settings = settings.shown()
     return wh

@@ -3,8 +3,8 @@
 The live views (:data:`warehouse.views.DERIVED_VIEWS`) compute "what is true now" at every query: a window over
 every product version, a join of every photo with its product and of every decision with its photo. At 500k
 photos that is most of an analyst query's time. So the run that changes one of their inputs (crawl, ingest,
-denoise: see :func:`warehouse.runs.start_run`) writes them once, sorted by their integer keys, into
-``<warehouse>/_current/``, with a manifest naming the batches they were computed from::
+denoise: see :func:`warehouse.runs.start_run`; a correction by hand: :mod:`warehouse.overrides`) writes them
+once, sorted by their integer keys, into ``<warehouse>/_current/``, with a manifest naming the batches they were computed from::
 
     _current/manifest.json                  {"stamp": ..., "tables": {table: [batch/part:size, ...]}, "files": ...}
     _current/<view>-<generation>.parquet    the view's rows, sorted by product_key (and image_key)
@@ -36,7 +36,7 @@ RUNS_SCAN_LIMIT = 256  # more runs files than this since a refresh: treat it as 
 MATERIALISED = {
     "products_current": (("products",), "product_key"),
     "images_current": (("products", "images"), "product_key, image_key"),
-    "denoise_current": (("products", "images", "denoise"), "product_key, image_key"),
+    "denoise_current": (("products", "images", "denoise", "denoise_overrides"), "product_key, image_key"),
 }
 
 
@@ -69,7 +69,7 @@ def batches(wh, table: str) -> list[str]:
 
 def listing(wh) -> dict[str, list[str]]:
     """The batches of every table a materialised view depends on (``runs``: for the newest denoise run)."""
-    return {t: batches(wh, t) for t in ("products", "images", "denoise", "runs")}
+    return {t: batches(wh, t) for t in ("products", "images", "denoise", "denoise_overrides", "runs")}
 
 
 def manifest_mtime(wh) -> int:

@@ -93,6 +93,25 @@ DENOISE = pa.schema(
     ]
 )
 
+# Corrections by hand (``warehouse.overrides``): a person's decision on one photo, over the rule's. The newest row
+# per photo (and content hash: a re-crawled photo with other content is judged afresh) wins; ``kept`` null
+# withdraws the correction. ``denoise_current`` applies them (its ``decided_by`` says 'rule' or 'person').
+DENOISE_OVERRIDES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("image_key", pa.int64(), nullable=False),
+        pa.field("product_id", pa.string(), nullable=False),
+        pa.field("product_key", pa.int64(), nullable=False),
+        pa.field("sha1", pa.string()),  # the photo's content the person looked at
+        pa.field("kept", pa.bool_()),  # the person's decision; null: withdrawn (the rule decides again)
+        pa.field("rule_kept", pa.bool_()),  # the rule's decision at the time, when it had one
+        pa.field("who", pa.string(), nullable=False),
+        pa.field("decided_at", TS, nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
 SPLITS = pa.schema(
     [
         pa.field("product_id", pa.string(), nullable=False),
@@ -184,6 +203,7 @@ TABLES: dict[str, pa.Schema] = {
     "images": IMAGES,
     "embeddings": EMBEDDINGS,
     "denoise": DENOISE,
+    "denoise_overrides": DENOISE_OVERRIDES,
     "splits": SPLITS,
     "models": MODELS,
     "train_metrics": TRAIN_METRICS,

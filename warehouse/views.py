@@ -32,8 +32,20 @@ class UnreadableFile(ShoesearchError):
 _CATALOG_QUERY = re.compile(r"information_schema|\bpg_catalog\b|\bduckdb_\w+\s*\(|^\s*(show|pragma)\b", re.I)
 _QUOTED_PATH = re.compile(r"""['"](/[^'"]+)['"]""")
 
+# A denoise run's decisions on the current photos, with the corrections by hand over them
+# (``denoise_overrides_current``): ``kept`` is the person's decision where there is one, ``rule_kept`` the rule's,
+# ``decided_by`` 'person' or 'rule'. ``{run}``: the run, as an SQL expression.
+_DECISIONS = """
+        SELECT d.* REPLACE (coalesce(o.kept, d.kept) AS kept),
+               CASE WHEN o.kept IS NULL THEN 'rule' ELSE 'person' END AS decided_by, d.kept AS rule_kept
+        FROM denoise d
+        JOIN images_current i ON i.image_key = d.image_key AND i.sha1 IS NOT DISTINCT FROM d.sha1
+        LEFT JOIN denoise_overrides_current o ON o.image_key = d.image_key AND o.sha1 IS NOT DISTINCT FROM d.sha1
+        WHERE d.run_id = {run}"""
+
 # Views derived from the raw tables: "what is true now". A decision in ``denoise_current`` is about
 # the photo now at that position (same content hash): a re-crawled photo has none until denoise reruns.
+# Views are created in this order: one is listed after those it reads.
 DERIVED_VIEWS = {
     "runs": """
         SELECT * EXCLUDE (rn) FROM (
@@ -47,12 +59,16 @@ DERIVED_VIEWS = {
     "images_current": """
         SELECT i.* FROM images i
         JOIN products_current p ON p.product_key = i.product_key AND p.run_id = i.run_id""",
-    "denoise_current": """
-        SELECT d.* FROM denoise d
-        JOIN images_current i ON i.image_key = d.image_key AND i.sha1 IS NOT DISTINCT FROM d.sha1
-        WHERE d.run_id = (
+    "denoise_overrides_current": """
+        SELECT o.* EXCLUDE (rn) FROM (
+            SELECT *, row_number() OVER (
+                PARTITION BY image_key, sha1 ORDER BY decided_at DESC, run_id DESC) AS rn
+            FROM denoise_overrides) o
+        JOIN images_current i ON i.image_key = o.image_key AND i.sha1 IS NOT DISTINCT FROM o.sha1
+        WHERE o.rn = 1 AND o.kept IS NOT NULL""",  # the newest per photo; a withdrawal (kept null) hides it
+    "denoise_current": _DECISIONS.format(run="""(
             SELECT run_id FROM runs WHERE step = 'denoise' AND status = 'success'
-            ORDER BY finished_at DESC LIMIT 1)""",
+            ORDER BY finished_at DESC LIMIT 1)"""),
     "splits_current": """
         SELECT * FROM splits WHERE run_id = (
             SELECT run_id FROM runs WHERE step = 'split' AND status = 'success'
@@ -65,9 +81,8 @@ DERIVED_VIEWS = {
 
 # ``denoise_current`` pinned to one run (the ``?``): a step that reads the current run id once (``latest_run``)
 # and selects by it names in its lineage the run its photos came from, even if a denoise commits meanwhile.
-DENOISE_OF_RUN = """(SELECT d.* FROM denoise d
-    JOIN images_current i ON i.image_key = d.image_key AND i.sha1 IS NOT DISTINCT FROM d.sha1
-    WHERE d.run_id = ?)"""
+# The corrections by hand are those of now (``warehouse.overrides.overrides_run`` names the newest in a lineage).
+DENOISE_OF_RUN = "(" + " ".join(_DECISIONS.format(run="?").split()) + ")"
 
 
 def _sql_string(value: str) -> str:

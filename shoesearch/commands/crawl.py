@@ -38,6 +38,8 @@ def register(sub) -> None:
                         "categories are crawled")
     p.add_argument("--max-products", type=int)
     p.add_argument("--max-pages", type=int)
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="the summary as text (default), its per keyword/category rows as CSV, or all of it as JSON")
     p.set_defaults(func=cmd_crawl)
 
     p = sub.add_parser("ingest", help="load a local catalog folder DIR/<product>/<photos> into products/images")
@@ -79,11 +81,16 @@ def cmd_crawl(args, settings) -> int:
     params = crawl_params(settings, args.site, args.keyword, args.category, args.max_products, args.max_pages)
     run_id = run_flow(crawl_flow, settings, args.debug, **params)
     s = crawl_summary(settings, run_id)
-    print(f"crawl run {run_id}: {s['finish_reason']}; {s['products_written']} products written, "
-          f"{s['products_unchanged']} unchanged, {s['images_written']} photos {s['images_by_status']}")
-    _print_outcome(s)
+    if args.format == "table":
+        print(f"crawl run {run_id}: {s['finish_reason']}; {s['products_written']} products written, "
+              f"{s['products_unchanged']} unchanged, {s['images_written']} photos {s['images_by_status']}")
+        _print_outcome(s)
+    else:
+        _print_summary(run_id, s, args.format)
     if s.get("stop_message"):
-        print("run the same command again to resume.")
+        import sys
+
+        print("run the same command again to resume.", file=sys.stdout if args.format == "table" else sys.stderr)
         return 3
     return 0
 
@@ -95,6 +102,21 @@ def _print_outcome(s: dict) -> None:
     if s.get("sources"):
         print(sources_table(s))
     print(shortfall_reason(s))
+
+
+def _print_summary(run_id: str, s: dict, fmt: str) -> None:
+    """``--format json``: the whole summary (and why the crawl ended); ``csv``: a row per keyword/category."""
+    import json
+
+    import pyarrow as pa
+
+    from crawlers.outcome import shortfall_reason
+    from shoesearch.output import format_table
+
+    if fmt == "json":
+        print(json.dumps({"run_id": run_id, **s, "outcome": shortfall_reason(s)}, indent=1, ensure_ascii=False))
+    else:
+        print(format_table(pa.Table.from_pylist([{"run_id": run_id, **r} for r in s.get("sources", [])]), fmt))
 
 
 def cmd_ingest(args, settings) -> int:

@@ -50,6 +50,6 @@ def cmd_denoise(args, settings) -> int:
         first_message = wh.query("SELECT message FROM runs WHERE run_id = ?", [first]).column(0)[0].as_py()
         print(f"{first}: {first_message}")
     print(f"{run_id}: {row['message']}")
-    print(f"report: {settings.reports_dir / f'denoise-{first or run_id}'}")
+    print(f"report: {settings.reports_dir / (first or run_id)}")  # tasks.denoise_report.report_folder
     return 0
 

@@ -45,23 +45,36 @@ def cmd_index(args, settings) -> int:
 def cmd_search(args, settings) -> int:
     import pyarrow as pa
 
-    from serving.search import check_k, get_searcher, search
+    from serving.search import check_k, match_level, search
     from shoesearch.output import format_table
     from warehouse import require_home
 
     k = check_k(settings, args.k)  # refused as the HTTP API refuses it, before anything is loaded
     require_home(settings)  # read-only: a mistyped --home is reported, never created
     hits = search(settings, args.photo, k)
-    cols = ["rank", "score", "product_id", "title", "brand", "price", "url", "confident"]
+    cols = ["rank", "score", "level", "product_id", "title", "brand", "price", "url"]
     # The local photo file (this command runs where the data home is; the HTTP API serves /photos/ URLs).
     rows = [{**{c: getattr(h, c) for c in cols}, "photo_file": str(settings.images_dir / h.photo_path)} for h in hits]
     table = pa.Table.from_pylist(rows)
-    print(format_table(table, args.format) if hits else "no products found")
-    if hits and hits[0].confident is False and args.format == "table":
-        threshold = get_searcher(settings).match_threshold
-        print(f"no confident match: the best score, {hits[0].score:.3f}, is below {threshold:.3f} (what catalog "
-              "photos score with a wrong product); these are the closest products anyway")
+    shown = ["rank", "score", "level", "product_id", "title", "brand", "price"]  # the table: a row reads at a glance;
+    print(format_table(table, args.format, shown=shown) if hits else "no products found")  # csv/json: every column
+    if hits and args.format == "table":
+        print(level_sentence(match_level(hits), hits[0]))
     return 0
+
+
+def level_sentence(level: str | None, top) -> str:
+    """What the best result's match level means, in one plain sentence."""
+    from shoesearch.output import printable
+
+    name = printable(top.title or top.product_id)  # a crawled title: control characters escaped
+    if level == "same":
+        return f"same product: {name} (this photo very likely shows it)"
+    if level == "similar":
+        return "similar products, none certainly the same: the closest ones are listed first"
+    if level == "none":
+        return "no match: the photo may not show a shoe; these are the closest products anyway"
+    return "these are the closest products (this index cannot tell how close counts as the same product)"
 
 
 def cmd_api(args, settings) -> int:
@@ -80,7 +93,9 @@ def cmd_nightly(args, settings) -> int:
     from shoesearch.runtime import run_flow
 
     result = run_flow(nightly, settings, args.debug, site=args.site, crawl=not args.no_crawl)
-    print(result["summary"])
+    print("\n".join(["Nightly summary:", *(f"    {line}" for line in result["brief"])]))
+    print(f"The evaluation table and every step's run: the `nightly` artifact in the Prefect UI; the index's "
+          f"lineage: shoesearch lineage --index {result['index_id']}")
     return 0
 
 

@@ -13,6 +13,8 @@ from shoesearch.output import printable
 READ_ONLY_HINT = "use SELECT / WITH / FROM / DESCRIBE / SHOW / SUMMARIZE / PIVOT / VALUES / EXPLAIN"
 _LEADING_NOISE = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|\()*", re.S)
 _EXPLAIN = re.compile(r"^EXPLAIN\b(?:\s+ANALY[SZ]E\b)?\s*(?:\([^)]*\))?", re.I)
+# The lineage table's columns (a run id starts with its step; csv / json: every column).
+LINEAGE_SHOWN = ["depth", "run_id", "status", "input_run_ids", "output_rows"]
 SQL_BATCH_ROWS = 2048  # rows fetched (and written) at a time by `sql --format csv/json`: DuckDB's vector size
 
 
@@ -41,7 +43,14 @@ def register(sub) -> None:
                    help="also write snapshot.duckdb: the tables copied into DuckDB storage (fastest queries)")
     p.set_defaults(func=cmd_catalog)
 
-    p = sub.add_parser("settings", help="print the effective settings (defaults, config file, env)")
+    p = sub.add_parser("settings", help="the settings in force and where each came from (default, file, env, --set)",
+                       description="The settings in force. The table lists those a layer sets (the home's "
+                                   "shoesearch.toml, SHOESEARCH_<SECTION>__<FIELD>, --set) with their source; "
+                                   "--all lists every one; csv and json always list every one.")
+    p.add_argument("--all", action="store_true", help="every setting, also those at their defaults")
+    p.add_argument("--explain", action="store_true",
+                   help="every setting with its source, its default and the values of lower layers it overrode")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.set_defaults(func=cmd_settings)
 
 
@@ -124,11 +133,12 @@ def _print_result(con, statement, args, budget) -> None:
     """Stream the result to stdout: every row as CSV / JSON, or the rows the table shows (+1 to see more)."""
     import sys
 
-    from shoesearch.output import write_rows
+    from shoesearch.output import output_width, write_rows
 
     shown = args.max_rows if args.format == "table" else None
     reader = con.execute(statement).to_arrow_reader(SQL_BATCH_ROWS if shown is None else shown + 1)
-    write_rows(reader, reader.schema.names, args.format, budget.writer(sys.stdout), shown)
+    write_rows(reader, reader.schema.names, args.format, budget.writer(sys.stdout), shown,
+               width=output_width(sys.stdout))
 
 
 def cmd_sql(args, settings) -> int:
@@ -190,9 +200,21 @@ def cmd_lineage(args, settings) -> int:
     except KeyError as exc:
         raise ShoesearchError(str(exc.args[0])) from None
     cols = ["depth", "run_id", "step", "flow", "status", "finished_at", "input_run_ids", "output_rows"]
-    table = pa.Table.from_pylist([{c: r.get(c) for c in cols} for r in rows])
-    print(format_table(table, args.format))
+    rows = [{c: r.get(c) for c in cols} for r in rows]
+    if args.format == "table":  # {"models": 1, "train_metrics": 1} -> models=1, train_metrics=1
+        rows = [{**r, "output_rows": _counts(r["output_rows"])} for r in rows]
+    table = pa.Table.from_pylist(rows)
+    print(format_table(table, args.format, shown=LINEAGE_SHOWN))
     return 0
+
+
+def _counts(text: str | None) -> str | None:
+    """A run's ``output_rows`` JSON (rows written per table) as ``table=n, ...`` for people."""
+    try:
+        counts = json.loads(text) if text else None
+    except ValueError:
+        return text
+    return ", ".join(f"{k}={v}" for k, v in counts.items()) if isinstance(counts, dict) else text
 
 
 def cmd_catalog(args, settings) -> int:
@@ -209,6 +231,61 @@ def cmd_catalog(args, settings) -> int:
     return 0
 
 
+def setting_rows(settings, home_given: bool, overrides: dict) -> list[dict]:
+    """One row per setting, ``home`` first: its value, where it came from (``default``, ``shoesearch.toml``,
+    ``env SHOESEARCH_...``, ``--set``), its default and what lower layers said (``overridden``)."""
+    import os
+
+    from core.settings import ENV_HOME, SECRET_SETTINGS, Settings
+
+    sources = settings.sources(overrides)
+    defaults = Settings(home=".").shown()
+    home_source = "--home" if home_given else f"env {ENV_HOME}" if os.environ.get(ENV_HOME) else "default"
+    rows = [{"setting": "home", "value": str(settings.home), "source": home_source, "default": "./data",
+             "overridden": []}]
+    for dotted, value in settings.shown().items():
+        layers = [(src, "(set)" if v else "") if dotted in SECRET_SETTINGS else (src, v)
+                  for src, v in sources.get(dotted, [])]
+        rows.append({"setting": dotted, "value": value, "source": layers[0][0] if layers else "default",
+                     "default": defaults[dotted], "overridden": [{"source": s, "value": v} for s, v in layers[1:]]})
+    return rows
+
+
+def _as_text(value, shown: bool = True) -> str:
+    """A setting's value as it is written in ``--set`` / the TOML file: true, none, ["a", "b"] (and, when
+    ``shown`` in a table, the empty text as \"\")."""
+    if isinstance(value, str):
+        return value or ('""' if shown else "")
+    return "none" if value is None else json.dumps(value, ensure_ascii=False)
+
+
 def cmd_settings(args, settings) -> int:
-    print(json.dumps(settings.as_dict(), indent=2, default=str, ensure_ascii=False))
+    import pyarrow as pa
+
+    from shoesearch.output import format_table
+    from shoesearch.runtime import set_overrides
+
+    rows = setting_rows(settings, bool(args.home), set_overrides(args.set))
+    if args.format == "json":
+        print(json.dumps(rows, indent=1, ensure_ascii=False, default=str))
+        return 0
+    everything = args.all or args.explain or args.format == "csv"
+    shown = [r for r in rows if args.format == "csv" or r["setting"] != "home" and (
+        everything or r["source"] != "default")]
+    if args.format == "table":  # the home above the table: a long path stays on one line
+        print(f"home: {printable(rows[0]['value'])} ({rows[0]['source']})")
+    cols = ["setting", "value", "source", "default", "overridden"] if args.explain or args.format == "csv" else [
+        "setting", "value", "source"]
+    table_fmt = args.format == "table"
+    text = [{"setting": r["setting"], "value": _as_text(r["value"], table_fmt), "source": r["source"],
+             "default": "" if table_fmt and r["default"] == r["value"] else _as_text(r["default"], table_fmt),
+             "overridden": "; ".join(f"{o['source']}: {_as_text(o['value'])}" for o in r["overridden"])}
+            for r in shown]
+    table = pa.table({c: pa.array([r[c] for r in text], pa.string()) for c in cols})
+    if table.num_rows or not table_fmt:
+        print(format_table(table, args.format, exact=cols))
+    hidden = len(rows) - len(shown) - table_fmt
+    if hidden:
+        print(f"{f'{hidden} more' if table.num_rows else f'all {hidden}'} settings at their defaults (--all lists "
+              "every one; --explain adds each default and what a setting overrode)")
     return 0
