@@ -227,7 +227,7 @@ class Stage:
         self.outer.stage(f"{self._text()} {text}" if text else self._text())
 
     def fields(self, **values) -> None:
-        pass  # the outer bar's figures stay
+        """Ignored on purpose: a stage shows as the outer bar's label; the outer bar keeps its own figures."""
 
     def note(self, text: str) -> None:
         self.outer.note(text)
